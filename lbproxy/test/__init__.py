@@ -1,0 +1,1 @@
+"""Unit tests for lbproxy, run with C{trial lbproxy}."""
