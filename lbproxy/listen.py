@@ -193,10 +193,13 @@ def _parseSSL(
     port = positional[0] if positional else named.get("port")
     if port is None:
         raise _error(description, "ssl needs a port, e.g. ssl:443")
-    privateKey = named.get("privateKey") or None
+    for name in ("privateKey", "certKey", "extraCertChain"):
+        if named.get(name) == "":
+            raise _error(description, f"{name} names no file")
+    privateKey = named.get("privateKey")
     if privateKey is None:
         for name in ("certKey", "extraCertChain"):
-            if named.get(name):
+            if name in named:
                 raise _error(description, f"{name} needs privateKey too")
     return ListenSpec(
         description=description,
@@ -205,8 +208,8 @@ def _parseSSL(
         interface=named.get("interface", ""),
         backlog=_integer(description, "backlog", named.get("backlog", "50"), 1, 65535),
         privateKey=privateKey,
-        certKey=named.get("certKey") or None,
-        extraCertChain=named.get("extraCertChain") or None,
+        certKey=named.get("certKey"),
+        extraCertChain=named.get("extraCertChain"),
     )
 
 

@@ -128,7 +128,7 @@ class ParseListenTests(SynchronousTestCase):
         """
         C{ssl:} descriptions with a bad or missing port or backlog, unknown,
         refused, repeated or positional options, a file but no
-        C{privateKey}, or a trailing backslash are refused, quoting the
+        C{privateKey}, an empty file name, or a trailing backslash are refused, quoting the
         description.
         """
         cases = [
@@ -146,6 +146,8 @@ class ParseListenTests(SynchronousTestCase):
             ("ssl:443:certKey=c.pem", "certKey needs privateKey"),
             ("ssl:443:extraCertChain=e.pem", "extraCertChain needs privateKey"),
             ("ssl:443:privateKey=k\\", "backslash"),
+            ("ssl:443:privateKey=", "privateKey names no file"),
+            ("ssl:443:privateKey=k:certKey=", "certKey names no file"),
         ]
         for description, fragment in cases:
             message = self.assertListenError(description, fragment)
