@@ -1,0 +1,146 @@
+"""
+The access log: one line per request, to twisted.logger, a file, stdout,
+or nowhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any, Callable
+
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+_FORMAT = (
+    '{client} "{method} {path} {protocol}" {status} {bytes} '
+    "backend={backend} upstream={upstream}{extra}"
+)
+
+
+class AccessLog:
+    """
+    Formats and writes access log lines.
+
+    Events carry their fields as keys (C{client}, C{method}, C{path},
+    C{status}, C{bytes}, C{backend}, C{upstream}...) so observers can use
+    them without parsing the text.
+    """
+
+    _log = Logger(namespace="lbproxy.access")
+
+    def __init__(self, write: Callable[[str], object] | None, enabled: bool = True) -> None:
+        """
+        @param write: Called with each formatted line (newline included);
+            L{None} sends events to twisted.logger instead.
+        @param enabled: False drops every line (C{--access-log none}).
+        """
+        self._write = write
+        self._enabled = enabled
+        self._file: IO[str] | None = None
+
+    @classmethod
+    def fromOption(cls, option: str | None) -> AccessLog:
+        """
+        Build the log C{--access-log} asks for: L{None} for twisted.logger,
+        C{-} for stdout, C{none} for nothing, anything else a file path
+        (appended to, line-buffered).
+
+        @raise OSError: If the file cannot be opened.
+        """
+        if option is None:
+            return cls(None)
+        if option == "none":
+            return cls(None, enabled=False)
+        if option == "-":
+            return cls(_stdoutWriter())
+        logFile = open(option, "a", buffering=1, encoding="utf-8")
+        log = cls(logFile.write)
+        log._file = logFile
+        return log
+
+    def close(self) -> None:
+        """
+        Close the log file, if this log owns one.
+        """
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def logRequest(self, request: Request) -> None:
+        """
+        Log a request the proxy has answered (or whose answer was cut).
+        """
+        if not self._enabled:
+            return
+        record = getattr(request, "proxyRecord", None)
+        backend = getattr(record, "backend", None)
+        upstream = getattr(record, "upstreamSeconds", None)
+        extra = ""
+        if getattr(record, "truncated", False):
+            extra += " truncated"
+        error = getattr(record, "error", None)
+        if error:
+            extra += f' error="{error}"'
+        self._emit(
+            client=_host(request.getClientAddress()),
+            method=_text(request.method),
+            path=_text(request.uri),
+            protocol=_text(request.clientproto),
+            status=request.code,
+            bytes=request.sentLength,
+            backend=str(backend) if backend is not None else "-",
+            upstream="-" if upstream is None else f"{upstream:.3f}s",
+            extra=extra,
+        )
+
+    def logRejected(
+        self,
+        address: IAddress,
+        method: bytes | None,
+        path: bytes | None,
+        protocol: bytes | None,
+        status: int,
+        size: int,
+        error: str,
+    ) -> None:
+        """
+        Log a request refused before it reached the proxy resource.
+        """
+        if not self._enabled:
+            return
+        self._emit(
+            client=_host(address),
+            method=_text(method or b"-"),
+            path=_text(path or b"-"),
+            protocol=_text(protocol or b"-"),
+            status=status,
+            bytes=size,
+            backend="-",
+            upstream="-",
+            extra=f' error="{error}"',
+        )
+
+    def _emit(self, **fields: Any) -> None:
+        if self._write is None:
+            self._log.info(_FORMAT, **fields)
+        else:
+            self._write(_FORMAT.format(**fields) + "\n")
+
+
+def _stdoutWriter() -> Callable[[str], object]:
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    return write
+
+
+def _host(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else "-"
+
+
+def _text(value: bytes) -> str:
+    # Request lines are ASCII; escape anything else so one line stays one line.
+    return value.decode("ascii", "backslashreplace").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,232 @@
+"""
+Backends: where requests go, their live counters, and parsing of the
+C{--backends} list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Sequence
+
+import attrs
+
+DEFAULT_PORT = 80
+
+
+class BackendSpecError(ValueError):
+    """
+    A C{--backends} item could not be understood; the message says why.
+    """
+
+
+@attrs.define(eq=False)
+class Backend:
+    """
+    One upstream server and its live counters.
+
+    Identity is the object itself: two L{Backend}s are never equal, even for
+    the same address, because each carries its own counters.
+
+    @ivar host: Host name or IP literal (IPv6 without brackets).
+    @ivar port: TCP port.
+    @ivar scheme: C{"http"} (C{"https"} is reserved for verified TLS
+        backends).
+    @ivar weight: Relative share of traffic for weighted choosers.
+    @ivar inFlight: Requests sent to this backend and not yet finished.
+    @ivar requests: Requests ever sent to this backend.
+    @ivar failures: Requests to this backend that ended in a proxy error
+        (502/504).
+    """
+
+    host: str
+    port: int = DEFAULT_PORT
+    scheme: str = "http"
+    weight: int = 1
+    inFlight: int = 0
+    requests: int = 0
+    failures: int = 0
+
+    @property
+    def available(self) -> bool:
+        """
+        Whether this backend can take traffic now. Always true until health
+        checking lands; choosers are only ever given available backends.
+        """
+        return True
+
+    @property
+    def authority(self) -> str:
+        """
+        C{host:port}, with brackets around an IPv6 literal.
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """
+        The base URL of this backend, e.g. C{http://127.0.0.2:80}.
+        """
+        return f"{self.scheme}://{self.authority}"
+
+    def __str__(self) -> str:
+        return self.authority
+
+    def requestStarted(self) -> None:
+        """
+        Count a request sent to this backend.
+        """
+        self.inFlight += 1
+        self.requests += 1
+
+    def requestFinished(self, failed: bool = False) -> None:
+        """
+        Count a request to this backend as finished.
+
+        @param failed: Whether it ended in a proxy error.
+        """
+        self.inFlight -= 1
+        if failed:
+            self.failures += 1
+
+
+@attrs.define
+class BackendPool:
+    """
+    The configured backends, in configured order.
+    """
+
+    backends: list[Backend]
+
+    def available(self) -> list[Backend]:
+        """
+        The backends that can take traffic now, in configured order.
+        """
+        return [backend for backend in self.backends if backend.available]
+
+
+def parseBackend(item: str) -> Backend:
+    """
+    Parse one backend: C{host}, C{host:port}, C{[v6addr]}, C{[v6addr]:port},
+    C{v6addr} (bare) or C{http://host[:port]}.
+
+    @raise BackendSpecError: With a message naming the item.
+    """
+    text = item.strip()
+    if not text:
+        raise BackendSpecError("empty backend in --backends")
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme != "http":
+            raise BackendSpecError(
+                f"backend {item!r}: only http:// backends are supported"
+            )
+        rest = text.split("://", 1)[1]
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        if "/" in rest or "?" in rest or "#" in rest or "@" in rest:
+            raise BackendSpecError(
+                f"backend {item!r}: give only scheme, host and port (no path)"
+            )
+        text = rest
+    host, port = _splitHostPort(item, text)
+    if not host:
+        raise BackendSpecError(f"backend {item!r}: missing host")
+    return Backend(host=host, port=port)
+
+
+def _splitHostPort(item: str, text: str) -> tuple[str, int]:
+    """
+    Split C{text} into host and port, accepting bracketed or bare IPv6.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BackendSpecError(f"backend {item!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        _checkIPv6(item, host)
+        if not rest:
+            return host, DEFAULT_PORT
+        if not rest.startswith(":"):
+            raise BackendSpecError(f"backend {item!r}: unexpected {rest!r}")
+        return host, _parsePort(item, rest[1:])
+    if text.count(":") > 1:
+        _checkIPv6(item, text)
+        return text, DEFAULT_PORT
+    if ":" in text:
+        host, portText = text.split(":", 1)
+        return _checkHost(item, host), _parsePort(item, portText)
+    return _checkHost(item, text), DEFAULT_PORT
+
+
+def _checkIPv6(item: str, host: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise BackendSpecError(
+            f"backend {item!r}: {host!r} is not an IPv6 address"
+        ) from None
+
+
+def _checkHost(item: str, host: str) -> str:
+    # Only the characters a DNS name or IPv4 literal may hold.
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+    if not host or not set(host) <= allowed:
+        raise BackendSpecError(f"backend {item!r}: {host!r} is not a host name")
+    return host
+
+
+def _parsePort(item: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BackendSpecError(
+            f"backend {item!r}: port must be a number from 1 to 65535"
+        )
+    return int(text)
+
+
+def parseBackends(text: str) -> list[Backend]:
+    """
+    Parse a comma-separated C{--backends} value.
+
+    @raise BackendSpecError: For an empty list, an empty item or a
+        duplicate backend.
+    """
+    items = text.split(",")
+    backends = [parseBackend(item) for item in items]
+    seen: set[tuple[str, str, int]] = set()
+    for backend in backends:
+        key = (backend.scheme, _normalHost(backend.host), backend.port)
+        if key in seen:
+            raise BackendSpecError(
+                f"duplicate backend {backend.authority} in --backends"
+            )
+        seen.add(key)
+    return backends
+
+
+def _normalHost(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+def isIPLiteral(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address rather than a name.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+__all__: Sequence[str] = [
+    "Backend",
+    "BackendPool",
+    "BackendSpecError",
+    "isIPLiteral",
+    "parseBackend",
+    "parseBackends",
+]

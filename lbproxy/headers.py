@@ -1,0 +1,154 @@
+"""
+Header rules for relaying a request to a backend and its answer back:
+hop-by-hop removal and the X-Forwarded-* / Forwarded headers.
+
+Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import attrs
+from twisted.web.http_headers import Headers
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+"""
+Headers that describe one connection, not the message (RFC 9110 7.6.1),
+plus the proxy credentials, which are meant for us alone.
+"""
+
+_REQUEST_ONLY_DROPPED: frozenset[bytes] = frozenset(
+    {
+        # lbproxy writes its own framing to the backend.
+        b"content-length",
+        # The 100-continue exchange already happened between client and us.
+        b"expect",
+        # Replaced by our own values, never trusted from the client.
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+    }
+)
+
+
+@attrs.frozen
+class ClientInfo:
+    """
+    What the proxy knows about the client side of a request.
+
+    @ivar address: The client's IP address as text, or C{None} if the
+        connection has none (a UNIX socket).
+    @ivar secure: Whether the client connection is TLS.
+    @ivar host: The Host the client asked for, or C{None}.
+    """
+
+    address: str | None
+    secure: bool
+    host: bytes | None
+
+
+def connectionTokens(headers: Headers) -> frozenset[bytes]:
+    """
+    The lower-cased header names listed in C{Connection}, which are
+    hop-by-hop for this message.
+    """
+    tokens: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def _endToEnd(headers: Headers, alsoDrop: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
+    drop = HOP_BY_HOP | connectionTokens(headers) | frozenset(alsoDrop)
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in drop:
+            yield name, list(values)
+
+
+def requestHeadersForBackend(incoming: Headers, client: ClientInfo) -> Headers:
+    """
+    The headers to send to the backend for a client request.
+
+    Repeated headers keep their values in order. Hop-by-hop headers, framing
+    headers and any client-supplied forwarding headers are removed; the
+    client's C{Host} is kept; C{X-Forwarded-For}, C{X-Forwarded-Proto},
+    C{X-Forwarded-Host} and RFC 7239 C{Forwarded} are set from C{client}.
+    """
+    outgoing = Headers()
+    for name, values in _endToEnd(incoming, _REQUEST_ONLY_DROPPED):
+        outgoing.setRawHeaders(name, values)
+    proto = b"https" if client.secure else b"http"
+    if client.address is not None:
+        outgoing.setRawHeaders(b"X-Forwarded-For", [client.address.encode("ascii")])
+    outgoing.setRawHeaders(b"X-Forwarded-Proto", [proto])
+    if client.host is not None:
+        outgoing.setRawHeaders(b"X-Forwarded-Host", [client.host])
+    outgoing.setRawHeaders(b"Forwarded", [forwardedValue(client)])
+    return outgoing
+
+
+def responseHeadersForClient(
+    incoming: Headers, connection: Headers | None = None
+) -> Iterator[tuple[bytes, list[bytes]]]:
+    """
+    The backend's response headers that are relayed to the client: all but
+    the hop-by-hop ones, repeats (C{Set-Cookie}) intact. C{Content-Length}
+    is kept; the server side chooses the client's framing.
+
+    @param connection: The response's connection-control headers, when the
+        HTTP client keeps them apart from C{incoming} (twisted.web does);
+        headers named by its C{Connection} are dropped too.
+    """
+    named = connectionTokens(connection) if connection is not None else frozenset()
+    return _endToEnd(incoming, named)
+
+
+def forwardedValue(client: ClientInfo) -> bytes:
+    """
+    An RFC 7239 C{Forwarded} element for C{client}, e.g.
+    C{for=192.0.2.1;host=example.com;proto=https}; an IPv6 address is
+    quoted and bracketed (C{for="[2001:db8::1]"}).
+    """
+    if client.address is None:
+        forAddress = "unknown"
+    elif ":" in client.address:
+        forAddress = f'"[{client.address}]"'
+    else:
+        forAddress = client.address
+    parts = [b"for=" + forAddress.encode("ascii")]
+    if client.host is not None:
+        parts.append(b"host=" + _token(client.host))
+    parts.append(b"proto=" + (b"https" if client.secure else b"http"))
+    return b";".join(parts)
+
+
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _token(value: bytes) -> bytes:
+    """
+    C{value} as an RFC 7230 token if it is one, otherwise a quoted-string.
+    """
+    if value and all(c in _TOKEN_CHARS for c in value):
+        return value
+    escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + escaped + b'"'

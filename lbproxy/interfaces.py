@@ -1,0 +1,39 @@
+"""
+The zope interfaces that connect lbproxy's parts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.web.iweb import IRequest
+
+    from lbproxy.backends import Backend
+
+
+class IChooser(Interface):
+    """
+    A load-balancing policy: picks the backend for one request.
+
+    A chooser is given, on every call, only the backends that can take
+    traffic, in configured order. It never blocks and never does I/O. It may
+    keep a cursor of its own; live per-backend counters (in-flight requests,
+    totals) live on L{lbproxy.backends.Backend} and are maintained by the
+    proxy, so choosers only read them.
+    """
+
+    def choose(
+        backends: Sequence[Backend], request: IRequest
+    ) -> Backend | None:  # pragma: no cover - interface
+        """
+        Pick the backend that should serve C{request}.
+
+        @param backends: The backends that can take traffic, never empty
+            when called by the proxy, in configured order.
+        @param request: The client's request (read-only).
+        @return: One of C{backends}, or L{None} if none is acceptable, in
+            which case the proxy answers 503.
+        """

@@ -1,0 +1,384 @@
+"""
+The reverse proxy resource: picks a backend for each request, relays the
+request, and streams the answer back with backpressure.
+
+This module is the one place where failures become 502, 503 or 504.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+import attrs
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.http_headers import Headers
+
+from lbproxy.backends import Backend, BackendPool
+from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeadersForClient
+from lbproxy.interfaces import IChooser
+from lbproxy.target import TargetError, hostName, routeTarget
+
+
+class UpstreamClient(TypingProtocol):
+    """
+    What the proxy needs from the upstream side (see L{lbproxy.upstream}).
+    """
+
+    def request(
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> Deferred[IResponse]: ...
+
+    def bodyFromFile(self, content: Any, length: int) -> IBodyProducer: ...
+
+
+@attrs.frozen
+class ProxySettings:
+    """
+    How the proxy resource behaves.
+
+    @ivar allowedHosts: Lower-case host names (no port) that are served;
+        C{None} serves every Host. Others get 421.
+    @ivar responseTimeout: Seconds to wait for the backend's response
+        headers before answering 504.
+    @ivar retryAfter: Seconds advertised in C{Retry-After} on a 503.
+    """
+
+    allowedHosts: frozenset[str] | None = None
+    responseTimeout: float = 30.0
+    retryAfter: int = 1
+
+
+@attrs.define
+class ProxyRecord:
+    """
+    What the proxy did for one request, for the access log.
+
+    @ivar backend: The backend the request went to, if any.
+    @ivar upstreamSeconds: Seconds from sending the request to the
+        backend until its response headers arrived (or it failed).
+    @ivar error: A short reason when the proxy answered on its own.
+    @ivar truncated: Whether the response was cut short.
+    """
+
+    backend: Backend | None = None
+    upstreamSeconds: float | None = None
+    error: str | None = None
+    truncated: bool = False
+
+
+class ReverseProxyResource(Resource):
+    """
+    Answers every request by relaying it to a backend chosen by an
+    L{IChooser}.
+
+    Requests must be L{twisted.web.server.Request}s whose body has been
+    received into C{request.content} (as twisted.web does).
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        chooser: IChooser,
+        upstream: UpstreamClient,
+        clock: IReactorTime,
+        settings: ProxySettings = ProxySettings(),
+    ) -> None:
+        super().__init__()
+        self._pool = pool
+        self._chooser = chooser
+        self._upstream = upstream
+        self._clock = clock
+        self._settings = settings
+
+    def render(self, request: Request) -> int | bytes:  # type: ignore[override]
+        """
+        Relay C{request} to a backend; the response is written later.
+        """
+        record = ProxyRecord()
+        setattr(request, "proxyRecord", record)
+        try:
+            route = routeTarget(request)
+        except TargetError as e:
+            return _answer(request, 400, str(e), record)
+        allowed = self._settings.allowedHosts
+        if allowed is not None and hostName(route.host) not in allowed:
+            return _answer(request, 421, "This proxy does not serve that host.", record)
+        backend = self._chooser.choose(self._pool.available(), request)
+        if backend is None:
+            request.setHeader(b"Retry-After", b"%d" % (self._settings.retryAfter,))
+            self._log.warn("no backend available for {method} {path}",
+                           method=request.method, path=request.uri)
+            return _answer(request, 503, "No backend is available.", record)
+        record.backend = backend
+        exchange = _Exchange(request, backend, record, self._upstream,
+                             self._clock, self._settings.responseTimeout, self._log)
+        exchange.start(route.target, ClientInfo(
+            address=_clientAddress(request),
+            secure=request.isSecure(),
+            host=route.host,
+        ))
+        return NOT_DONE_YET
+
+
+def _clientAddress(request: Request) -> str | None:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
+_REASONS = {
+    400: "Bad Request",
+    421: "Misdirected Request",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _answer(request: Request, code: int, message: str, record: ProxyRecord) -> bytes:
+    """
+    Make C{request} a short plain-text answer of the proxy's own.
+    """
+    record.error = message
+    body = f"{code} {_REASONS.get(code, '')}: {message}\n".encode("utf-8")
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
+    """
+    The status and short reason for a request that got no response from
+    its backend. This is the proxy's one mapping from failures to status.
+    """
+    if timedOut:
+        return 504, "the backend did not answer in time"
+    if failure.check(TimeoutError):
+        return 504, "timed out connecting to the backend"
+    if failure.check(ConnectionRefusedError):
+        return 502, "the backend refused the connection"
+    if failure.check(ConnectError):
+        return 502, f"cannot connect to the backend ({failure.getErrorMessage()})"
+    if failure.check(ResponseFailed):
+        reasons = getattr(failure.value, "reasons", [])
+        detail = "; ".join(r.getErrorMessage() for r in reasons) or "no response"
+        return 502, f"the backend closed the connection without a valid response ({detail})"
+    return 502, f"error talking to the backend ({failure.getErrorMessage()})"
+
+
+class _Exchange:
+    """
+    One request relayed to one backend: waits for the response headers
+    (with a timeout), then streams the body back.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        backend: Backend,
+        record: ProxyRecord,
+        upstream: UpstreamClient,
+        clock: IReactorTime,
+        timeout: float,
+        log: Logger,
+    ) -> None:
+        self._request = request
+        self._backend = backend
+        self._record = record
+        self._upstream = upstream
+        self._clock = clock
+        self._timeout = timeout
+        self._log = log
+        self._pending: Deferred[IResponse] | None = None
+        self._timer: IDelayedCall | None = None
+        self._timedOut = False
+        self._clientGone = False
+        self._done = False
+        self._started = 0.0
+        self._bodyProducer: IPushProducer | None = None
+
+    def start(self, target: bytes, client: ClientInfo) -> None:
+        request = self._request
+        headers = requestHeadersForBackend(request.requestHeaders, client)
+        body = self._requestBody()
+        self._backend.requestStarted()
+        self._started = self._clock.seconds()
+        request.notifyFinish().addErrback(self._clientLost)
+        self._timer = self._clock.callLater(self._timeout, self._timeUp)
+        self._pending = self._upstream.request(
+            self._backend, request.method, target, headers, body
+        )
+        self._pending.addCallbacks(self._gotResponse, self._noResponse)
+
+    def _requestBody(self) -> IBodyProducer | None:
+        content = self._request.content
+        if content is None:
+            return None
+        length = content.seek(0, 2)
+        content.seek(0, 0)
+        hasFraming = self._request.requestHeaders.hasHeader(
+            b"content-length"
+        ) or self._request.requestHeaders.hasHeader(b"transfer-encoding")
+        if length == 0 and not hasFraming:
+            return None
+        return self._upstream.bodyFromFile(content, length)
+
+    def _timeUp(self) -> None:
+        self._timer = None
+        self._timedOut = True
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _finish(self, failed: bool) -> None:
+        if not self._done:
+            self._done = True
+            self._backend.requestFinished(failed)
+
+    def _gotResponse(self, response: IResponse) -> None:
+        self._pending = None
+        self._stopTimer()
+        self._record.upstreamSeconds = self._clock.seconds() - self._started
+        if self._clientGone:
+            response.deliverBody(_Discard())
+            self._finish(failed=False)
+            return
+        request = self._request
+        request.setResponseCode(response.code, response.phrase)
+        # Keep the Date and any Connection: close of the server side; the
+        # backend's headers replace ours, and we add no Server of our own.
+        request.responseHeaders.removeHeader(b"server")
+        connection = getattr(response, "connectionHeaders", None)
+        for name, values in responseHeadersForClient(response.headers, connection):
+            request.responseHeaders.setRawHeaders(name, values)
+        # twisted.web's client keeps framing out of response.headers and
+        # reports a declared body length as response.length instead.
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            request.setHeader(b"Content-Length", b"%d" % (response.length,))
+        request.defaultContentType = None
+        response.deliverBody(_BodyRelay(self))
+
+    def _noResponse(self, failure: Failure) -> None:
+        self._pending = None
+        self._stopTimer()
+        self._record.upstreamSeconds = self._clock.seconds() - self._started
+        if self._clientGone:
+            self._record.error = "client closed the connection"
+            self._finish(failed=False)
+            return
+        code, reason = classifyFailure(failure, self._timedOut)
+        self._finish(failed=True)
+        self._log.warn(
+            "{status} for {method} {path}: backend {backend}: {reason}",
+            status=code, method=self._request.method, path=self._request.uri,
+            backend=self._backend.authority, reason=reason,
+        )
+        body = _answer(self._request, code, reason, self._record)
+        self._request.write(body)
+        self._request.finish()
+
+    def _clientLost(self, failure: Failure) -> None:
+        self._clientGone = True
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._bodyProducer is not None:
+            self._bodyProducer.stopProducing()
+
+    # Called by _BodyRelay:
+
+    def bodyStarted(self, producer: IPushProducer) -> None:
+        self._bodyProducer = producer
+        self._request.registerProducer(producer, True)
+
+    def bodyData(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def bodyEnded(self, reason: Failure) -> None:
+        request = self._request
+        if self._bodyProducer is not None and not self._clientGone:
+            request.unregisterProducer()
+        self._bodyProducer = None
+        if self._clientGone:
+            self._finish(failed=False)
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finish(failed=False)
+            request.finish()
+            return
+        self._finish(failed=True)
+        self._record.truncated = True
+        self._record.error = "backend failed mid-response"
+        self._log.warn(
+            "response from backend {backend} for {method} {path} cut short: "
+            "{reason}; closing the client connection",
+            backend=self._backend.authority, method=request.method,
+            path=request.uri, reason=reason.getErrorMessage(),
+        )
+        site = getattr(request, "site", None)
+        if site is not None:
+            site.log(request)
+        # Never let a cut response look complete: close the connection after
+        # what was relayed, without the end of the message.
+        request.channel.loseConnection()
+
+
+class _BodyRelay(Protocol):
+    """
+    Receives a backend response body and hands it to the exchange; the
+    backend transport is registered as the client's producer, so a slow
+    client pauses reading from the backend.
+    """
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+
+    def connectionMade(self) -> None:
+        self._exchange.bodyStarted(self.transport)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._exchange.bodyData(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._exchange.bodyEnded(reason)
+
+
+class _Discard(Protocol):
+    """
+    Swallows the body of a response nobody is waiting for any more.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+__all__ = [
+    "ProxyRecord",
+    "ProxySettings",
+    "ReverseProxyResource",
+    "UpstreamClient",
+    "classifyFailure",
+]

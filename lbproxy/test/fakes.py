@@ -1,0 +1,265 @@
+"""
+Test doubles that are real servers: twisted.web backends on loopback port 0
+that record what they received, a proxy listening on loopback, and a raw
+HTTP client connection.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.internet import reactor as _globalReactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from lbproxy.accesslog import AccessLog
+from lbproxy.backends import Backend, BackendPool
+from lbproxy.choosers import RoundRobinChooser
+from lbproxy.edge import ProxySite
+from lbproxy.interfaces import IChooser
+from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.upstream import Upstream, UpstreamSettings
+
+reactor = _globalReactor
+
+
+@attrs.frozen
+class Received:
+    """
+    One request as a backend saw it.
+    """
+
+    method: bytes
+    uri: bytes
+    headers: list[tuple[bytes, list[bytes]]]
+    body: bytes
+
+    def header(self, name: bytes) -> list[bytes]:
+        """
+        All values of header C{name} (case-insensitive).
+        """
+        for key, values in self.headers:
+            if key.lower() == name.lower():
+                return values
+        return []
+
+
+Handler = Callable[[Request], "bytes | int"]
+
+
+class RecordingResource(Resource):
+    """
+    A backend resource that records every request and answers with
+    C{handler(request)} (default: its name as the body).
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: bytes, handler: Handler | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.received: list[Received] = []
+        self.arrived: list[Deferred[Request]] = []
+        self.handler = handler
+
+    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+        assert request.content is not None
+        self.received.append(
+            Received(
+                method=request.method,
+                uri=request.uri,
+                headers=[
+                    (k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()
+                ],
+                body=request.content.read(),
+            )
+        )
+        result = self.handler(request) if self.handler is not None else self.name
+        waiters, self.arrived = self.arrived, []
+        for waiter in waiters:
+            waiter.callback(request)
+        return result
+
+    def nextRequest(self) -> Deferred[Request]:
+        """
+        Fires with the next request this backend receives.
+        """
+        d: Deferred[Request] = Deferred()
+        self.arrived.append(d)
+        return d
+
+
+class CountingSite(Site):
+    """
+    A site that counts the TCP connections it accepted.
+    """
+
+    connections = 0
+
+    def buildProtocol(self, addr: object) -> object:  # type: ignore[override]
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+
+@attrs.define
+class RunningBackend:
+    """
+    A backend server listening on loopback, and its L{Backend} entry.
+    """
+
+    resource: RecordingResource
+    site: CountingSite
+    port: IListeningPort
+    backend: Backend
+
+
+@inlineCallbacks
+def startBackend(
+    case: TestCase,
+    name: bytes,
+    handler: Handler | None = None,
+    interface: str = "127.0.0.1",
+) -> Deferred[RunningBackend]:
+    """
+    Start a recording backend on C{interface} port 0; stopped at cleanup.
+    """
+    resource = RecordingResource(name, handler)
+    site = CountingSite(resource)
+    site.log = lambda request: None  # type: ignore[method-assign]
+    port = yield TCP4ServerEndpoint(reactor, 0, interface=interface).listen(site)
+    case.addCleanup(port.stopListening)
+    backend = Backend(host=interface, port=port.getHost().port)
+    return RunningBackend(resource, site, port, backend)
+
+
+@attrs.define
+class RunningProxy:
+    """
+    A proxy listening on loopback.
+    """
+
+    port: IListeningPort
+    pool: BackendPool
+    site: ProxySite
+    lines: list[str]
+
+    @property
+    def portNumber(self) -> int:
+        return self.port.getHost().port  # type: ignore[attr-defined,no-any-return]
+
+    def url(self, path: bytes = b"/") -> bytes:
+        return b"http://127.0.0.1:%d%s" % (self.portNumber, path)
+
+
+@inlineCallbacks
+def startProxy(
+    case: TestCase,
+    backends: list[Backend],
+    chooser: IChooser | None = None,
+    settings: ProxySettings = ProxySettings(),
+    upstreamSettings: UpstreamSettings = UpstreamSettings(),
+    clock: IReactorTime | None = None,
+    maxBodySize: int = 100 * 1024 * 1024,
+) -> Deferred[RunningProxy]:
+    """
+    Start an lbproxy site on loopback port 0 over C{backends}, with an
+    access log collected in C{lines}; stopped at cleanup.
+    """
+    timers = clock if clock is not None else reactor
+    lines: list[str] = []
+    pool = BackendPool(list(backends))
+    upstream = Upstream(reactor, timers, upstreamSettings)  # type: ignore[arg-type]
+    case.addCleanup(upstream.close)
+    resource = ReverseProxyResource(
+        pool, chooser or RoundRobinChooser(), upstream, timers, settings
+    )
+    site = ProxySite(resource, AccessLog(lines.append), maxBodySize)
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    case.addCleanup(port.stopListening)
+    return RunningProxy(port, pool, site, lines)
+
+
+@inlineCallbacks
+def get(
+    case: TestCase,
+    url: bytes,
+    method: bytes = b"GET",
+    headers: Headers | None = None,
+    pool: HTTPConnectionPool | None = None,
+) -> Deferred[tuple[IResponse, bytes]]:
+    """
+    Make one request with twisted.web's client; return response and body.
+    """
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+    agent = Agent(reactor, pool=pool)
+    response = yield agent.request(method, url, headers)
+    body = yield readBody(response)
+    return response, body
+
+
+class RawClient(Protocol):
+    """
+    A client connection that sends bytes as given and collects everything
+    it receives; C{closed} fires when the connection ends.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: Deferred[None] = Deferred()
+        self.received: list[Deferred[bytes]] = []
+        self.waitFor: bytes | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.waitFor is not None and self.waitFor in self.data:
+            self.waitFor = None
+            waiters, self.received = self.received, []
+            for waiter in waiters:
+                waiter.callback(self.data)
+
+    def until(self, marker: bytes) -> Deferred[bytes]:
+        """
+        Fires with all data received once it contains C{marker}.
+        """
+        d: Deferred[bytes] = Deferred()
+        if marker in self.data:
+            d.callback(self.data)
+            return d
+        self.waitFor = marker
+        self.received.append(d)
+        return d
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        self.closed.callback(None)
+
+
+@inlineCallbacks
+def rawConnect(case: TestCase, portNumber: int) -> Deferred[RawClient]:
+    """
+    Open a raw TCP connection to the proxy; closed at cleanup.
+    """
+    client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", portNumber).connect(
+        Factory.forProtocol(RawClient)
+    )
+
+    def close() -> Deferred[None]:
+        if client.transport is not None and client.transport.connected:
+            client.transport.abortConnection()
+        return client.closed
+
+    case.addCleanup(close)
+    return client  # type: ignore[no-any-return]
+
+
+__all__ = ["NOT_DONE_YET"]

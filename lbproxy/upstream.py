@@ -1,0 +1,216 @@
+"""
+The client side of the proxy: HTTP/1.1 to backends over persistent,
+pooled connections.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.task import Cooperator
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import URI, _HTTP11ClientFactory
+from zope.interface import implementer
+
+from lbproxy.backends import Backend, isIPLiteral
+
+EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
+"""
+Makes the endpoint used to connect to a backend's C{(host, port)}.
+"""
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """
+    Tunables of the upstream connection pool.
+
+    @ivar connectTimeout: Seconds allowed to establish a connection.
+    @ivar maxIdlePerBackend: Idle persistent connections kept per backend.
+    @ivar idleTimeout: Seconds an idle connection is kept before closing.
+    """
+
+    connectTimeout: float = 5.0
+    maxIdlePerBackend: int = 64
+    idleTimeout: float = 30.0
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.define
+class _TimeoutEndpoint:
+    """
+    An endpoint whose connection attempt is cancelled after C{timeout}
+    seconds on C{clock}, failing with L{twisted.internet.defer.TimeoutError}.
+    """
+
+    _wrapped: IStreamClientEndpoint
+    _timeout: float
+    _clock: IReactorTime
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        d = self._wrapped.connect(protocolFactory)
+        d.addTimeout(self._timeout, self._clock)
+        return d
+
+
+def directEndpointFactory(reactor: IReactorTCP) -> EndpointForBackend:
+    """
+    The production way to reach a backend: plain TCP to an IP literal
+    (no resolver round trip), or a L{HostnameEndpoint} for a name.
+    """
+
+    def endpointFor(host: str, port: int) -> IStreamClientEndpoint:
+        if isIPLiteral(host):
+            if ":" in host:
+                return TCP6ClientEndpoint(reactor, host, port)
+            return TCP4ClientEndpoint(reactor, host, port)
+        return HostnameEndpoint(reactor, host, port)
+
+    return endpointFor
+
+
+@implementer(IAgentEndpointFactory)
+@attrs.define
+class _AgentEndpoints:
+    """
+    Adapts an L{EndpointForBackend} to what L{Agent} asks for, adding the
+    connect timeout.
+    """
+
+    _endpointFor: EndpointForBackend
+    _connectTimeout: float
+    _clock: IReactorTime
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        if host.startswith("["):
+            host = host[1:-1]
+        return _TimeoutEndpoint(
+            self._endpointFor(host, uri.port), self._connectTimeout, self._clock
+        )
+
+
+class _ClientProtocol(HTTP11ClientProtocol):
+    """
+    twisted.web's HTTP/1.1 client protocol, also exposing the response's
+    connection-control headers as C{response.connectionHeaders}.
+
+    twisted.web keeps C{Connection}, C{Content-Length} and friends out of
+    C{response.headers}; a proxy needs C{Connection} to know which other
+    headers are hop-by-hop. This reads the parser's private C{connHeaders};
+    a lean client of our own will make it unnecessary.
+    """
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        d = super().request(request)
+        parser = getattr(self, "_parser", None)
+        connHeaders = getattr(parser, "connHeaders", None)
+
+        def expose(response: IResponse) -> IResponse:
+            setattr(response, "connectionHeaders", connHeaders or Headers())
+            return response
+
+        return d.addCallback(expose)
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory, without a log line per connection.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ClientProtocol(self._quiescentCallback)
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
+class Upstream:
+    """
+    Sends requests to backends over persistent connections, one bounded
+    idle pool per backend, and hands back the response as soon as its
+    headers arrive; the body streams through L{IResponse.deliverBody}.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        settings: UpstreamSettings = UpstreamSettings(),
+        endpointFor: EndpointForBackend | None = None,
+    ) -> None:
+        """
+        @param reactor: Used for connections.
+        @param clock: Used for every timer (connect timeout, idle timeout,
+            body production).
+        @param endpointFor: How to reach a backend; defaults to
+            L{directEndpointFactory}.
+        """
+        self._pool = _QuietPool(clock, persistent=True)
+        self._pool.maxPersistentPerHost = settings.maxIdlePerBackend
+        self._pool.cachedConnectionTimeout = settings.idleTimeout
+        # A stale pooled connection is retried once for idempotent requests
+        # without a body, transparently; that is what we want.
+        self._pool.retryAutomatically = True
+        endpoints = _AgentEndpoints(
+            endpointFor or directEndpointFactory(reactor),
+            settings.connectTimeout,
+            clock,
+        )
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+        self._cooperator = Cooperator(
+            scheduler=lambda work: clock.callLater(0, work),  # type: ignore[arg-type,return-value]
+            started=True,
+        )
+
+    def request(
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+    ) -> Deferred[IResponse]:
+        """
+        Send one request to C{backend}.
+
+        @param target: The origin-form request target (path and query),
+            relayed unchanged.
+        @return: Fires with the response when its headers have arrived, or
+            fails with the connection or protocol error.
+        """
+        url = backend.url.encode("ascii") + target
+        return self._agent.request(method, url, headers, body)
+
+    def bodyFromFile(self, content: IO[bytes], length: int) -> IBodyProducer:
+        """
+        A producer for a request body already received into C{content}.
+        """
+        return FileBodyProducer(content, cooperator=self._cooperator)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every idle connection; fires when they are closed.
+        """
+        self._cooperator.stop()
+        return self._pool.closeCachedConnections()
