@@ -6,7 +6,8 @@ or nowhere.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
@@ -54,7 +55,7 @@ class AccessLog:
             return cls(None, enabled=False)
         if option == "-":
             return cls(_stdoutWriter())
-        logFile = open(option, "a", buffering=1, encoding="utf-8")
+        logFile = open(option, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open
         log = cls(logFile.write)
         log._file = logFile
         return log

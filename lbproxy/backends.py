@@ -6,7 +6,7 @@ C{--backends} list.
 from __future__ import annotations
 
 import ipaddress
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -118,16 +118,12 @@ def parseBackend(item: str) -> Backend:
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme != "http":
-            raise BackendSpecError(
-                f"backend {item!r}: only http:// backends are supported"
-            )
+            raise BackendSpecError(f"backend {item!r}: only http:// backends are supported")
         rest = text.split("://", 1)[1]
         if rest.endswith("/"):
             rest = rest[:-1]
         if "/" in rest or "?" in rest or "#" in rest or "@" in rest:
-            raise BackendSpecError(
-                f"backend {item!r}: give only scheme, host and port (no path)"
-            )
+            raise BackendSpecError(f"backend {item!r}: give only scheme, host and port (no path)")
         text = rest
     host, port = _splitHostPort(item, text)
     if not host:
@@ -163,9 +159,7 @@ def _checkIPv6(item: str, host: str) -> None:
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        raise BackendSpecError(
-            f"backend {item!r}: {host!r} is not an IPv6 address"
-        ) from None
+        raise BackendSpecError(f"backend {item!r}: {host!r} is not an IPv6 address") from None
 
 
 def _checkHost(item: str, host: str) -> str:
@@ -178,9 +172,7 @@ def _checkHost(item: str, host: str) -> str:
 
 def _parsePort(item: str, text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise BackendSpecError(
-            f"backend {item!r}: port must be a number from 1 to 65535"
-        )
+        raise BackendSpecError(f"backend {item!r}: port must be a number from 1 to 65535")
     return int(text)
 
 
@@ -197,9 +189,7 @@ def parseBackends(text: str) -> list[Backend]:
     for backend in backends:
         key = (backend.scheme, _normalHost(backend.host), backend.port)
         if key in seen:
-            raise BackendSpecError(
-                f"duplicate backend {backend.authority} in --backends"
-            )
+            raise BackendSpecError(f"duplicate backend {backend.authority} in --backends")
         seen.add(key)
     return backends
 

@@ -181,7 +181,7 @@ def _now(now: datetime.datetime | None) -> datetime.datetime:
     """
     if now is None:
         # timezone.utc rather than datetime.UTC: setup.cfg still allows 3.10.
-        return datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017
+        return datetime.datetime.now(datetime.timezone.utc)
     return now
 
 
@@ -214,13 +214,9 @@ def _serverBuilder(
         .not_valid_after(notBefore + SERVER_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_keyUsage(digital_signature=True), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(alternativeNames), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(authorityKeyIdentifier, critical=False)
     )
 
@@ -251,9 +247,7 @@ def makeCertificateAuthority(
         .not_valid_after(notBefore + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_keyUsage(key_cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
             critical=False,
@@ -283,16 +277,10 @@ def makeServerCertificate(
     @raise ValueError: if C{hostnames} is empty or holds an empty name.
     """
     try:
-        caKeyIdentifier = caCert.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        ).value
-        authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            caKeyIdentifier
-        )
+        caKeyIdentifier = caCert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(caKeyIdentifier)
     except x509.ExtensionNotFound:
-        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            caKey.public_key()
-        )
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key())
     key = _newKey()
     builder = _serverBuilder(key, caCert.subject, authority, hostnames, _now(now))
     return key, builder.sign(caKey, hashes.SHA256())
@@ -317,9 +305,7 @@ def makeSelfSigned(
     """
     key = _newKey()
     authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
-    builder = _serverBuilder(
-        key, _name(_commonName(hostnames)), authority, hostnames, _now(now)
-    )
+    builder = _serverBuilder(key, _name(_commonName(hostnames)), authority, hostnames, _now(now))
     return key, builder.sign(key, hashes.SHA256())
 
 

@@ -6,7 +6,7 @@ C{--chooser} names to them.
 from __future__ import annotations
 
 import random
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.python.reflect import namedAny
 from twisted.web.iweb import IRequest
@@ -79,9 +79,7 @@ class ChooserError(ValueError):
     """
 
 
-def makeChooser(
-    name: str, registry: Mapping[str, ChooserFactory] = BUILTIN_CHOOSERS
-) -> IChooser:
+def makeChooser(name: str, registry: Mapping[str, ChooserFactory] = BUILTIN_CHOOSERS) -> IChooser:
     """
     Build the chooser called C{name}: a registered short name, or the dotted
     name of a class providing L{IChooser} that takes no arguments.
@@ -98,15 +96,15 @@ def makeChooser(
         )
     try:
         factory = namedAny(name)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
         raise ChooserError(f"cannot import chooser {name!r}: {e}") from None
     try:
         chooser = factory()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
         raise ChooserError(f"cannot instantiate chooser {name!r}: {e}") from None
     try:
         verifyObject(IChooser, chooser)
-    except Exception:
+    except Exception:  # noqa: BLE001 - verifyObject raises several kinds
         raise ChooserError(
             f"chooser {name!r} does not provide lbproxy.interfaces.IChooser"
         ) from None

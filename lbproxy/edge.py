@@ -30,11 +30,15 @@ class ProxyRequest(Request):
         if self.rejected:
             return
         self._received += len(data)
-        channel: ProxyChannel = self.channel
+        channel: ProxyChannel = self.channel  # type: ignore[assignment]
         if self._received > channel.site.maxBodySize:
             self.rejected = True
-            channel.rejectRequest(self, 413, "Content Too Large",
-                                  "The request body is larger than this proxy accepts.")
+            channel.rejectRequest(
+                self,
+                413,
+                "Content Too Large",
+                "The request body is larger than this proxy accepts.",
+            )
             return
         super().handleContentChunk(data)
 
@@ -53,8 +57,12 @@ class ProxyChannel(http.HTTPChannel):
         request = self.requests[-1]
         if self.length is not None and self.length > self.site.maxBodySize:
             request.rejected = True
-            self.rejectRequest(request, 413, "Content Too Large",
-                               "The request body is larger than this proxy accepts.")
+            self.rejectRequest(
+                request,
+                413,
+                "Content Too Large",
+                "The request body is larger than this proxy accepts.",
+            )
             return
         super().allHeadersReceived()
 
@@ -64,17 +72,22 @@ class ProxyChannel(http.HTTPChannel):
         body has been read, log it and close the connection; nothing more
         of this connection is parsed.
         """
-        body = f"{code} {reason}: {message}\n".encode("utf-8")
+        body = f"{code} {reason}: {message}\n".encode()
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s"
-            % (code, reason.encode("ascii"), len(body), body)
+            b"Connection: close\r\n\r\n%s" % (code, reason.encode("ascii"), len(body), body)
         )
         self.site.accessLog.logRejected(
-            request.getClientAddress(), self._command, self._path, self._version,
-            code, len(body), message,
+            request.getClientAddress(),
+            self._command,
+            self._path,
+            self._version,
+            code,
+            len(body),
+            message,
         )
         # Ignore whatever else the client sends on this connection.
         self.dataReceived = lambda data: None  # type: ignore[method-assign]

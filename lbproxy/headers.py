@@ -7,7 +7,7 @@ Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 from twisted.web.http_headers import Headers

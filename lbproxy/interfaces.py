@@ -4,7 +4,8 @@ The zope interfaces that connect lbproxy's parts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from zope.interface import Interface
 

@@ -41,9 +41,7 @@ __all__ = [
     "serverEndpointForListen",
 ]
 
-DEFAULT_LISTEN = (
-    "ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt"
-)
+DEFAULT_LISTEN = "ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt"
 
 _SSL_OPTIONS = (
     "port",
@@ -158,15 +156,11 @@ def _integer(description: str, name: str, value: str, low: int, high: int) -> in
     except ValueError:
         number = low - 1
     if not low <= number <= high:
-        raise _error(
-            description, f"{name} must be a number from {low} to {high}, not {value!r}"
-        )
+        raise _error(description, f"{name} must be a number from {low} to {high}, not {value!r}")
     return number
 
 
-def _parseSSL(
-    description: str, positional: list[str], named: dict[str, str]
-) -> ListenSpec:
+def _parseSSL(description: str, positional: list[str], named: dict[str, str]) -> ListenSpec:
     """
     The L{ListenSpec} of an C{ssl:} description, split into fields.
 
@@ -286,9 +280,7 @@ def serverEndpointForListen(
     options: CertificateOptions
     if spec.privateKey is not None:
         try:
-            options = serverOptionsFromFiles(
-                spec.privateKey, spec.certKey, spec.extraCertChain
-            )
+            options = serverOptionsFromFiles(spec.privateKey, spec.certKey, spec.extraCertChain)
         except TLSConfigError as e:
             raise _error(spec.description, str(e)) from e
     elif adhocOptions is not None:

@@ -7,7 +7,8 @@ This module is the one place where failures become 502, 503 or 504.
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -18,10 +19,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from twisted.web.http_headers import Headers
 
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeadersForClient
@@ -113,7 +114,7 @@ class ReverseProxyResource(Resource):
         Relay C{request} to a backend; the response is written later.
         """
         record = ProxyRecord()
-        setattr(request, "proxyRecord", record)
+        request.proxyRecord = record  # type: ignore[attr-defined]
         try:
             route = routeTarget(request)
         except TargetError as e:
@@ -124,17 +125,28 @@ class ReverseProxyResource(Resource):
         backend = self._chooser.choose(self._pool.available(), request)
         if backend is None:
             request.setHeader(b"Retry-After", b"%d" % (self._settings.retryAfter,))
-            self._log.warn("no backend available for {method} {path}",
-                           method=request.method, path=request.uri)
+            self._log.warn(
+                "no backend available for {method} {path}", method=request.method, path=request.uri
+            )
             return _answer(request, 503, "No backend is available.", record)
         record.backend = backend
-        exchange = _Exchange(request, backend, record, self._upstream,
-                             self._clock, self._settings.responseTimeout, self._log)
-        exchange.start(route.target, ClientInfo(
-            address=_clientAddress(request),
-            secure=request.isSecure(),
-            host=route.host,
-        ))
+        exchange = _Exchange(
+            request,
+            backend,
+            record,
+            self._upstream,
+            self._clock,
+            self._settings.responseTimeout,
+            self._log,
+        )
+        exchange.start(
+            route.target,
+            ClientInfo(
+                address=_clientAddress(request),
+                secure=request.isSecure(),
+                host=route.host,
+            ),
+        )
         return NOT_DONE_YET
 
 
@@ -158,7 +170,7 @@ def _answer(request: Request, code: int, message: str, record: ProxyRecord) -> b
     Make C{request} a short plain-text answer of the proxy's own.
     """
     record.error = message
-    body = f"{code} {_REASONS.get(code, '')}: {message}\n".encode("utf-8")
+    body = f"{code} {_REASONS.get(code, '')}: {message}\n".encode()
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
@@ -225,9 +237,7 @@ class _Exchange:
         self._started = self._clock.seconds()
         request.notifyFinish().addErrback(self._clientLost)
         self._timer = self._clock.callLater(self._timeout, self._timeUp)
-        self._pending = self._upstream.request(
-            self._backend, request.method, target, headers, body
-        )
+        self._pending = self._upstream.request(self._backend, request.method, target, headers, body)
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
     def _requestBody(self) -> IBodyProducer | None:
@@ -294,8 +304,11 @@ class _Exchange:
         self._finish(failed=True)
         self._log.warn(
             "{status} for {method} {path}: backend {backend}: {reason}",
-            status=code, method=self._request.method, path=self._request.uri,
-            backend=self._backend.authority, reason=reason,
+            status=code,
+            method=self._request.method,
+            path=self._request.uri,
+            backend=self._backend.authority,
+            reason=reason,
         )
         body = _answer(self._request, code, reason, self._record)
         self._request.write(body)
@@ -335,8 +348,10 @@ class _Exchange:
         self._log.warn(
             "response from backend {backend} for {method} {path} cut short: "
             "{reason}; closing the client connection",
-            backend=self._backend.authority, method=request.method,
-            path=request.uri, reason=reason.getErrorMessage(),
+            backend=self._backend.authority,
+            method=request.method,
+            path=request.uri,
+            reason=reason.getErrorMessage(),
         )
         site = getattr(request, "site", None)
         if site is not None:

@@ -12,7 +12,7 @@ import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,9 +22,9 @@ from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
 from lbproxy.edge import DEFAULT_MAX_BODY, ProxySite
 from lbproxy.interfaces import IChooser
-from lbproxy.listen import ListenSpec, serverEndpointForListen
+from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
-from lbproxy.tls import adhocServerOptions
+from lbproxy.tls import TLSConfigError, adhocServerOptions
 from lbproxy.upstream import Upstream, UpstreamSettings
 
 
@@ -37,8 +37,8 @@ class LoadBalancerConfig:
     backends: list[Backend]
     listens: list[ListenSpec]
     chooser: IChooser
-    proxy: ProxySettings = ProxySettings()
-    upstream: UpstreamSettings = UpstreamSettings()
+    proxy: ProxySettings = attrs.Factory(ProxySettings)
+    upstream: UpstreamSettings = attrs.Factory(UpstreamSettings)
     maxBodySize: int = DEFAULT_MAX_BODY
     accessLog: AccessLog = attrs.Factory(lambda: AccessLog(None))
     demo: bool = False
@@ -68,18 +68,22 @@ class LoadBalancerService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: LoadBalancerConfig, reactor: IReactorCore) -> None:
+    def __init__(
+        self, config: LoadBalancerConfig, reactor: IReactorTCP, clock: IReactorTime
+    ) -> None:
         super().__init__()
         self._config = config
         self._reactor = reactor
         self.pool = BackendPool(list(config.backends))
-        self.upstream = Upstream(reactor, reactor, config.upstream)  # type: ignore[arg-type]
+        self.upstream = Upstream(reactor, clock, config.upstream)
         self.resource = ReverseProxyResource(
-            self.pool, config.chooser, self.upstream, reactor, config.proxy  # type: ignore[arg-type]
+            self.pool,
+            config.chooser,
+            self.upstream,
+            clock,
+            config.proxy,
         )
-        self.site = ProxySite(
-            self.resource, config.accessLog, config.maxBodySize, reactor=reactor
-        )
+        self.site = ProxySite(self.resource, config.accessLog, config.maxBodySize, reactor=clock)
         self.ports: list[IListeningPort] = []
         self.demoPorts: list[IListeningPort] = []
         self._listening = False
@@ -108,9 +112,7 @@ class LoadBalancerService(MultiService):
         config = self._config
         if config.demo:
             for number in (1, 2):
-                port = self._listenNow(
-                    "tcp:0:interface=127.0.0.1", demoBackendSite(number)
-                )
+                port = self._listenNow("tcp:0:interface=127.0.0.1", demoBackendSite(number))
                 self.demoPorts.append(port)
                 self.pool.backends.append(
                     Backend(host="127.0.0.1", port=port.getHost().port)  # type: ignore[attr-defined]
@@ -120,12 +122,13 @@ class LoadBalancerService(MultiService):
             adhocOptions, fingerprint = adhocServerOptions(defaultHostnames())
             self._log.info(
                 "ad-hoc TLS certificate for {names}; SHA-256 fingerprint {fingerprint}",
-                names=", ".join(defaultHostnames()), fingerprint=fingerprint,
+                names=", ".join(defaultHostnames()),
+                fingerprint=fingerprint,
             )
         for spec in config.listens:
             try:
                 endpoint = serverEndpointForListen(self._reactor, spec, adhocOptions)
-            except Exception as e:
+            except (ListenError, TLSConfigError) as e:
                 raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
             self.ports.append(self._listenNow(spec.description, self.site, endpoint))
         self._log.info(
@@ -145,9 +148,7 @@ class LoadBalancerService(MultiService):
         if not results:
             raise StartupError(f"listening on {description!r} did not complete at start-up")
         if isinstance(results[0], Failure):
-            raise StartupError(
-                f"cannot listen on {description!r}: {results[0].getErrorMessage()}"
-            )
+            raise StartupError(f"cannot listen on {description!r}: {results[0].getErrorMessage()}")
         port: IListeningPort = results[0]
         return port
 
@@ -159,7 +160,9 @@ class LoadBalancerService(MultiService):
             flag = " -k" if spec.isTLS else ""
             self._log.info(
                 "demo: try   curl{flag} {scheme}://localhost:{port}/",
-                flag=flag, scheme=scheme, port=number,
+                flag=flag,
+                scheme=scheme,
+                port=number,
             )
 
     def _closePortsNow(self) -> None:
@@ -174,7 +177,9 @@ class LoadBalancerService(MultiService):
         access log.
         """
         super().stopService()
-        stopping = [maybeDeferred(p.stopListening) for p in self.ports + self.demoPorts]
+        stopping: list[Deferred[Any]] = [
+            maybeDeferred(p.stopListening) for p in self.ports + self.demoPorts
+        ]
         self.ports = []
         self.demoPorts = []
         self._listening = False
@@ -188,8 +193,11 @@ class LoadBalancerService(MultiService):
         return done
 
 
-def makeLoadBalancer(config: LoadBalancerConfig, reactor: IReactorCore) -> LoadBalancerService:
+def makeLoadBalancer(
+    config: LoadBalancerConfig, reactor: IReactorTCP, clock: IReactorTime
+) -> LoadBalancerService:
     """
-    Assemble the load balancer described by C{config} on C{reactor}.
+    Assemble the load balancer described by C{config}, networking through
+    C{reactor} and timing with C{clock} (usually the same reactor).
     """
-    return LoadBalancerService(config, reactor)
+    return LoadBalancerService(config, reactor, clock)

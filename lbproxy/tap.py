@@ -6,17 +6,17 @@ starts, and L{makeService}.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.python import usage
 
 from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendSpecError, parseBackends
 from lbproxy.choosers import BUILTIN_CHOOSERS, DEFAULT_CHOOSER, ChooserError, makeChooser
 from lbproxy.demo import DEMO_LISTEN
-from lbproxy.edge import DEFAULT_MAX_BODY
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import (
     DEFAULT_LISTEN,
@@ -73,36 +73,65 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["adhoc", None,
-         "Serve a certificate generated in memory at start-up on every ssl: "
-         "listener that names no privateKey (and listen on ssl:443 when no "
-         "--listen is given). Its SHA-256 fingerprint is logged."],
-        ["demo", None,
-         "Start two demo backends in this process and serve them on "
-         "ssl:8443 (ad-hoc certificate) and tcp:8080."],
+        [
+            "adhoc",
+            None,
+            "Serve a certificate generated in memory at start-up on every ssl: "
+            "listener that names no privateKey (and listen on ssl:443 when no "
+            "--listen is given). Its SHA-256 fingerprint is logged.",
+        ],
+        [
+            "demo",
+            None,
+            "Start two demo backends in this process and serve them on "
+            "ssl:8443 (ad-hoc certificate) and tcp:8080.",
+        ],
     ]
 
     optParameters = [
-        ["backends", "b", None,
-         "Comma-separated backends: host, host:port, [v6addr]:port or "
-         "http://host:port (default port 80)."],
-        ["chooser", "c", DEFAULT_CHOOSER,
-         "Balancing policy: " + ", ".join(sorted(BUILTIN_CHOOSERS))
-         + ", or the dotted name of a class providing "
-         "lbproxy.interfaces.IChooser."],
-        ["timeout", None, "30",
-         "Seconds to wait for a backend's response headers before answering 504."],
-        ["connect-timeout", None, "5",
-         "Seconds to wait for a connection to a backend."],
-        ["max-body", None, "100M",
-         "Largest request body accepted (bytes; K, M, G suffixes); larger gets 413."],
-        ["access-log", None, None,
-         "Access log destination: a file PATH, - for stdout, none to disable. "
-         "Default: the twistd log."],
-        ["max-idle-per-backend", None, "64",
-         "Idle keep-alive connections kept open to each backend."],
-        ["idle-timeout", None, "30",
-         "Seconds an idle backend connection is kept open."],
+        [
+            "backends",
+            "b",
+            None,
+            "Comma-separated backends: host, host:port, [v6addr]:port or "
+            "http://host:port (default port 80).",
+        ],
+        [
+            "chooser",
+            "c",
+            DEFAULT_CHOOSER,
+            "Balancing policy: "
+            + ", ".join(sorted(BUILTIN_CHOOSERS))
+            + ", or the dotted name of a class providing "
+            "lbproxy.interfaces.IChooser.",
+        ],
+        [
+            "timeout",
+            None,
+            "30",
+            "Seconds to wait for a backend's response headers before answering 504.",
+        ],
+        ["connect-timeout", None, "5", "Seconds to wait for a connection to a backend."],
+        [
+            "max-body",
+            None,
+            "100M",
+            "Largest request body accepted (bytes; K, M, G suffixes); larger gets 413.",
+        ],
+        [
+            "access-log",
+            None,
+            None,
+            "Access log destination: a file PATH, - for stdout, none to disable. "
+            "Default: the twistd log.",
+        ],
+        [
+            "max-idle-per-backend",
+            None,
+            "64",
+            "Idle keep-alive connections kept open to each backend.",
+        ],
+        ["idle-timeout", None, "30", "Seconds an idle backend connection is kept open."],
     ]
 
     compData = usage.Completions(
@@ -247,18 +276,20 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
     )
 
 
-def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
+def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the lbproxy service from parsed C{options}.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
-        reactor = globalReactor  # type: ignore[assignment]
+        reactor = globalReactor
     config = options.config
     if config is None:
         config = buildConfig(options)
-    return _ExitOnStartupError(makeLoadBalancer(config, reactor))
+    network: IReactorTCP = reactor
+    clock: IReactorTime = reactor
+    return _ExitOnStartupError(makeLoadBalancer(config, network, clock))
 
 
 class _ExitOnStartupError(MultiService):

@@ -44,16 +44,17 @@ def routeTarget(request: IRequest) -> Route:
         HTTP/1.1 or more than one Host header.
     """
     uri: bytes = request.uri
+    version: bytes = getattr(request, "clientproto", b"HTTP/1.1")
     hosts = request.requestHeaders.getRawHeaders(b"host", [])
     if len(hosts) > 1:
         raise TargetError("more than one Host header")
     host = hosts[0] if hosts else None
     if uri.startswith(b"/"):
-        if host is None and request.clientproto == b"HTTP/1.1":
+        if host is None and version == b"HTTP/1.1":
             raise TargetError("HTTP/1.1 request without Host")
         return Route(target=uri, host=host)
     lowered = uri[:8].lower()
-    if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+    if lowered.startswith((b"http://", b"https://")):
         parts = urlsplit(uri)
         if not parts.netloc or b"@" in parts.netloc:
             raise TargetError("absolute-form target without a usable authority")

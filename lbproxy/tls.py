@@ -101,9 +101,7 @@ def _readFile(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise TLSConfigError(
-            f"cannot read TLS {what} file {path!r}: {e.strerror or e}"
-        ) from e
+        raise TLSConfigError(f"cannot read TLS {what} file {path!r}: {e.strerror or e}") from e
 
 
 def _loadPrivateKey(path: str, pem: bytes) -> _SigningKey:
@@ -122,9 +120,7 @@ def _loadPrivateKey(path: str, pem: bytes) -> _SigningKey:
             "unencrypted (for example: openssl pkey -in KEY -out KEY.unencrypted)"
         ) from e
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise TLSConfigError(
-            f"no usable PEM private key in {path!r} ({_firstLine(e)})"
-        ) from e
+        raise TLSConfigError(f"no usable PEM private key in {path!r} ({_firstLine(e)})") from e
     if not isinstance(key, _SIGNING_KEY_TYPES):
         raise TLSConfigError(
             f"the private key in {path!r} is a {type(key).__name__}, "
@@ -251,6 +247,4 @@ class TLSServerEndpoint:
         Listen on the wrapped endpoint; every connection does a TLS server
         handshake and then carries the protocols of C{protocolFactory}.
         """
-        return self.wrapped.listen(
-            TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory)
-        )
+        return self.wrapped.listen(TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))

@@ -5,7 +5,8 @@ pooled connections.
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -22,11 +23,16 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.task import Cooperator
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import (
+    URI,
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import URI, _HTTP11ClientFactory
 from zope.interface import implementer
 
 from lbproxy.backends import Backend, isIPLiteral
@@ -124,7 +130,7 @@ class _ClientProtocol(HTTP11ClientProtocol):
         connHeaders = getattr(parser, "connHeaders", None)
 
         def expose(response: IResponse) -> IResponse:
-            setattr(response, "connectionHeaders", connHeaders or Headers())
+            response.connectionHeaders = connHeaders or Headers()  # type: ignore[attr-defined]
             return response
 
         return d.addCallback(expose)
@@ -168,7 +174,7 @@ class Upstream:
         """
         self._pool = _QuietPool(clock, persistent=True)
         self._pool.maxPersistentPerHost = settings.maxIdlePerBackend
-        self._pool.cachedConnectionTimeout = settings.idleTimeout
+        self._pool.cachedConnectionTimeout = settings.idleTimeout  # type: ignore[assignment]
         # A stale pooled connection is retried once for idempotent requests
         # without a body, transparently; that is what we want.
         self._pool.retryAutomatically = True

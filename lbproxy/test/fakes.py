@@ -6,7 +6,8 @@ HTTP client connection.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import attrs
 from twisted.internet import reactor as _globalReactor
@@ -78,9 +79,7 @@ class RecordingResource(Resource):
             Received(
                 method=request.method,
                 uri=request.uri,
-                headers=[
-                    (k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()
-                ],
+                headers=[(k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()],
                 body=request.content.read(),
             )
         )
@@ -129,7 +128,7 @@ def startBackend(
     name: bytes,
     handler: Handler | None = None,
     interface: str = "127.0.0.1",
-) -> Deferred[RunningBackend]:
+) -> Generator[Any, Any, RunningBackend]:
     """
     Start a recording backend on C{interface} port 0; stopped at cleanup.
     """
@@ -166,11 +165,11 @@ def startProxy(
     case: TestCase,
     backends: list[Backend],
     chooser: IChooser | None = None,
-    settings: ProxySettings = ProxySettings(),
-    upstreamSettings: UpstreamSettings = UpstreamSettings(),
+    settings: ProxySettings | None = None,
+    upstreamSettings: UpstreamSettings | None = None,
     clock: IReactorTime | None = None,
     maxBodySize: int = 100 * 1024 * 1024,
-) -> Deferred[RunningProxy]:
+) -> Generator[Any, Any, RunningProxy]:
     """
     Start an lbproxy site on loopback port 0 over C{backends}, with an
     access log collected in C{lines}; stopped at cleanup.
@@ -178,10 +177,10 @@ def startProxy(
     timers = clock if clock is not None else reactor
     lines: list[str] = []
     pool = BackendPool(list(backends))
-    upstream = Upstream(reactor, timers, upstreamSettings)  # type: ignore[arg-type]
+    upstream = Upstream(reactor, timers, upstreamSettings or UpstreamSettings())  # type: ignore[arg-type]
     case.addCleanup(upstream.close)
     resource = ReverseProxyResource(
-        pool, chooser or RoundRobinChooser(), upstream, timers, settings
+        pool, chooser or RoundRobinChooser(), upstream, timers, settings or ProxySettings()
     )
     site = ProxySite(resource, AccessLog(lines.append), maxBodySize)
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
@@ -196,7 +195,7 @@ def get(
     method: bytes = b"GET",
     headers: Headers | None = None,
     pool: HTTPConnectionPool | None = None,
-) -> Deferred[tuple[IResponse, bytes]]:
+) -> Generator[Any, Any, tuple[IResponse, bytes]]:
     """
     Make one request with twisted.web's client; return response and body.
     """
@@ -245,7 +244,7 @@ class RawClient(Protocol):
 
 
 @inlineCallbacks
-def rawConnect(case: TestCase, portNumber: int) -> Deferred[RawClient]:
+def rawConnect(case: TestCase, portNumber: int) -> Generator[Any, Any, RawClient]:
     """
     Open a raw TCP connection to the proxy; closed at cleanup.
     """

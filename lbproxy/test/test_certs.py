@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
 
-_NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)  # noqa: UP017
+_NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 _HasPublicKey = x509.Certificate | PrivateKeyTypes
 _FILES = ("ca.crt", "ca.key", "loadbalancer.crt", "loadbalancer.key")
 
@@ -106,9 +106,7 @@ class CertificateAuthorityTests(SynchronousTestCase):
         years.
         """
         _, cert = certs.makeCertificateAuthority(now=_NOW)
-        self.assertEqual(
-            cert.not_valid_before_utc, _NOW - datetime.timedelta(minutes=5)
-        )
+        self.assertEqual(cert.not_valid_before_utc, _NOW - datetime.timedelta(minutes=5))
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         self.assertEqual(lifetime.days // 365, 10)
 
@@ -129,9 +127,7 @@ class ServerCertificateTests(SynchronousTestCase):
         _, cert = certs.makeServerCertificate(
             self.caKey, self.caCert, ["localhost", "127.0.0.1", "::1", "localhost"]
         )
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(names.get_values_for_type(x509.DNSName), ["localhost"])
         self.assertEqual(
             names.get_values_for_type(x509.IPAddress),
@@ -143,23 +139,15 @@ class ServerCertificateTests(SynchronousTestCase):
         A non-ASCII host name is IDNA-encoded.
         """
         _, cert = certs.makeServerCertificate(self.caKey, self.caCert, ["bücher.test"])
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
-        self.assertEqual(
-            names.get_values_for_type(x509.DNSName), ["xn--bcher-kva.test"]
-        )
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(names.get_values_for_type(x509.DNSName), ["xn--bcher-kva.test"])
 
     def test_noHostnames(self) -> None:
         """
         A server certificate needs at least one non-empty name.
         """
-        self.assertRaises(
-            ValueError, certs.makeServerCertificate, self.caKey, self.caCert, []
-        )
-        self.assertRaises(
-            ValueError, certs.makeServerCertificate, self.caKey, self.caCert, [" "]
-        )
+        self.assertRaises(ValueError, certs.makeServerCertificate, self.caKey, self.caCert, [])
+        self.assertRaises(ValueError, certs.makeServerCertificate, self.caKey, self.caCert, [" "])
         self.assertRaises(ValueError, certs.makeSelfSigned, [])
 
     def test_serverExtensions(self) -> None:
@@ -188,12 +176,8 @@ class ServerCertificateTests(SynchronousTestCase):
         A server certificate is valid for 825 days from a few minutes before
         it is made.
         """
-        _, cert = certs.makeServerCertificate(
-            self.caKey, self.caCert, ["localhost"], now=_NOW
-        )
-        self.assertEqual(
-            cert.not_valid_before_utc, _NOW - datetime.timedelta(minutes=5)
-        )
+        _, cert = certs.makeServerCertificate(self.caKey, self.caCert, ["localhost"], now=_NOW)
+        self.assertEqual(cert.not_valid_before_utc, _NOW - datetime.timedelta(minutes=5))
         self.assertEqual(
             cert.not_valid_after_utc - cert.not_valid_before_utc,
             datetime.timedelta(days=825),
@@ -204,19 +188,13 @@ class ServerCertificateTests(SynchronousTestCase):
         cryptography's RFC 5280 web PKI verifier accepts the server
         certificate for its DNS name and its IP address, given the CA.
         """
-        _, cert = certs.makeServerCertificate(
-            self.caKey, self.caCert, ["localhost", "127.0.0.1"]
-        )
+        _, cert = certs.makeServerCertificate(self.caKey, self.caCert, ["localhost", "127.0.0.1"])
         subjects: list[x509.DNSName | x509.IPAddress] = [
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ]
         for subject in subjects:
-            verifier = (
-                PolicyBuilder()
-                .store(Store([self.caCert]))
-                .build_server_verifier(subject)
-            )
+            verifier = PolicyBuilder().store(Store([self.caCert])).build_server_verifier(subject)
             chain = verifier.verify(cert, [])
             self.assertEqual(chain[-1], self.caCert)
 
@@ -228,12 +206,8 @@ class ServerCertificateTests(SynchronousTestCase):
         _, cert = certs.makeSelfSigned(["localhost", "127.0.0.1"])
         self.assertEqual(cert.subject, cert.issuer)
         cert.verify_directly_issued_by(cert)
-        self.assertFalse(
-            cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        )
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
+        self.assertFalse(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(names.get_values_for_type(x509.DNSName), ["localhost"])
 
 
@@ -312,13 +286,9 @@ class MainTests(SynchronousTestCase):
         _runMain([self.directory, "--hostname", "lb.example", "--hostname", "10.0.0.1"])
         with open(self.paths()[2], "rb") as f:
             server = x509.load_pem_x509_certificate(f.read())
-        names = server.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
+        names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertIn("lb.example", names.get_values_for_type(x509.DNSName))
-        self.assertIn(
-            ipaddress.ip_address("10.0.0.1"), names.get_values_for_type(x509.IPAddress)
-        )
+        self.assertIn(ipaddress.ip_address("10.0.0.1"), names.get_values_for_type(x509.IPAddress))
         self.assertIn("localhost", names.get_values_for_type(x509.DNSName))
 
     def test_refusesToOverwrite(self) -> None:

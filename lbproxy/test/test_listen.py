@@ -84,9 +84,7 @@ class ParseListenTests(SynchronousTestCase):
         A backslash escapes a colon inside a value, as in every Twisted
         endpoint string.
         """
-        spec = parseListen(
-            r"ssl:8443:interface=\:\:1:privateKey=C\:/keys/k.pem:certKey=a\\b=c.pem"
-        )
+        spec = parseListen(r"ssl:8443:interface=\:\:1:privateKey=C\:/keys/k.pem:certKey=a\\b=c.pem")
         self.assertEqual(spec.interface, "::1")
         self.assertEqual(spec.privateKey, "C:/keys/k.pem")
         self.assertEqual(spec.certKey, "a\\b=c.pem")
@@ -258,9 +256,7 @@ class ServerEndpointForListenTests(SynchronousTestCase):
             ("unix:/tmp/lbproxy.sock", UNIXServerEndpoint),
         ]
         for description, endpointType in cases:
-            endpoint = serverEndpointForListen(
-                self.reactor, parseListen(description), None
-            )
+            endpoint = serverEndpointForListen(self.reactor, parseListen(description), None)
             self.assertIsInstance(endpoint, endpointType)
 
     def test_twistedErrors(self) -> None:
@@ -290,9 +286,7 @@ class MissingCertificateFilesTests(SynchronousTestCase):
             f"ssl:443:privateKey={key}:certKey={files.serverCert}:extraCertChain={chain}"
         )
         self.assertEqual(missingCertificateFiles(spec), [key, chain])
-        self.assertEqual(
-            missingCertificateFiles(parseListen(f"ssl:443:privateKey={key}")), [key]
-        )
+        self.assertEqual(missingCertificateFiles(parseListen(f"ssl:443:privateKey={key}")), [key])
 
     def test_noneMissing(self) -> None:
         """
@@ -300,9 +294,7 @@ class MissingCertificateFilesTests(SynchronousTestCase):
         other endpoint types.
         """
         files = writeCertificates(self.mktemp())
-        spec = parseListen(
-            f"ssl:443:privateKey={files.serverKey}:certKey={files.serverCert}"
-        )
+        spec = parseListen(f"ssl:443:privateKey={files.serverKey}:certKey={files.serverCert}")
         self.assertEqual(missingCertificateFiles(spec), [])
         self.assertEqual(missingCertificateFiles(parseListen("ssl:443")), [])
         self.assertEqual(missingCertificateFiles(parseListen("tcp:80")), [])

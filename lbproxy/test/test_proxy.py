@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
@@ -159,8 +159,15 @@ class RelayTests(TestCase):
         self.assertEqual(seen.header(b"x-multi"), [b"1", b"2", b"3"])
         self.assertEqual(seen.header(b"accept"), [b"a"])
         names = {name.lower() for name, _ in seen.headers}
-        for hop in (b"x-secret", b"keep-alive", b"te", b"upgrade",
-                    b"proxy-authorization", b"proxy-connection", b"trailer"):
+        for hop in (
+            b"x-secret",
+            b"keep-alive",
+            b"te",
+            b"upgrade",
+            b"proxy-authorization",
+            b"proxy-connection",
+            b"trailer",
+        ):
             self.assertNotIn(hop, names)
         # The proxy's own connection management toward the backend.
         self.assertNotIn(b"close", b",".join(seen.header(b"connection")).lower())
@@ -183,9 +190,7 @@ class RelayTests(TestCase):
         self.assertEqual(seen.header(b"x-forwarded-for"), [b"127.0.0.1"])
         self.assertEqual(seen.header(b"x-forwarded-proto"), [b"http"])
         self.assertEqual(seen.header(b"x-forwarded-host"), [b"localhost"])
-        self.assertEqual(
-            seen.header(b"forwarded"), [b"for=127.0.0.1;host=localhost;proto=http"]
-        )
+        self.assertEqual(seen.header(b"forwarded"), [b"for=127.0.0.1;host=localhost;proto=http"])
 
     @inlineCallbacks
     def test_responseHeadersRelayed(self) -> Gen:
@@ -242,7 +247,9 @@ class RelayTests(TestCase):
         self.assertEqual(data.count(b"HTTP/1.1 "), 4)
         self.assertEqual(data.count(b"full body"), 1)
         self.assertTrue(data.endswith(b"full body"), data)
-        statuses = [line.split(b" ")[1] for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+        statuses = [
+            line.split(b" ")[1] for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")
+        ]
         self.assertEqual(statuses, [b"200", b"204", b"304", b"200"])
 
     @inlineCallbacks
@@ -409,13 +416,13 @@ class FailureTests(TestCase):
         within the timeout gives 504, and its connection is dropped.
         """
         hung: list[Request] = []
-        backend = yield startBackend(self, b"", lambda r: hung.append(r) or NOT_DONE_YET)
+        backend = yield startBackend(self, b"", _hang(hung))
         clock = Clock()
         proxy = yield startProxy(
             self, [backend.backend], settings=ProxySettings(responseTimeout=30), clock=clock
         )
         arrived = backend.resource.nextRequest()
-        result = get(self, proxy.url())
+        result: Deferred[Any] = get(self, proxy.url())
         request = yield arrived
         lost = request.notifyFinish()
         clock.advance(29)
@@ -437,6 +444,7 @@ class FailureTests(TestCase):
 
         class Garbage(Protocol):
             def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
                 self.transport.write(b"SSH-2.0-OpenSSH\r\n\r\n")
                 self.transport.loseConnection()
 
@@ -445,7 +453,7 @@ class FailureTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
-        response, body = yield get(self, proxy.url())
+        response, _body = yield get(self, proxy.url())
         self.assertEqual(response.code, 502)
 
     @inlineCallbacks
@@ -459,9 +467,8 @@ class FailureTests(TestCase):
 
         class Dies(Protocol):
             def dataReceived(self, data: bytes) -> None:
-                self.transport.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part"
-                )
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
                 self.transport.loseConnection()
 
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -473,7 +480,7 @@ class FailureTests(TestCase):
         client.transport.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         yield client.closed
         self.assertIn(b"Content-Length: 100", client.data)
-        head, _, body = client.data.partition(b"\r\n\r\n")
+        _head, _, body = client.data.partition(b"\r\n\r\n")
         self.assertEqual(body, b"only-part")
         self.assertIn("truncated", proxy.lines[-1])
 
@@ -495,7 +502,7 @@ class HostTests(TestCase):
         )
         response, _ = yield get(self, b"http://localhost:%d/" % (proxy.portNumber,))
         self.assertEqual(response.code, 200)
-        response, body = yield get(self, proxy.url())
+        response, _body = yield get(self, proxy.url())
         self.assertEqual(response.code, 421)
         self.assertEqual(len(backend.resource.received), 1)
 
@@ -550,8 +557,7 @@ class BodyLimitTests(TestCase):
         proxy = yield startProxy(self, [backend.backend], maxBodySize=10)
         client = yield rawConnect(self, proxy.portNumber)
         client.transport.write(
-            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"
-            b"Expect: 100-continue\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"
         )
         yield client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 413 "), client.data)
@@ -649,7 +655,7 @@ class StreamingTests(TestCase):
 
         backend = yield startBackend(self, b"", handler)
         proxy = yield startProxy(self, [backend.backend])
-        response, body = yield get(self, proxy.url())
+        _response, body = yield get(self, proxy.url())
         self.assertEqual(len(body), 32 * 1024 * 1024)
         self.assertEqual(hashlib.sha256(body).hexdigest(), streams[0].digest.hexdigest())
 
@@ -700,7 +706,7 @@ class StreamingTests(TestCase):
         makes the proxy drop its backend request.
         """
         hung: list[Request] = []
-        backend = yield startBackend(self, b"", lambda r: hung.append(r) or NOT_DONE_YET)
+        backend = yield startBackend(self, b"", _hang(hung))
         proxy = yield startProxy(self, [backend.backend])
         client = yield rawConnect(self, proxy.portNumber)
         arrived = backend.resource.nextRequest()
@@ -710,6 +716,18 @@ class StreamingTests(TestCase):
         client.transport.abortConnection()
         yield self.assertFailure(lost, Exception)
         self.assertEqual(backend.backend.inFlight, 0)
+
+
+def _hang(into: list[Request]) -> Any:
+    """
+    A backend handler that keeps every request open, collecting it.
+    """
+
+    def handler(request: Request) -> int:
+        into.append(request)
+        return NOT_DONE_YET
+
+    return handler
 
 
 def _turn() -> Deferred[None]:

@@ -178,12 +178,8 @@ class ServerOptionsFromFilesTests(SynchronousTestCase):
         options = serverOptionsFromFiles(self.files.serverKey, fullChain)
         ca = x509.load_pem_x509_certificate(self.files.caPEM)
         self.assertEqual([c.to_cryptography() for c in options.extraCertChain], [ca])
-        options = serverOptionsFromFiles(
-            self.files.serverKey, fullChain, self.files.caCert
-        )
-        self.assertEqual(
-            [c.to_cryptography() for c in options.extraCertChain], [ca, ca]
-        )
+        options = serverOptionsFromFiles(self.files.serverKey, fullChain, self.files.caCert)
+        self.assertEqual([c.to_cryptography() for c in options.extraCertChain], [ca, ca])
 
     def test_missingFile(self) -> None:
         """
@@ -217,12 +213,8 @@ class ServerOptionsFromFilesTests(SynchronousTestCase):
         certificate, is a one-line error naming it.
         """
         garbage = _write(os.path.join(self.directory, "garbage"), b"not PEM\n")
-        self.assertIn(
-            repr(garbage), self.assertOneLineError(garbage, self.files.serverCert)
-        )
-        self.assertIn(
-            repr(garbage), self.assertOneLineError(self.files.serverKey, garbage)
-        )
+        self.assertIn(repr(garbage), self.assertOneLineError(garbage, self.files.serverCert))
+        self.assertIn(repr(garbage), self.assertOneLineError(self.files.serverKey, garbage))
         self.assertIn(
             repr(self.files.serverCert),
             self.assertOneLineError(self.files.serverCert, self.files.serverCert),
@@ -259,9 +251,7 @@ class AdhocServerOptionsTests(SynchronousTestCase):
         cert = _served(options)
         self.assertEqual(cert.subject, cert.issuer)
         self.assertEqual(certs.fingerprintSHA256(cert), fingerprint)
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(names.get_values_for_type(x509.DNSName), ["localhost"])
 
     def test_newEachTime(self) -> None:
@@ -431,14 +421,10 @@ class HandshakeTests(TestCase):
         @return: the port number.
         """
         if options is None:
-            options = serverOptionsFromFiles(
-                self.files.serverKey, self.files.serverCert
-            )
+            options = serverOptionsFromFiles(self.files.serverKey, self.files.serverCert)
         factory = Factory()
         factory.buildProtocol = self.buildEcho  # type: ignore[method-assign,assignment]
-        endpoint = TLSServerEndpoint(
-            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), options
-        )
+        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), options)
         port: IListeningPort = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
         number: int = port.getHost().port  # type: ignore[attr-defined]
@@ -460,9 +446,7 @@ class HandshakeTests(TestCase):
             trustRoot=Certificate.loadPEM(trustRoot),
             acceptableProtocols=acceptableProtocols,
         )
-        endpoint = wrapClientTLS(
-            options, TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        )
+        endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         client: _PingClient = await connectProtocol(endpoint, _PingClient())
         return await client.done
 
@@ -491,9 +475,7 @@ class HandshakeTests(TestCase):
         """
         port = await self.serve()
         for hostname in ["localhost", "127.0.0.1"]:
-            received = await deferToThread(
-                _pythonClient, port, hostname, self.files.caPEM
-            )
+            received = await deferToThread(_pythonClient, port, hostname, self.files.caPEM)
             self.assertEqual(received, _PING)
 
     async def test_untrustedCA(self) -> None:
@@ -519,9 +501,7 @@ class HandshakeTests(TestCase):
         C{http/1.1}.
         """
         port = await self.serve()
-        result = await self.connect(
-            port, "localhost", self.files.caPEM, [b"h2", b"http/1.1"]
-        )
+        result = await self.connect(port, "localhost", self.files.caPEM, [b"h2", b"http/1.1"])
         self.assertEqual(result.negotiatedProtocol, b"http/1.1")
 
     async def test_adhocFingerprint(self) -> None:
@@ -553,9 +533,7 @@ class HandshakeTests(TestCase):
 
         port = await self.serve()
         try:
-            await deferToThread(
-                _pythonClient, port, "localhost", self.files.caPEM, tls11Only
-            )
+            await deferToThread(_pythonClient, port, "localhost", self.files.caPEM, tls11Only)
         except _CannotConfigure as e:
             self.skipTest(f"this ssl module cannot make a TLS 1.1 client: {e}")
         except ssl.SSLError as e:
