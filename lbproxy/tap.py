@@ -24,9 +24,11 @@ from lbproxy.listen import (
     ListenSpec,
     missingCertificateFiles,
     parseListen,
+    serverEndpointForListen,
 )
 from lbproxy.proxy import ProxySettings
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
+from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
 from lbproxy.upstream import UpstreamSettings
 
 ADHOC_LISTEN = "ssl:443"
@@ -145,19 +147,21 @@ class Options(usage.Options):
         self.config: LoadBalancerConfig | None = None
 
     def opt_listen(self, description: str) -> None:
-        """
-        Where to accept clients, as a Twisted server endpoint string
-        (repeatable): ssl:8443:privateKey=K:certKey=C, tcp:8080, tcp6:...,
-        unix:... Default: ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt
-        """
         self["listen"].append(description)
 
+    opt_listen.__doc__ = (
+        "Where to accept clients, as a Twisted server endpoint string "
+        "(repeatable): ssl:8443:privateKey=KEY:certKey=CERT, tcp:8080, tcp6:..., "
+        f"unix:... [default: {DEFAULT_LISTEN}]"
+    )
+
     def opt_allow_host(self, name: str) -> None:
-        """
-        Serve only this Host (repeatable); other Hosts get 421 Misdirected
-        Request. Default: serve every Host.
-        """
         self["allow-host"].append(name.strip().lower())
+
+    opt_allow_host.__doc__ = (
+        "Serve only this Host (repeatable); requests for other Hosts get "
+        "421 Misdirected Request. Default: serve every Host."
+    )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -221,8 +225,28 @@ def _listens(options: Options) -> list[ListenSpec]:
                 "create one with 'python -m lbproxy.certs', or run with --adhoc "
                 "for a generated certificate"
             )
+        if not spec.isTLS:
+            _checkEndpoint(spec)
+        if spec.isTLS and spec.privateKey is not None:
+            try:
+                serverOptionsFromFiles(spec.privateKey, spec.certKey, spec.extraCertChain)
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--listen {description!r}: {e}") from None
         specs.append(spec)
     return specs
+
+
+def _checkEndpoint(spec: ListenSpec) -> None:
+    """
+    Build (without listening) the endpoint for a non-TLS C{spec}, so that an
+    unknown endpoint type or a bad argument is a usage error.
+    """
+    from twisted.internet import reactor
+
+    try:
+        serverEndpointForListen(reactor, spec, None)  # type: ignore[arg-type]
+    except ListenError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def buildConfig(options: Options) -> LoadBalancerConfig:
