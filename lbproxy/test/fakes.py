@@ -29,7 +29,7 @@ from lbproxy.choosers import RoundRobinChooser
 from lbproxy.edge import ProxySite
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
-from lbproxy.upstream import Upstream, UpstreamSettings
+from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
 
 reactor = _globalReactor
 
@@ -169,6 +169,7 @@ def startProxy(
     upstreamSettings: UpstreamSettings | None = None,
     clock: IReactorTime | None = None,
     maxBodySize: int = 100 * 1024 * 1024,
+    endpointFor: EndpointForBackend | None = None,
 ) -> Generator[Any, Any, RunningProxy]:
     """
     Start an lbproxy site on loopback port 0 over C{backends}, with an
@@ -177,7 +178,7 @@ def startProxy(
     timers = clock if clock is not None else reactor
     lines: list[str] = []
     pool = BackendPool(list(backends))
-    upstream = Upstream(reactor, timers, upstreamSettings or UpstreamSettings())  # type: ignore[arg-type]
+    upstream = Upstream(reactor, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]
     case.addCleanup(upstream.close)
     resource = ReverseProxyResource(
         pool, chooser or RoundRobinChooser(), upstream, timers, settings or ProxySettings()

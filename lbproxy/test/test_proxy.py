@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import NOT_DONE_YET, Request
@@ -22,6 +25,7 @@ from lbproxy.backends import Backend
 from lbproxy.choosers import RandomChooser
 from lbproxy.proxy import ProxySettings
 from lbproxy.test.fakes import get, rawConnect, reactor, startBackend, startProxy
+from lbproxy.upstream import UpstreamSettings
 
 Gen = Generator[Any, Any, None]
 
@@ -384,6 +388,80 @@ class FailureTests(TestCase):
         self.assertIn(f"backend=127.0.0.1:{dead.port}", line)
 
     @inlineCallbacks
+    def test_failureLogLineNamesBackendAndReason(self) -> Gen:
+        """
+        A proxy error is logged once, naming the backend and the reason.
+        """
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        dead = Backend(host="127.0.0.1", port=_closedPort())
+        proxy = yield startProxy(self, [dead])
+        yield get(self, proxy.url(b"/x"))
+        [event] = [e for e in events if e.get("status") == 502 and "reason" in e]
+        self.assertEqual(event["backend"], dead.authority)
+        self.assertIn("refused", event["reason"])
+        self.assertIn(dead.authority, formatEvent(event))
+
+    @inlineCallbacks
+    def test_resetBeforeAnswerIs502(self) -> Gen:
+        """
+        A backend that resets the connection after receiving the request,
+        before answering, gives 502.
+        """
+
+        class Resets(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.abortConnection()
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Resets)
+        )
+        self.addCleanup(port.stopListening)
+        proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
+        response, body = yield get(self, proxy.url())
+        self.assertEqual(response.code, 502)
+        self.assertIn(b"without a valid response", body)
+
+    @inlineCallbacks
+    def test_connectTimeoutIs504(self) -> Gen:
+        """
+        A backend whose connection is never established within the
+        connect timeout gives 504, and the attempt is abandoned.
+        """
+        attempts: list[Deferred[Any]] = []
+
+        @implementer(IStreamClientEndpoint)
+        class BlackHole:
+            def connect(self, factory: object) -> Deferred[Any]:
+                attempt: Deferred[Any] = Deferred()
+                attempts.append(attempt)
+                return attempt
+
+        clock = Clock()
+        proxy = yield startProxy(
+            self,
+            [Backend("127.0.0.1", 9)],
+            clock=clock,
+            upstreamSettings=UpstreamSettings(connectTimeout=5),
+            endpointFor=lambda host, port: BlackHole(),
+        )
+        result: Deferred[Any] = get(self, proxy.url())
+        for _ in range(100):
+            if attempts:
+                break
+            yield _turn()
+        clock.advance(4.9)
+        self.assertNoResult(result)
+        clock.advance(0.1)
+        response, body = yield result
+        self.assertEqual(response.code, 504)
+        self.assertIn(b"timed out connecting", body)
+        self.assertTrue(attempts[0].called, "the connection attempt was not cancelled")
+
+    @inlineCallbacks
     def test_otherBackendStillServes(self) -> Gen:
         """
         With one backend dead, requests to the other still succeed.
@@ -439,8 +517,6 @@ class FailureTests(TestCase):
         """
         A backend answering with something that is not HTTP gives 502.
         """
-        from twisted.internet.endpoints import TCP4ServerEndpoint
-        from twisted.internet.protocol import Factory, Protocol
 
         class Garbage(Protocol):
             def dataReceived(self, data: bytes) -> None:
@@ -462,8 +538,6 @@ class FailureTests(TestCase):
         A backend that dies mid-response makes the proxy close the client
         connection: the client never sees a complete-looking response.
         """
-        from twisted.internet.endpoints import TCP4ServerEndpoint
-        from twisted.internet.protocol import Factory, Protocol
 
         class Dies(Protocol):
             def dataReceived(self, data: bytes) -> None:
