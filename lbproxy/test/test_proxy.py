@@ -414,7 +414,7 @@ class FailureTests(TestCase):
         class Resets(Protocol):
             def dataReceived(self, data: bytes) -> None:
                 assert self.transport is not None
-                self.transport.abortConnection()
+                self.transport.abortConnection()  # type: ignore[attr-defined]
 
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(Resets)
