@@ -45,6 +45,7 @@ class Backend:
     inFlight: int = 0
     requests: int = 0
     failures: int = 0
+    lastLatency: float | None = None
 
     @property
     def available(self) -> bool:
@@ -79,15 +80,22 @@ class Backend:
         self.inFlight += 1
         self.requests += 1
 
-    def requestFinished(self, failed: bool = False) -> None:
+    def requestFinished(
+        self, failed: bool = False, latency: float | None = None, now: float | None = None
+    ) -> None:
         """
         Count a request to this backend as finished.
 
         @param failed: Whether it ended in a proxy error.
+        @param latency: Seconds from sending the request until the response
+            headers arrived, if they did.
+        @param now: The proxy clock's time at completion.
         """
         self.inFlight -= 1
         if failed:
             self.failures += 1
+        if latency is not None:
+            self.lastLatency = latency
 
 
 @attrs.define

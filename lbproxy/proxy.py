@@ -267,7 +267,8 @@ class _Exchange:
     def _finish(self, failed: bool) -> None:
         if not self._done:
             self._done = True
-            self._backend.requestFinished(failed)
+            latency = None if failed else self._record.upstreamSeconds
+            self._backend.requestFinished(failed, latency=latency, now=self._clock.seconds())
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
