@@ -28,14 +28,13 @@ class AccessLog:
     them without parsing the text.
     """
 
-    _log = Logger(namespace="lbproxy.access")
-
     def __init__(self, write: Callable[[str], object] | None, enabled: bool = True) -> None:
         """
         @param write: Called with each formatted line (newline included);
             L{None} sends events to twisted.logger instead.
         @param enabled: False drops every line (C{--access-log none}).
         """
+        self._log = Logger(namespace="lbproxy.access")
         self._write = write
         self._enabled = enabled
         self._file: IO[str] | None = None
@@ -144,4 +143,12 @@ def _host(address: IAddress) -> str:
 
 def _text(value: bytes) -> str:
     # Request lines are ASCII; escape anything else so one line stays one line.
-    return value.decode("ascii", "backslashreplace").replace("\n", "\\n").replace('"', '\\"')
+    text = value.decode("ascii", "backslashreplace")
+    return text.translate(_ESCAPES)
+
+
+_ESCAPES = (
+    {c: f"\\x{c:02x}" for c in range(32)}
+    | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+    | {127: "\\x7f", ord('"'): '\\"'}
+)

@@ -179,7 +179,7 @@ def _checkHost(item: str, host: str) -> str:
 
 
 def _parsePort(item: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise BackendSpecError(f"backend {item!r}: port must be a number from 1 to 65535")
     return int(text)
 
@@ -193,12 +193,15 @@ def parseBackends(text: str) -> list[Backend]:
     """
     items = text.split(",")
     backends = [parseBackend(item) for item in items]
-    seen: set[tuple[str, str, int]] = set()
-    for backend in backends:
+    seen: dict[tuple[str, str, int], str] = {}
+    for item, backend in zip(items, backends, strict=True):
         key = (backend.scheme, _normalHost(backend.host), backend.port)
         if key in seen:
-            raise BackendSpecError(f"duplicate backend {backend.authority} in --backends")
-        seen.add(key)
+            raise BackendSpecError(
+                f"duplicate backend {item.strip()!r} in --backends "
+                f"(same as {seen[key]!r}: {backend.authority})"
+            )
+        seen[key] = item.strip()
     return backends
 
 

@@ -97,11 +97,11 @@ def makeChooser(name: str, registry: Mapping[str, ChooserFactory] = BUILTIN_CHOO
     try:
         factory = namedAny(name)
     except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise ChooserError(f"cannot import chooser {name!r}: {e}") from None
+        raise ChooserError(f"cannot import chooser {name!r}: {_oneLine(e)}") from None
     try:
         chooser = factory()
     except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise ChooserError(f"cannot instantiate chooser {name!r}: {e}") from None
+        raise ChooserError(f"cannot instantiate chooser {name!r}: {_oneLine(e)}") from None
     try:
         verifyObject(IChooser, chooser)
     except Exception:  # noqa: BLE001 - verifyObject raises several kinds
@@ -109,3 +109,11 @@ def makeChooser(name: str, registry: Mapping[str, ChooserFactory] = BUILTIN_CHOO
             f"chooser {name!r} does not provide lbproxy.interfaces.IChooser"
         ) from None
     return chooser  # type: ignore[no-any-return]
+
+
+def _oneLine(error: Exception) -> str:
+    """
+    The first line of an exception's message, for a one-line error.
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

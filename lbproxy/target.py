@@ -55,7 +55,12 @@ def routeTarget(request: IRequest) -> Route:
         return Route(target=uri, host=host)
     lowered = uri[:8].lower()
     if lowered.startswith((b"http://", b"https://")):
-        parts = urlsplit(uri)
+        if host is None and version == b"HTTP/1.1":
+            raise TargetError("HTTP/1.1 request without Host")
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            raise TargetError("absolute-form target with an invalid authority") from None
         if not parts.netloc or b"@" in parts.netloc:
             raise TargetError("absolute-form target without a usable authority")
         target = parts.path or b"/"

@@ -141,11 +141,6 @@ class LineTests(SynchronousTestCase):
         self.assertEqual(line.splitlines(), [line[:-1]])
         self.assertIn('"GET /a\\rb HTTP/1.1"', line)
 
-    test_carriageReturn.todo = (  # type: ignore[attr-defined]
-        "_text escapes LF but leaves CR as is (twisted.web's parser refuses CR in "
-        "a request line, so only code that sets uri itself can hit this)"
-    )
-
     def test_rejected(self) -> None:
         """
         A request refused before it reached the proxy logs what was read of
@@ -271,8 +266,3 @@ class DestinationTests(SynchronousTestCase):
         with capturedLogs() as events:
             AccessLog(None).logRequest(_answered(record=_record()))
         self.assertEqual([event["log_namespace"] for event in events], ["lbproxy.access"])
-
-    test_loggerNamespace.todo = (  # type: ignore[attr-defined]
-        "AccessLog._log is a class-level Logger, and Logger.__get__ replaces the "
-        "namespace with the class name: events come out as lbproxy.accesslog.AccessLog"
-    )

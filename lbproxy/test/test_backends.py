@@ -167,11 +167,6 @@ class ParseBackendTests(SynchronousTestCase):
         for item in ["127.0.0.2:\u00b2", "127.0.0.2:\u0668\u0660"]:
             self.assertSpecError(item, "port")
 
-    test_nonASCIIDigitPorts.todo = (  # type: ignore[attr-defined]
-        "_parsePort trusts str.isdigit: '\u00b2' raises a bare ValueError from int() "
-        "and Arabic-Indic '\u0668\u0660' is accepted as port 80"
-    )
-
 
 class ParseBackendsTests(SynchronousTestCase):
     """
@@ -256,11 +251,6 @@ class ParseBackendsTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(BackendSpecError, parseBackends, text)
             self.assertIn(item, str(error))
-
-    test_duplicateNamesItemAsWritten.todo = (  # type: ignore[attr-defined]
-        "the duplicate message names the normalised authority (127.0.0.2:80), "
-        "not the item as written (http://127.0.0.2)"
-    )
 
 
 class BackendTests(SynchronousTestCase):

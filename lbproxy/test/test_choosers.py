@@ -319,10 +319,6 @@ class MakeChooserTests(SynchronousTestCase):
         """
         self.assertChooserError(f"{__name__}.ExplodingChooser", "cannot instantiate")
 
-    test_constructorFailsOnSeveralLines.todo = (  # type: ignore[attr-defined]
-        "makeChooser interpolates the exception text as is, newlines included"
-    )
-
     def test_sideBySide(self) -> None:
         """
         Two choosers built side by side keep separate cursors.

@@ -111,10 +111,12 @@ class RouteTargetTests(SynchronousTestCase):
 
     def test_absoluteFormWithoutHost(self) -> None:
         """
-        An absolute-form target gives the Host even when the client sent
-        none.
+        An HTTP/1.1 absolute-form request without a Host header is refused
+        (RFC 9112 3.2: every HTTP/1.1 request carries Host); an HTTP/1.0
+        one is routed on the target's authority.
         """
-        self.assertRoutes([(b"GET http://other/p HTTP/1.1", b"/p", b"other")])
+        self.assertRoutes([(b"GET http://other/p HTTP/1.0", b"/p", b"other")])
+        self.assertRaises(TargetError, routeTarget, parsedRequest(b"GET http://other/p HTTP/1.1"))
 
     def test_http10WithoutHost(self) -> None:
         """
@@ -153,11 +155,6 @@ class RouteTargetTests(SynchronousTestCase):
             b"GET http://[nonsense]/p HTTP/1.1\r\nHost: h",
         ]:
             self.assertTargetError(head, "authority")
-
-    test_badAuthority.todo = (  # type: ignore[attr-defined]
-        "urlsplit raises a bare ValueError for a malformed IPv6 authority; "
-        "routeTarget lets it escape instead of raising TargetError"
-    )
 
 
 class HostNameTests(SynchronousTestCase):
