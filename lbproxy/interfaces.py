@@ -38,3 +38,19 @@ class IChooser(Interface):
         @return: One of C{backends}, or L{None} if none is acceptable, in
             which case the proxy answers 503.
         """
+
+
+class IAffinityChooser(IChooser):
+    """
+    A chooser that also marks responses, e.g. with a cookie naming the
+    backend, so that later requests of the same client can be sent there.
+    """
+
+    def responseHeaders(
+        backend: Backend, request: IRequest
+    ) -> Sequence[tuple[bytes, bytes]]:  # pragma: no cover - interface
+        """
+        Headers to add to the response relayed from C{backend} for
+        C{request} (for example C{(b"Set-Cookie", b"...")}). Called once per
+        response, before it is written; never blocks.
+        """

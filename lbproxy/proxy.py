@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeadersForClient
-from lbproxy.interfaces import IChooser
+from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.target import TargetError, hostName, routeTarget
 
 
@@ -131,6 +131,7 @@ class ReverseProxyResource(Resource):
             return _answer(request, 503, "No backend is available.", record)
         record.backend = backend
         exchange = _Exchange(
+            self._chooser,
             request,
             backend,
             record,
@@ -206,6 +207,7 @@ class _Exchange:
 
     def __init__(
         self,
+        chooser: IChooser,
         request: Request,
         backend: Backend,
         record: ProxyRecord,
@@ -214,6 +216,7 @@ class _Exchange:
         timeout: float,
         log: Logger,
     ) -> None:
+        self._chooser = chooser
         self._request = request
         self._backend = backend
         self._record = record
@@ -291,6 +294,9 @@ class _Exchange:
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             request.setHeader(b"Content-Length", b"%d" % (response.length,))
         request.defaultContentType = None
+        if IAffinityChooser.providedBy(self._chooser):
+            for name, value in self._chooser.responseHeaders(self._backend, request):
+                request.responseHeaders.addRawHeader(name, value)
         response.deliverBody(_BodyRelay(self))
 
     def _noResponse(self, failure: Failure) -> None:
