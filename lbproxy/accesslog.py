@@ -77,6 +77,9 @@ class AccessLog:
         backend = getattr(record, "backend", None)
         upstream = getattr(record, "upstreamSeconds", None)
         extra = ""
+        tried = getattr(record, "tried", [])
+        if len(tried) > 1:
+            extra += f" retries={len(tried) - 1} tried={','.join(str(b) for b in tried)}"
         if getattr(record, "truncated", False):
             extra += " truncated"
         error = getattr(record, "error", None)

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 DEFAULT_PORT = 80
 
@@ -17,6 +18,39 @@ class BackendSpecError(ValueError):
     """
     A C{--backends} item could not be understood; the message says why.
     """
+
+
+@attrs.frozen
+class SlowStart:
+    """
+    A traffic ramp for a backend that has just come (back) into service: its
+    weight grows linearly from C{floor} to full over C{duration} seconds, as
+    HAProxy's C{slowstart} does.
+
+    @ivar clock: The proxy's clock.
+    @ivar startedAt: When the backend came into service.
+    @ivar duration: Seconds to full weight.
+    @ivar floor: The smallest fraction of its weight it gets meanwhile, so
+        that it does take some traffic from the start.
+    """
+
+    clock: IReactorTime
+    startedAt: float
+    duration: float
+    floor: float = 0.05
+
+    def factor(self) -> float:
+        """
+        The fraction of its weight the backend takes now, in C{[floor, 1]}.
+        """
+        elapsed = self.clock.seconds() - self.startedAt
+        return min(1.0, max(self.floor, elapsed / self.duration))
+
+    def finished(self) -> bool:
+        """
+        Whether the ramp has reached full weight.
+        """
+        return self.clock.seconds() - self.startedAt >= self.duration
 
 
 @attrs.define(eq=False)
@@ -36,6 +70,12 @@ class Backend:
     @ivar requests: Requests ever sent to this backend.
     @ivar failures: Requests to this backend that ended in a proxy error
         (502/504).
+    @ivar healthy: The active health checks' verdict (up until they say
+        otherwise).
+    @ivar ejected: Whether passive checks have ejected it for now.
+    @ivar ejections: How many times it has been ejected.
+    @ivar retries: Requests retried away from this backend.
+    @ivar slowStart: Its traffic ramp after coming back, if one is running.
     """
 
     host: str
@@ -46,22 +86,29 @@ class Backend:
     requests: int = 0
     failures: int = 0
     lastLatency: float | None = None
+    healthy: bool = True
+    ejected: bool = False
+    ejections: int = 0
+    retries: int = 0
+    slowStart: SlowStart | None = None
 
     @property
     def effectiveWeight(self) -> float:
         """
         The weight weighted choosers should use now: the configured weight,
-        scaled down while the backend is in slow start (see issue 3).
+        scaled down while the backend is in slow start.
         """
-        return float(self.weight)
+        if self.slowStart is None:
+            return float(self.weight)
+        return self.weight * self.slowStart.factor()
 
     @property
     def available(self) -> bool:
         """
-        Whether this backend can take traffic now. Always true until health
-        checking lands; choosers are only ever given available backends.
+        Whether this backend can take traffic now: healthy and not ejected.
+        Choosers are only ever given available backends.
         """
-        return True
+        return self.healthy and not self.ejected
 
     @property
     def authority(self) -> str:

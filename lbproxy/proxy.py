@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeadersForClient
 from lbproxy.interfaces import IAffinityChooser, IChooser
+from lbproxy.retry import RetryBudget, mayRetry
 from lbproxy.target import TargetError, hostName, routeTarget
 
 
@@ -47,6 +48,17 @@ class UpstreamClient(TypingProtocol):
     def bodyFromFile(self, content: Any, length: int) -> IBodyProducer: ...
 
 
+class OutcomeObserver(TypingProtocol):
+    """
+    Learns how each request to a backend went (see
+    L{lbproxy.health.OutlierDetector}).
+    """
+
+    def succeeded(self, backend: Backend, status: int) -> None: ...
+
+    def failed(self, backend: Backend) -> None: ...
+
+
 @attrs.frozen
 class ProxySettings:
     """
@@ -57,11 +69,14 @@ class ProxySettings:
     @ivar responseTimeout: Seconds to wait for the backend's response
         headers before answering 504.
     @ivar retryAfter: Seconds advertised in C{Retry-After} on a 503.
+    @ivar retries: How many other backends a failed request may be tried
+        on (see L{lbproxy.retry.mayRetry} for when).
     """
 
     allowedHosts: frozenset[str] | None = None
     responseTimeout: float = 30.0
     retryAfter: int = 1
+    retries: int = 2
 
 
 @attrs.define
@@ -74,12 +89,15 @@ class ProxyRecord:
         backend until its response headers arrived (or it failed).
     @ivar error: A short reason when the proxy answered on its own.
     @ivar truncated: Whether the response was cut short.
+    @ivar tried: Every backend the request was sent to, in order; more
+        than one when it was retried.
     """
 
     backend: Backend | None = None
     upstreamSeconds: float | None = None
     error: str | None = None
     truncated: bool = False
+    tried: list[Backend] = attrs.Factory(list)
 
 
 class ReverseProxyResource(Resource):
@@ -100,14 +118,25 @@ class ReverseProxyResource(Resource):
         chooser: IChooser,
         upstream: UpstreamClient,
         clock: IReactorTime,
-        settings: ProxySettings = ProxySettings(),
+        settings: ProxySettings | None = None,
+        outcomes: OutcomeObserver | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
+        """
+        @param outcomes: Told of every backend request's outcome (passive
+            health checks).
+        @param budget: Limits retries; L{None} allows C{settings.retries}
+            per request without a global limit.
+        """
         super().__init__()
-        self._pool = pool
-        self._chooser = chooser
-        self._upstream = upstream
-        self._clock = clock
-        self._settings = settings
+        self.pool = pool
+        self.chooser = chooser
+        self.upstream = upstream
+        self.clock = clock
+        self.settings = settings if settings is not None else ProxySettings()
+        self.outcomes = outcomes
+        self.budget = budget
+        self.log = self._log
 
     def render(self, request: Request) -> int | bytes:  # type: ignore[override]
         """
@@ -119,27 +148,17 @@ class ReverseProxyResource(Resource):
             route = routeTarget(request)
         except TargetError as e:
             return _answer(request, 400, str(e), record)
-        allowed = self._settings.allowedHosts
+        allowed = self.settings.allowedHosts
         if allowed is not None and hostName(route.host) not in allowed:
             return _answer(request, 421, "This proxy does not serve that host.", record)
-        backend = self._chooser.choose(self._pool.available(), request)
+        backend = self.chooser.choose(self.pool.available(), request)
         if backend is None:
-            request.setHeader(b"Retry-After", b"%d" % (self._settings.retryAfter,))
+            request.setHeader(b"Retry-After", b"%d" % (self.settings.retryAfter,))
             self._log.warn(
                 "no backend available for {method} {path}", method=request.method, path=request.uri
             )
             return _answer(request, 503, "No backend is available.", record)
-        record.backend = backend
-        exchange = _Exchange(
-            self._chooser,
-            request,
-            backend,
-            record,
-            self._upstream,
-            self._clock,
-            self._settings.responseTimeout,
-            self._log,
-        )
+        exchange = _Exchange(self, request, backend, record)
         exchange.start(
             route.target,
             ClientInfo(
@@ -201,29 +220,26 @@ def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
 
 class _Exchange:
     """
-    One request relayed to one backend: waits for the response headers
-    (with a timeout), then streams the body back.
+    One client request relayed to a backend: waits for the response
+    headers (with a timeout), retries on another backend when that is safe
+    and the budget allows, then streams the body back.
     """
 
     def __init__(
         self,
-        chooser: IChooser,
+        proxy: ReverseProxyResource,
         request: Request,
         backend: Backend,
         record: ProxyRecord,
-        upstream: UpstreamClient,
-        clock: IReactorTime,
-        timeout: float,
-        log: Logger,
     ) -> None:
-        self._chooser = chooser
+        self._proxy = proxy
+        self._clock = proxy.clock
         self._request = request
         self._backend = backend
         self._record = record
-        self._upstream = upstream
-        self._clock = clock
-        self._timeout = timeout
-        self._log = log
+        self._log = proxy.log
+        self._target = b""
+        self._headers = Headers()
         self._pending: Deferred[IResponse] | None = None
         self._timer: IDelayedCall | None = None
         self._timedOut = False
@@ -234,13 +250,27 @@ class _Exchange:
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
-        headers = requestHeadersForBackend(request.requestHeaders, client)
-        body = self._requestBody()
-        self._backend.requestStarted()
-        self._started = self._clock.seconds()
+        self._target = target
+        self._headers = requestHeadersForBackend(request.requestHeaders, client)
         request.notifyFinish().addErrback(self._clientLost)
-        self._timer = self._clock.callLater(self._timeout, self._timeUp)
-        self._pending = self._upstream.request(self._backend, request.method, target, headers, body)
+        if self._proxy.budget is not None:
+            self._proxy.budget.requestMade()
+        self._attempt(self._backend)
+
+    def _attempt(self, backend: Backend) -> None:
+        request = self._request
+        self._backend = backend
+        self._record.backend = backend
+        self._record.tried.append(backend)
+        self._done = False
+        self._timedOut = False
+        body = self._requestBody()
+        backend.requestStarted()
+        self._started = self._clock.seconds()
+        self._timer = self._clock.callLater(self._proxy.settings.responseTimeout, self._timeUp)
+        self._pending = self._proxy.upstream.request(
+            backend, request.method, self._target, self._headers, body
+        )
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
     def _requestBody(self) -> IBodyProducer | None:
@@ -254,7 +284,7 @@ class _Exchange:
         ) or self._request.requestHeaders.hasHeader(b"transfer-encoding")
         if length == 0 and not hasFraming:
             return None
-        return self._upstream.bodyFromFile(content, length)
+        return self._proxy.upstream.bodyFromFile(content, length)
 
     def _timeUp(self) -> None:
         self._timer = None
@@ -272,11 +302,16 @@ class _Exchange:
             self._done = True
             latency = None if failed else self._record.upstreamSeconds
             self._backend.requestFinished(failed, latency=latency, now=self._clock.seconds())
+            observer = self._proxy.outcomes
+            if observer is not None and failed:
+                observer.failed(self._backend)
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
         self._stopTimer()
         self._record.upstreamSeconds = self._clock.seconds() - self._started
+        if self._proxy.outcomes is not None:
+            self._proxy.outcomes.succeeded(self._backend, response.code)
         if self._clientGone:
             response.deliverBody(_Discard())
             self._finish(failed=False)
@@ -294,8 +329,9 @@ class _Exchange:
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             request.setHeader(b"Content-Length", b"%d" % (response.length,))
         request.defaultContentType = None
-        if IAffinityChooser.providedBy(self._chooser):
-            for name, value in self._chooser.responseHeaders(self._backend, request):
+        chooser = self._proxy.chooser
+        if IAffinityChooser.providedBy(chooser):
+            for name, value in chooser.responseHeaders(self._backend, request):
                 request.responseHeaders.addRawHeader(name, value)
         response.deliverBody(_BodyRelay(self))
 
@@ -309,17 +345,45 @@ class _Exchange:
             return
         code, reason = classifyFailure(failure, self._timedOut)
         self._finish(failed=True)
+        retryTo = None if self._timedOut else self._retryBackend(failure)
         self._log.warn(
-            "{status} for {method} {path}: backend {backend}: {reason}",
+            "{status} from backend {backend} for {method} {path}: {reason}{action}",
             status=code,
             method=self._request.method,
             path=self._request.uri,
             backend=self._backend.authority,
             reason=reason,
+            action=f"; retrying on {retryTo.authority}" if retryTo is not None else "",
         )
+        if retryTo is not None:
+            self._backend.retries += 1
+            self._attempt(retryTo)
+            return
         body = _answer(self._request, code, reason, self._record)
         self._request.write(body)
         self._request.finish()
+
+    def _retryBackend(self, failure: Failure) -> Backend | None:
+        """
+        The backend to retry on, if this failure may be retried, retries
+        are left and the budget allows one; C{None} otherwise.
+        """
+        proxy = self._proxy
+        if len(self._record.tried) > proxy.settings.retries:
+            return None
+        if not mayRetry(self._request.method, failure):
+            return None
+        untried = [b for b in proxy.pool.available() if b not in self._record.tried]
+        if not untried:
+            return None
+        if proxy.budget is not None and not proxy.budget.tryRetry():
+            self._log.warn(
+                "retry budget exhausted; not retrying {method} {path}",
+                method=self._request.method,
+                path=self._request.uri,
+            )
+            return None
+        return proxy.chooser.choose(untried, self._request)
 
     def _clientLost(self, failure: Failure) -> None:
         self._clientGone = True

@@ -464,7 +464,8 @@ class FailureTests(TestCase):
     @inlineCallbacks
     def test_otherBackendStillServes(self) -> Gen:
         """
-        With one backend dead, requests to the other still succeed.
+        With one of two backends refusing connections, every GET still
+        succeeds: a request that could not connect is retried on the other.
         """
         dead = Backend(host="127.0.0.1", port=_closedPort())
         alive = yield startBackend(self, b"alive")
@@ -473,7 +474,10 @@ class FailureTests(TestCase):
         for _ in range(4):
             response, _ = yield get(self, proxy.url())
             codes.append(response.code)
-        self.assertEqual(codes, [502, 200, 502, 200])
+        self.assertEqual(codes, [200] * 4)
+        self.assertGreater(dead.retries, 0)
+        self.assertEqual(dead.retries, dead.failures)
+        self.assertIn(f"tried={dead.authority},{alive.backend.authority}", "".join(proxy.lines))
 
     @inlineCallbacks
     def test_noBackendIs503(self) -> Gen:

@@ -1,0 +1,333 @@
+"""
+Health: active checks (a probe per backend on an injected clock, with
+HAProxy's rise/fall) and passive checks (outlier ejection on real traffic,
+with exponential backoff and a cap on how much of the pool may be out).
+
+Both only flip state on L{Backend} (C{healthy}, C{ejected}); the pool and
+the proxy read it. A backend coming back into service gets a slow-start
+ramp when one is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from lbproxy.backends import Backend, BackendPool, SlowStart
+
+
+@attrs.frozen
+class HealthSettings:
+    """
+    Active health check settings.
+
+    @ivar interval: Seconds between probes of one backend; 0 turns active
+        checks off.
+    @ivar path: The path probed with C{GET}.
+    @ivar timeout: Seconds a probe may take.
+    @ivar fall: Consecutive failures that take a backend down.
+    @ivar rise: Consecutive successes that bring it back up.
+    """
+
+    interval: float = 2.0
+    path: bytes = b"/"
+    timeout: float = 1.0
+    fall: int = 3
+    rise: int = 2
+
+
+@attrs.frozen
+class EjectionSettings:
+    """
+    Passive check (outlier ejection) settings.
+
+    @ivar maxFails: Consecutive failed requests that eject a backend; 0
+        turns passive checks off.
+    @ivar baseTime: Seconds of the first ejection; each repeat doubles it.
+    @ivar maxTime: The cap on one ejection's length.
+    @ivar maxPercent: Never eject more than this share of the pool.
+    @ivar on5xx: Whether a 5xx answer counts as a failure.
+    """
+
+    maxFails: int = 3
+    baseTime: float = 10.0
+    maxTime: float = 300.0
+    maxPercent: float = 50.0
+    on5xx: bool = False
+
+
+@attrs.define
+class RiseFall:
+    """
+    HAProxy's rise/fall hysteresis for one backend: it goes down after
+    C{fall} consecutive failed checks and up after C{rise} consecutive
+    successful ones.
+    """
+
+    rise: int
+    fall: int
+    up: bool = True
+    _streak: int = 0
+
+    def record(self, success: bool) -> bool:
+        """
+        Count one check result.
+
+        @return: Whether the state changed.
+        """
+        if success == self.up:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak >= (self.rise if success else self.fall):
+            self.up = success
+            self._streak = 0
+            return True
+        return False
+
+
+Probe = Callable[[Backend], "Deferred[bool]"]
+"""
+Checks one backend; fires with whether it is healthy. Never fails.
+"""
+
+
+def _enterService(backend: Backend, clock: IReactorTime, slowStart: float) -> None:
+    """
+    Start C{backend}'s slow-start ramp, if slow start is configured.
+    """
+    if slowStart > 0:
+        backend.slowStart = SlowStart(clock, clock.seconds(), slowStart)
+
+
+class HealthChecker:
+    """
+    Probes every backend of a pool every C{interval} seconds and applies
+    rise/fall to C{backend.healthy}, logging each change once.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        probe: Probe,
+        clock: IReactorTime,
+        settings: HealthSettings,
+        slowStart: float = 0.0,
+    ) -> None:
+        self._pool = pool
+        self._probe = probe
+        self._clock = clock
+        self._settings = settings
+        self._slowStart = slowStart
+        self._states: dict[int, RiseFall] = {}
+        self._calls: list[LoopingCall] = []
+        self._probing: set[int] = set()
+
+    def start(self) -> None:
+        """
+        Start probing; the first probe of each backend runs at once.
+        """
+        if self._settings.interval <= 0:
+            return
+        for backend in self._pool.backends:
+            call = LoopingCall(self._check, backend)
+            call.clock = self._clock
+            call.start(self._settings.interval, now=True)
+            self._calls.append(call)
+
+    def stop(self) -> None:
+        """
+        Stop probing.
+        """
+        for call in self._calls:
+            if call.running:
+                call.stop()
+        self._calls = []
+
+    def _state(self, backend: Backend) -> RiseFall:
+        key = id(backend)
+        if key not in self._states:
+            self._states[key] = RiseFall(self._settings.rise, self._settings.fall)
+        return self._states[key]
+
+    def _check(self, backend: Backend) -> None:
+        # One probe at a time per backend: a slow probe is not stacked.
+        if id(backend) in self._probing:
+            return
+        self._probing.add(id(backend))
+        self._probe(backend).addCallback(self._result, backend)
+
+    def _result(self, healthy: bool, backend: Backend) -> None:
+        self._probing.discard(id(backend))
+        state = self._state(backend)
+        if not state.record(healthy):
+            return
+        backend.healthy = state.up
+        if state.up:
+            _enterService(backend, self._clock, self._slowStart)
+            self._log.info(
+                "backend {backend} is UP (health checks pass)", backend=backend.authority
+            )
+        else:
+            self._log.warn(
+                "backend {backend} is DOWN ({fall} health checks failed)",
+                backend=backend.authority,
+                fall=self._settings.fall,
+            )
+
+
+class HTTPProbe:
+    """
+    The default probe: C{GET path} through an HTTP client with a timeout;
+    a 2xx or 3xx answer is healthy.
+    """
+
+    def __init__(
+        self,
+        request: Callable[[Backend, bytes, bytes, Headers], Deferred[IResponse]],
+        clock: IReactorTime,
+        path: bytes,
+        timeout: float,
+    ) -> None:
+        """
+        @param request: Sends C{(backend, method, target, headers)}, e.g.
+            a bound L{lbproxy.upstream.Upstream.request} with no body.
+        """
+        self._request = request
+        self._clock = clock
+        self._path = path
+        self._timeout = timeout
+
+    def __call__(self, backend: Backend) -> Deferred[bool]:
+        headers = Headers(
+            {
+                b"Host": [backend.authority.encode("ascii")],
+                b"User-Agent": [b"lbproxy-health-check"],
+            }
+        )
+        d = self._request(backend, b"GET", self._path, headers)
+        d.addTimeout(self._timeout, self._clock)
+
+        def judge(response: IResponse) -> Deferred[bool]:
+            body = readBody(response)
+            return body.addBoth(lambda _: 200 <= response.code < 400)
+
+        def failed(reason: Failure) -> bool:
+            return False
+
+        return d.addCallback(judge).addErrback(failed)
+
+
+class OutlierDetector:
+    """
+    Passive checks: ejects a backend that fails C{maxFails} requests in a
+    row, for a time that doubles with each repeat ejection up to a cap, and
+    re-admits it when the time is up. Never ejects more than C{maxPercent}
+    of the pool at once.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        clock: IReactorTime,
+        settings: EjectionSettings,
+        slowStart: float = 0.0,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._settings = settings
+        self._slowStart = slowStart
+        self._streaks: dict[int, int] = {}
+        self._readmitted: dict[int, float] = {}
+        self._level: dict[int, int] = {}
+        self._timers: dict[int, IDelayedCall] = {}
+
+    def succeeded(self, backend: Backend, status: int) -> None:
+        """
+        A request to C{backend} got a response with C{status}.
+        """
+        if self._settings.on5xx and status >= 500:
+            self.failed(backend)
+        else:
+            self._streaks[id(backend)] = 0
+
+    def failed(self, backend: Backend) -> None:
+        """
+        A request to C{backend} failed (no connection, reset, timeout).
+        """
+        if self._settings.maxFails <= 0 or backend.ejected:
+            return
+        key = id(backend)
+        self._streaks[key] = self._streaks.get(key, 0) + 1
+        if self._streaks[key] >= self._settings.maxFails:
+            self._eject(backend)
+
+    def ejectionTime(self, backend: Backend) -> float:
+        """
+        How long C{backend} would be ejected if it were ejected now.
+        """
+        level = self._level.get(id(backend), 0)
+        return float(min(self._settings.maxTime, self._settings.baseTime * 2**level))
+
+    def _eject(self, backend: Backend) -> None:
+        backends = self._pool.backends
+        ejected = sum(1 for b in backends if b.ejected)
+        if (ejected + 1) * 100 > self._settings.maxPercent * len(backends):
+            self._log.warn(
+                "backend {backend} is failing but not ejected: {ejected} of {total} "
+                "already are (--max-ejection-percent {percent:g})",
+                backend=backend.authority,
+                ejected=ejected,
+                total=len(backends),
+                percent=self._settings.maxPercent,
+            )
+            self._streaks[id(backend)] = 0
+            return
+        key = id(backend)
+        now = self._clock.seconds()
+        # A backend that behaved for a whole cap since its last return
+        # starts again from the base time.
+        if now - self._readmitted.get(key, now) >= self._settings.maxTime:
+            self._level[key] = 0
+        duration = self.ejectionTime(backend)
+        self._level[key] = self._level.get(key, 0) + 1
+        self._streaks[key] = 0
+        backend.ejected = True
+        backend.ejections += 1
+        self._log.warn(
+            "backend {backend} ejected for {duration:g}s after {fails} failed requests in a row",
+            backend=backend.authority,
+            duration=duration,
+            fails=self._settings.maxFails,
+        )
+        self._timers[key] = self._clock.callLater(duration, self._readmit, backend)
+
+    def _readmit(self, backend: Backend) -> None:
+        key = id(backend)
+        self._timers.pop(key, None)
+        self._readmitted[key] = self._clock.seconds()
+        backend.ejected = False
+        _enterService(backend, self._clock, self._slowStart)
+        self._log.info("backend {backend} re-admitted after ejection", backend=backend.authority)
+
+    def stop(self) -> None:
+        """
+        Cancel pending re-admissions (on shutdown).
+        """
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers = {}
