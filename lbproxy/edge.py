@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -52,6 +55,29 @@ class ProxyChannel(http.HTTPChannel):
 
     site: ProxySite
     _log = Logger()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channelOpened(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.site.channelClosed(self)
+
+    def drain(self) -> None:
+        """
+        Close this connection as soon as it has no request in progress:
+        now if it is idle, otherwise after the current responses (which say
+        C{Connection: close}); nothing further is read from it.
+        """
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if not self.persistent:
+            headers.setRawHeaders(b"Connection", [b"close"])
+        super().writeHeaders(version, code, reason, headers)
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -103,6 +129,7 @@ class ProxySite(Site):
     @ivar accessLog: Where access log lines go.
     """
 
+    _log = Logger()
     protocol = ProxyChannel  # type: ignore[assignment]
     requestFactory = ProxyRequest
     displayTracebacks = False
@@ -118,6 +145,64 @@ class ProxySite(Site):
         super().__init__(resource, **kwargs)
         self.accessLog = accessLog
         self.maxBodySize = maxBodySize
+        self.channels: set[ProxyChannel] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
+
+    def channelOpened(self, channel: ProxyChannel) -> None:
+        """
+        Track an open client connection; while draining, close it at once.
+        """
+        self.channels.add(channel)
+        if self.draining:
+            channel.drain()
+
+    def channelClosed(self, channel: ProxyChannel) -> None:
+        """
+        Forget a closed client connection.
+        """
+        self.channels.discard(channel)
+        if self.draining and not self.channels:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Close idle client connections now and busy ones when their current
+        responses are done; after C{timeout} seconds abort what is left.
+
+        @return: Fires when every client connection is closed.
+        """
+        self.draining = True
+        done: Deferred[None] = Deferred()
+        if not self.channels:
+            done.callback(None)
+            return done
+        self._drained.append(done)
+        for channel in list(self.channels):
+            channel.drain()
+        if not self.channels:
+            return done
+        self._log.info(
+            "draining {count} client connections (up to {timeout:g}s)",
+            count=len(self.channels),
+            timeout=timeout,
+        )
+
+        def abortRest() -> None:
+            if self.channels:
+                self._log.warn(
+                    "drain timeout: aborting {count} client connections",
+                    count=len(self.channels),
+                )
+            for channel in list(self.channels):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+        timer = self.reactor.callLater(timeout, abortRest)
+        done.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return done
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """

@@ -6,11 +6,12 @@ each other; nothing else in lbproxy constructs its own collaborators.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.logger import Logger
@@ -21,9 +22,17 @@ from lbproxy.backends import Backend, BackendPool
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
 from lbproxy.edge import DEFAULT_MAX_BODY, ProxySite
+from lbproxy.health import (
+    EjectionSettings,
+    HealthChecker,
+    HealthSettings,
+    HTTPProbe,
+    OutlierDetector,
+)
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.retry import RetryBudget
 from lbproxy.tls import TLSConfigError, adhocServerOptions
 from lbproxy.upstream import Upstream, UpstreamSettings
 
@@ -43,6 +52,11 @@ class LoadBalancerConfig:
     accessLog: AccessLog = attrs.Factory(lambda: AccessLog(None))
     demo: bool = False
     adhoc: bool = False
+    health: HealthSettings = attrs.Factory(HealthSettings)
+    ejection: EjectionSettings = attrs.Factory(EjectionSettings)
+    slowStart: float = 0.0
+    retryBudgetPercent: float = 20.0
+    drainTimeout: float = 30.0
 
 
 class StartupError(Exception):
@@ -74,15 +88,37 @@ class LoadBalancerService(MultiService):
         super().__init__()
         self._config = config
         self._reactor = reactor
+        self._clock = clock
         self.pool = BackendPool(list(config.backends))
         self.upstream = Upstream(reactor, clock, config.upstream)
+        self.outliers = OutlierDetector(self.pool, clock, config.ejection, config.slowStart)
         self.resource = ReverseProxyResource(
             self.pool,
             config.chooser,
             self.upstream,
             clock,
             config.proxy,
+            outcomes=self.outliers,
+            budget=RetryBudget(clock, ratio=config.retryBudgetPercent / 100),
         )
+        # Probes use connections of their own, so that a probe never waits
+        # behind client traffic and client traffic never reuses a probe's.
+        self.probeUpstream = Upstream(
+            reactor,
+            clock,
+            UpstreamSettings(
+                connectTimeout=config.health.timeout, maxIdlePerBackend=1, idleTimeout=5.0
+            ),
+        )
+        probe = HTTPProbe(
+            lambda backend, method, target, headers: self.probeUpstream.request(
+                backend, method, target, headers, None
+            ),
+            clock,
+            config.health.path,
+            config.health.timeout,
+        )
+        self.healthChecker = HealthChecker(self.pool, probe, clock, config.health, config.slowStart)
         self.site = ProxySite(self.resource, config.accessLog, config.maxBodySize, reactor=clock)
         self.ports: list[IListeningPort] = []
         self.demoPorts: list[IListeningPort] = []
@@ -139,6 +175,7 @@ class LoadBalancerService(MultiService):
         )
         if config.demo:
             self._logDemoHints()
+        self.healthChecker.start()
 
     def _listenNow(self, description: str, factory: Any, endpoint: Any = None) -> IListeningPort:
         if endpoint is None:
@@ -171,26 +208,28 @@ class LoadBalancerService(MultiService):
         self.ports = []
         self.demoPorts = []
 
-    def stopService(self) -> Deferred[Any]:
+    @inlineCallbacks
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         """
-        Stop listening, then close idle backend connections and the
-        access log.
+        Drain gracefully: stop accepting, let requests in progress finish
+        (up to the drain timeout) while idle client connections are closed,
+        then stop health checks, close backend connections and the access
+        log.
         """
         super().stopService()
-        stopping: list[Deferred[Any]] = [
-            maybeDeferred(p.stopListening) for p in self.ports + self.demoPorts
-        ]
+        self.healthChecker.stop()
+        yield DeferredList([maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
-        self.demoPorts = []
         self._listening = False
-        stopping.append(self.upstream.close())
-        done = DeferredList(stopping, consumeErrors=True)
-
-        def closeLog(result: object) -> None:
-            self._config.accessLog.close()
-
-        done.addCallback(closeLog)
-        return done
+        yield self.site.drain(self._config.drainTimeout)
+        self.outliers.stop()
+        yield DeferredList(
+            [maybeDeferred(p.stopListening) for p in self.demoPorts]
+            + [self.upstream.close(), self.probeUpstream.close()],
+            consumeErrors=True,
+        )
+        self.demoPorts = []
+        self._config.accessLog.close()
 
 
 def makeLoadBalancer(

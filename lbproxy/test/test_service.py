@@ -26,6 +26,7 @@ from twisted.web.http_headers import Headers
 from lbproxy import certs
 from lbproxy.accesslog import AccessLog
 from lbproxy.choosers import RoundRobinChooser
+from lbproxy.health import HealthSettings
 from lbproxy.listen import parseListen
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
 from lbproxy.tap import Options, makeService
@@ -102,6 +103,7 @@ class TLSOffloadingTests(ServiceTestCase):
                 listens=[parseListen(listen)],
                 chooser=RoundRobinChooser(),
                 accessLog=AccessLog(None, enabled=False),
+                health=HealthSettings(interval=0),
             )
         )
         with open(os.path.join(directory, "ca.crt"), "rb") as f:
