@@ -5,18 +5,21 @@ starts, and L{makeService}.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendSpecError, parseBackends
 from lbproxy.choosers import BUILTIN_CHOOSERS, DEFAULT_CHOOSER, ChooserError, makeChooser
 from lbproxy.demo import DEMO_LISTEN
+from lbproxy.health import EjectionSettings, HealthSettings
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import (
     DEFAULT_LISTEN,
@@ -32,6 +35,8 @@ from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
 from lbproxy.upstream import UpstreamSettings
 
 ADHOC_LISTEN = "ssl:443"
+
+_log = Logger()
 
 
 def _positive(name: str, text: str) -> float:
@@ -62,7 +67,77 @@ def parseSize(text: str) -> int:
     return int(number) * _SIZE_SUFFIXES[suffix]
 
 
-class Options(usage.Options):
+class ResilienceOptions(usage.Options):
+    """
+    The options that hide failing backends: health checks, outlier
+    ejection, retries, slow start and graceful drain. Mixed into L{Options}.
+    """
+
+    optFlags = [
+        ["eject-on-5xx", None, "Count 5xx answers as failures for outlier ejection."],
+    ]
+
+    optParameters = [
+        [
+            "health-interval",
+            None,
+            "2",
+            "Seconds between active health checks of each backend; 0 turns them off.",
+        ],
+        ["health-path", None, "/", "Path probed with GET; a 2xx or 3xx answer is healthy."],
+        ["health-timeout", None, "1", "Seconds a health check may take."],
+        ["health-fall", None, "3", "Consecutive failed checks that take a backend down."],
+        ["health-rise", None, "2", "Consecutive good checks that bring it back up."],
+        [
+            "max-fails",
+            None,
+            "3",
+            "Consecutive failed requests that eject a backend (0: never eject).",
+        ],
+        [
+            "eject-time",
+            None,
+            "10",
+            "Seconds of a first ejection; each repeat doubles it, up to --eject-max-time.",
+        ],
+        ["eject-max-time", None, "300", "Longest ejection, in seconds."],
+        [
+            "max-ejection-percent",
+            None,
+            "50",
+            "Never eject more than this percentage of the backends at once.",
+        ],
+        [
+            "retries",
+            None,
+            "2",
+            "Other backends a failed request may be tried on: always when the "
+            "connection failed, and for idempotent methods when the backend "
+            "closed or reset before answering.",
+        ],
+        [
+            "retry-budget",
+            None,
+            "20",
+            "Retries allowed as a percentage of recent requests (plus 3 per second).",
+        ],
+        [
+            "slow-start",
+            None,
+            "0",
+            "Seconds over which a backend coming back ramps up to its full share "
+            "(weighted choosers); 0 turns it off.",
+        ],
+        [
+            "drain-timeout",
+            None,
+            "30",
+            "On SIGTERM/SIGINT, seconds to let requests in progress finish.",
+        ],
+    ]
+
+
+class Options(ResilienceOptions):
     """
     C{twistd lbproxy} options.
     """
@@ -287,6 +362,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         proxy=ProxySettings(
             allowedHosts=allowed,
             responseTimeout=_positive("timeout", options["timeout"]),
+            retries=int(_number(options, "retries", 0, integer=True)),
         ),
         upstream=UpstreamSettings(
             connectTimeout=_positive("connect-timeout", options["connect-timeout"]),
@@ -297,7 +373,55 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         accessLog=accessLog,
         demo=options["demo"],
         adhoc=options["adhoc"] or options["demo"],
+        **resilienceConfig(options),
     )
+
+
+def _number(options: usage.Options, name: str, low: float, integer: bool = False) -> float:
+    text = options[name]
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise usage.UsageError(f"--{name} must be {kind}, not {text!r}") from None
+    if value < low:
+        raise usage.UsageError(f"--{name} must be at least {low:g}, not {text!r}")
+    return value
+
+
+def resilienceConfig(options: usage.Options) -> dict[str, Any]:
+    """
+    The L{LoadBalancerConfig} fields set by L{ResilienceOptions}.
+
+    @raise usage.UsageError: For a bad value.
+    """
+    path = options["health-path"]
+    if not path.startswith("/") or not path.isascii() or any(c in path for c in " \r\n"):
+        raise usage.UsageError(f"--health-path must be a path starting with '/', not {path!r}")
+    percent = _number(options, "max-ejection-percent", 0)
+    if percent > 100:
+        raise usage.UsageError("--max-ejection-percent must be at most 100")
+    health = HealthSettings(
+        interval=_number(options, "health-interval", 0),
+        path=path.encode("ascii"),
+        timeout=_positive("health-timeout", options["health-timeout"]),
+        fall=int(_number(options, "health-fall", 1, integer=True)),
+        rise=int(_number(options, "health-rise", 1, integer=True)),
+    )
+    ejection = EjectionSettings(
+        maxFails=int(_number(options, "max-fails", 0, integer=True)),
+        baseTime=_positive("eject-time", options["eject-time"]),
+        maxTime=_positive("eject-max-time", options["eject-max-time"]),
+        maxPercent=percent,
+        on5xx=bool(options["eject-on-5xx"]),
+    )
+    return {
+        "health": health,
+        "ejection": ejection,
+        "slowStart": _number(options, "slow-start", 0),
+        "retryBudgetPercent": _number(options, "retry-budget", 0),
+        "drainTimeout": _number(options, "drain-timeout", 0),
+    }
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -313,18 +437,39 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         config = buildConfig(options)
     network: IReactorTCP = reactor
     clock: IReactorTime = reactor
-    return _ExitOnStartupError(makeLoadBalancer(config, network, clock))
+    return _TwistdRoot(makeLoadBalancer(config, network, clock), reactor)
 
 
-class _ExitOnStartupError(MultiService):
+class _TwistdRoot(MultiService):
     """
-    Runs the load balancer under twistd, turning a L{StartupError} into one
-    line and a non-zero exit instead of a traceback.
+    Runs the load balancer under twistd: a L{StartupError} becomes one line
+    and a non-zero exit instead of a traceback, and SIGTERM/SIGINT stop the
+    reactor (draining first, see L{LoadBalancerService.stopService}) so that
+    twistd exits 0 after a graceful shutdown, not by re-raising the signal.
     """
 
-    def __init__(self, service: IService) -> None:
+    def __init__(self, service: IService, reactor: Any) -> None:
         super().__init__()
+        self._reactor = reactor
+        self._stopping = False
         service.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._installSignalHandlers)
+
+    def _installSignalHandlers(self) -> None:
+        def stop(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(self._stopOnce, signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _stopOnce(self, name: str) -> None:
+        if not self._stopping:
+            self._stopping = True
+            _log.info("received {signal}: draining and shutting down", signal=name)
+            self._reactor.stop()
 
     def privilegedStartService(self) -> None:
         try:

@@ -149,11 +149,7 @@ class _Collector(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.out += data
-        if (
-            self._marker is not None
-            and not self.ready.called
-            and self._marker in self.out
-        ):
+        if self._marker is not None and not self.ready.called and self._marker in self.out:
             self.ready.callback(None)
 
     def errReceived(self, data: bytes) -> None:
@@ -175,19 +171,13 @@ class _Collector(ProcessProtocol):
             err=self.err.decode("utf-8", "replace"),
         )
         if not self.ready.called:
-            self.ready.errback(
-                RuntimeError(f"process exited before it was ready: {self.result}")
-            )
+            self.ready.errback(RuntimeError(f"process exited before it was ready: {self.result}"))
         self.ended.callback(self.result)
 
 
-def _spawn(
-    argv: list[str], cwd: str, marker: bytes | None
-) -> tuple[_Collector, Any]:
+def _spawn(argv: list[str], cwd: str, marker: bytes | None) -> tuple[_Collector, Any]:
     collector = _Collector(marker)
-    transport = _process().spawnProcess(
-        collector, argv[0], argv, env=_environment(), path=cwd
-    )
+    transport = _process().spawnProcess(collector, argv[0], argv, env=_environment(), path=cwd)
     return collector, transport
 
 
@@ -233,6 +223,22 @@ class Twistd:
         What it has written on standard output so far.
         """
         return self._collector.out.decode("utf-8", "replace")
+
+    def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (e.g. C{"TERM"}) to the process, by its id.
+        """
+        self._transport.signalProcess(name)
+
+    async def exited(self) -> ExitResult:
+        """
+        Wait (at most L{STOP_DEADLINE} seconds) for the process to exit.
+        """
+        if self._collector.result is not None:
+            return self._collector.result
+        ended: Deferred[ExitResult] = Deferred()
+        self._collector.ended.addCallback(_relay, ended)
+        return await ended.addTimeout(STOP_DEADLINE, _time())
 
     async def stop(self, signal: str = "TERM") -> ExitResult:
         """
@@ -282,9 +288,7 @@ async def makeCertificates(directory: str) -> None:
     C{python -m lbproxy.certs}.
     """
     os.makedirs(directory, exist_ok=True)
-    result = await runProgram(
-        [sys.executable, "-m", "lbproxy.certs", directory], directory
-    )
+    result = await runProgram([sys.executable, "-m", "lbproxy.certs", directory], directory)
     if result.code != 0:
         raise RuntimeError(f"python -m lbproxy.certs failed: {result}")
 
