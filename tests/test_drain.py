@@ -71,14 +71,14 @@ class DrainTests(TestCase):
         resource = _Held()
         site = Site(resource)
         site.log = lambda request: None  # type: ignore[method-assign]
-        backendPort = reactor.listenTCP(0, site, interface="127.0.0.2")  # type: ignore[attr-defined]
+        backendPort = reactor.listenTCP(0, site, interface="127.0.0.2")  # type: ignore[attr-defined,arg-type]
         self.addCleanup(backendPort.stopListening)
         port = freePort()
         process = await startTwistd(
             self,
             [
                 "--backends",
-                f"127.0.0.2:{backendPort.getHost().port}",
+                f"127.0.0.2:{backendPort.getHost().port}",  # type: ignore[attr-defined]
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
                 "--health-interval",
