@@ -13,7 +13,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent
-from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -29,16 +29,17 @@ def nothingWasSent(failure: Failure) -> bool:
 def mayRetry(method: bytes, failure: Failure) -> bool:
     """
     Whether a request that failed with C{failure} before its response
-    headers arrived may be sent to another backend: always when nothing was
-    sent; for idempotent methods also when the backend closed or reset the
-    connection before answering. A response timeout is not retried (the
-    backend may still be working on it).
+    headers arrived (so nothing of an answer reached the client) may be
+    sent to another backend: always when nothing was sent; for idempotent
+    methods also when the backend closed or reset the connection, or sent
+    something that is not an HTTP response. A response timeout
+    (cancellation) is not retried: the backend may still be working on it.
     """
     if nothingWasSent(failure):
         return True
     if method not in IDEMPOTENT_METHODS:
         return False
-    return bool(failure.check(ResponseNeverReceived, RequestTransmissionFailed))
+    return bool(failure.check(ResponseFailed, RequestTransmissionFailed))
 
 
 @attrs.define

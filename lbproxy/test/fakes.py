@@ -28,7 +28,8 @@ from lbproxy.backends import Backend, BackendPool
 from lbproxy.choosers import RoundRobinChooser
 from lbproxy.edge import ProxySite
 from lbproxy.interfaces import IChooser
-from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.proxy import OutcomeObserver, ProxySettings, ReverseProxyResource
+from lbproxy.retry import RetryBudget
 from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
 
 reactor = _globalReactor
@@ -107,7 +108,23 @@ class CountingSite(Site):
 
     def buildProtocol(self, addr: object) -> object:  # type: ignore[override]
         self.connections += 1
-        return super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)
+        self.channels.append(channel)
+        return channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels: list[Any] = []
+
+    def dropConnections(self) -> None:
+        """
+        Abort every connection this site accepted, as if the process died.
+        """
+        for channel in self.channels:
+            # Site wraps each HTTPChannel in a protocol-negotiating wrapper.
+            transport = getattr(channel, "_channel", channel).transport
+            if transport is not None:
+                transport.abortConnection()
 
 
 @attrs.define
@@ -170,6 +187,8 @@ def startProxy(
     clock: IReactorTime | None = None,
     maxBodySize: int = 100 * 1024 * 1024,
     endpointFor: EndpointForBackend | None = None,
+    outcomes: OutcomeObserver | None = None,
+    budget: RetryBudget | None = None,
 ) -> Generator[Any, Any, RunningProxy]:
     """
     Start an lbproxy site on loopback port 0 over C{backends}, with an
@@ -181,7 +200,13 @@ def startProxy(
     upstream = Upstream(reactor, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]
     case.addCleanup(upstream.close)
     resource = ReverseProxyResource(
-        pool, chooser or RoundRobinChooser(), upstream, timers, settings or ProxySettings()
+        pool,
+        chooser or RoundRobinChooser(),
+        upstream,
+        timers,
+        settings or ProxySettings(),
+        outcomes=outcomes,
+        budget=budget,
     )
     site = ProxySite(resource, AccessLog(lines.append), maxBodySize)
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)

@@ -1,0 +1,261 @@
+"""
+Fault injection through the proxy: real loopback backends that refuse,
+reset, answer garbage or die, and the retries and ejections that hide them.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable, Generator
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
+
+from lbproxy.backends import Backend, BackendPool
+from lbproxy.health import EjectionSettings, OutlierDetector
+from lbproxy.retry import RetryBudget
+from lbproxy.test.fakes import RunningBackend, get, rawConnect, reactor, startBackend, startProxy
+
+Gen = Generator[Any, Any, None]
+
+
+class _Scripted(Protocol):
+    """
+    A fake backend server that does C{script(self, data)} on the first
+    bytes of each request it receives.
+    """
+
+    def __init__(self, script: Callable[[_Scripted, bytes], None]) -> None:
+        self.script = script
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        first = not self.received
+        self.received += data
+        if first:
+            self.script(self, data)
+
+
+def _resetAfterReceiving(protocol: _Scripted, data: bytes) -> None:
+    protocol.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _garbageStatus(protocol: _Scripted, data: bytes) -> None:
+    protocol.transport.write(b"HTTP/1.1 OK-ish\r\n\r\n")  # type: ignore[union-attr]
+    protocol.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _resetAfterHeaders(protocol: _Scripted, data: bytes) -> None:
+    transport: Any = protocol.transport
+    transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+    # Linger 0: once the data is flushed, closing sends RST, not FIN.
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.loseConnection()
+
+
+class ResilienceTestCase(TestCase):
+    """
+    Helpers: scripted fake backends.
+    """
+
+    @inlineCallbacks
+    def scripted(self, script: Callable[[_Scripted, bytes], None]) -> Generator[Any, Any, Backend]:
+        """
+        A backend served by C{script}; its connections are in
+        C{self.connections[backend]}.
+        """
+        received: list[_Scripted] = []
+
+        def build() -> _Scripted:
+            protocol = _Scripted(script)
+            received.append(protocol)
+            return protocol
+
+        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(build)  # type: ignore[arg-type]
+        )
+        self.addCleanup(port.stopListening)
+        backend = Backend("127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+        self.connections[id(backend)] = received
+        return backend
+
+    def setUp(self) -> None:
+        self.connections: dict[int, list[_Scripted]] = {}
+
+    @inlineCallbacks
+    def dead(self) -> Generator[Any, Any, Backend]:
+        """
+        A backend whose port refuses connections.
+        """
+        running = yield startBackend(self, b"")
+        yield running.port.stopListening()
+        return running.backend
+
+
+class RetryTests(ResilienceTestCase):
+    """
+    Which failures are retried on another backend.
+    """
+
+    @inlineCallbacks
+    def test_postRetriedWhenConnectionFailed(self) -> Gen:
+        """
+        A POST whose connection could not be made is sent to another
+        backend, body intact.
+        """
+        dead = yield self.dead()
+        alive = yield startBackend(self, b"stored")
+        proxy = yield startProxy(self, [dead, alive.backend])
+        client = yield rawConnect(self, proxy.portNumber)
+        client.transport.write(
+            b"POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world"
+        )
+        data = yield client.until(b"stored")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
+        self.assertEqual([r.body for r in alive.resource.received], [b"hello world"])
+        self.assertEqual(dead.retries, 1)
+
+    @inlineCallbacks
+    def test_postNotRetriedAfterBackendGotIt(self) -> Gen:
+        """
+        A POST whose backend reset the connection after receiving it is not
+        retried: the client gets 502 and the other backend nothing.
+        """
+        resets = yield self.scripted(_resetAfterReceiving)
+        alive = yield startBackend(self, b"stored")
+        proxy = yield startProxy(self, [resets, alive.backend])
+        response, _ = yield get(self, proxy.url(), method=b"POST")
+        self.assertEqual(response.code, 502)
+        self.assertEqual(alive.resource.received, [])
+        self.assertEqual(len(self.connections[id(resets)]), 1)
+
+    @inlineCallbacks
+    def test_getRetriedAfterReset(self) -> Gen:
+        """
+        A GET whose backend reset before answering is retried elsewhere.
+        """
+        resets = yield self.scripted(_resetAfterReceiving)
+        alive = yield startBackend(self, b"fine")
+        proxy = yield startProxy(self, [resets, alive.backend])
+        response, body = yield get(self, proxy.url())
+        self.assertEqual((response.code, body), (200, b"fine"))
+        self.assertIn("retries=1", proxy.lines[-1])
+
+    @inlineCallbacks
+    def test_garbageStatusLine(self) -> Gen:
+        """
+        A garbage status line is retried for a GET, and is a 502 for a POST.
+        """
+        garbage = yield self.scripted(_garbageStatus)
+        alive = yield startBackend(self, b"fine")
+        proxy = yield startProxy(self, [garbage, alive.backend])
+        response, body = yield get(self, proxy.url())
+        self.assertEqual((response.code, body), (200, b"fine"))
+        response, _ = yield get(self, proxy.url(), method=b"POST")
+        self.assertEqual(response.code, 200)  # round-robin: this one went to alive first
+        response, _ = yield get(self, proxy.url(), method=b"POST")
+        self.assertEqual(response.code, 502)
+
+    @inlineCallbacks
+    def test_notRetriedOnceTheAnswerStarted(self) -> Gen:
+        """
+        A backend that resets after sending headers is not retried: the
+        client sees a truncated response and the connection closes.
+        """
+        breaks = yield self.scripted(_resetAfterHeaders)
+        alive = yield startBackend(self, b"fine")
+        proxy = yield startProxy(self, [breaks, alive.backend])
+        client = yield rawConnect(self, proxy.portNumber)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield client.closed
+        self.assertIn(b"Content-Length: 1000", client.data)
+        self.assertTrue(client.data.endswith(b"partial"), client.data)
+        self.assertEqual(alive.resource.received, [])
+
+    @inlineCallbacks
+    def test_retriesBounded(self) -> Gen:
+        """
+        A request is tried on at most 1 + retries backends.
+        """
+        deads = []
+        for _ in range(4):
+            deads.append((yield self.dead()))
+        proxy = yield startProxy(self, deads)
+        response, _ = yield get(self, proxy.url())
+        self.assertEqual(response.code, 502)
+        self.assertEqual(sum(d.requests for d in deads), 3)
+
+    @inlineCallbacks
+    def test_budgetExhausted(self) -> Gen:
+        """
+        With the retry budget spent, a failed request is answered 502
+        instead of being retried.
+        """
+        dead = yield self.dead()
+        alive = yield startBackend(self, b"fine")
+        budget = RetryBudget(Clock(), ratio=0, minPerSecond=0.1, window=10)
+        proxy = yield startProxy(self, [dead, alive.backend], budget=budget)
+        codes = []
+        for _ in range(4):
+            response, _ = yield get(self, proxy.url())
+            codes.append(response.code)
+        self.assertEqual(codes, [200, 200, 502, 200])
+
+
+class EjectionTests(ResilienceTestCase):
+    """
+    Passive health checks through the proxy.
+    """
+
+    @inlineCallbacks
+    def test_deadBackendEjectedAndReadmitted(self) -> Gen:
+        """
+        A backend killed during a run of GETs costs no failed request; after
+        three failures it gets no more traffic; when it is back and its
+        ejection ends, it takes traffic again.
+        """
+        victim: RunningBackend = yield startBackend(self, b"victim")
+        other = yield startBackend(self, b"other")
+        clock = Clock()
+        pool = [victim.backend, other.backend]
+        outliers = OutlierDetector(
+            BackendPool(list(pool)), clock, EjectionSettings(maxFails=3, baseTime=10)
+        )
+        self.addCleanup(outliers.stop)
+        proxy = yield startProxy(self, pool, outcomes=outliers)
+        pooled = Headers({b"Connection": [b"close"]})
+        for _ in range(4):
+            response, _ = yield get(self, proxy.url(), headers=pooled)
+            self.assertEqual(response.code, 200)
+        portNumber = victim.backend.port
+        yield victim.port.stopListening()
+        victim.site.dropConnections()
+        codes = []
+        for _ in range(10):
+            response, _ = yield get(self, proxy.url(), headers=pooled)
+            codes.append(response.code)
+        self.assertEqual(codes, [200] * 10)
+        self.assertTrue(victim.backend.ejected)
+        self.assertEqual(victim.backend.failures, 3)
+        before = victim.backend.requests
+        for _ in range(4):
+            yield get(self, proxy.url())
+        self.assertEqual(victim.backend.requests, before)
+        restarted = yield TCP4ServerEndpoint(reactor, portNumber, interface="127.0.0.1").listen(
+            victim.site
+        )
+        self.addCleanup(restarted.stopListening)
+        clock.advance(10)
+        self.assertFalse(victim.backend.ejected)
+        bodies = set()
+        for _ in range(4):
+            _, body = yield get(self, proxy.url())
+            bodies.add(body)
+        self.assertEqual(bodies, {b"victim", b"other"})
