@@ -6,7 +6,7 @@ HTTP client connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import attrs
@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendPool
@@ -33,6 +34,17 @@ from lbproxy.retry import RetryBudget
 from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
 
 reactor = _globalReactor
+
+
+@implementer(IChooser)
+class FirstAvailable:
+    """
+    A chooser that always picks the first backend it is given: tests of
+    retries then know exactly where each attempt goes.
+    """
+
+    def choose(self, backends: Sequence[Backend], request: object) -> Backend | None:
+        return backends[0] if backends else None
 
 
 @attrs.frozen
