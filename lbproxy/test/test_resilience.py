@@ -268,3 +268,25 @@ class EjectionTests(ResilienceTestCase):
             _, body = yield get(self, proxy.url())
             bodies.add(body)
         self.assertEqual(bodies, {b"victim", b"other"})
+
+
+class NoBackendTests(ResilienceTestCase):
+    """
+    When no backend can take traffic.
+    """
+
+    @inlineCallbacks
+    def test_allDown503AtOnce(self) -> Gen:
+        """
+        With every backend down (health checks) or ejected, the proxy
+        answers 503 with Retry-After at once, without trying any of them.
+        """
+        one = yield startBackend(self, b"one")
+        two = yield startBackend(self, b"two")
+        one.backend.healthy = False
+        two.backend.ejected = True
+        proxy = yield startProxy(self, [one.backend, two.backend])
+        response, _ = yield get(self, proxy.url())
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(one.resource.received + two.resource.received, [])

@@ -30,7 +30,7 @@ from lbproxy.health import HealthSettings
 from lbproxy.listen import parseListen
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
 from lbproxy.tap import Options, makeService
-from lbproxy.test.fakes import get, reactor, startBackend
+from lbproxy.test.fakes import get, rawConnect, reactor, startBackend
 
 Gen = Generator[Any, Any, None]
 
@@ -236,3 +236,38 @@ class DemoTests(ServiceTestCase):
             _, body = yield get(self, url)
             bodies.add(body)
         self.assertEqual(bodies, {b"<p>HTTP Server-1</p>\n", b"<p>HTTP Server-2</p>\n"})
+
+
+class DrainTests(ServiceTestCase):
+    """
+    Stopping the service drains client connections.
+    """
+
+    @inlineCallbacks
+    def test_idleKeepAliveClosedAtOnce(self) -> Gen:
+        """
+        An idle keep-alive client connection is closed as soon as the
+        service stops, and the stop completes without waiting for the drain
+        timeout.
+        """
+        backend = yield startBackend(self, b"ok")
+        port = _freePort()
+        service = LoadBalancerService(
+            LoadBalancerConfig(
+                backends=[backend.backend],
+                listens=[parseListen(f"tcp:{port}:interface=127.0.0.1")],
+                chooser=RoundRobinChooser(),
+                accessLog=AccessLog(None, enabled=False),
+                health=HealthSettings(interval=0),
+                drainTimeout=3600,
+            ),
+            reactor,  # type: ignore[arg-type]
+            reactor,  # type: ignore[arg-type]
+        )
+        service.startService()
+        client = yield rawConnect(self, port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield client.until(b"\r\n\r\nok")
+        yield service.stopService()
+        yield client.closed
+        self.assertEqual(service.site.channels, set())
