@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from lbproxy.stats import PeakEWMA
+
 DEFAULT_PORT = 80
 
 
@@ -76,6 +78,8 @@ class Backend:
     @ivar ejections: How many times it has been ejected.
     @ivar retries: Requests retried away from this backend.
     @ivar slowStart: Its traffic ramp after coming back, if one is running.
+    @ivar latencyEWMA: Peak-sensitive moving average of its latencies, for
+        latency-aware choosers.
     """
 
     host: str
@@ -91,6 +95,7 @@ class Backend:
     ejections: int = 0
     retries: int = 0
     slowStart: SlowStart | None = None
+    latencyEWMA: PeakEWMA = attrs.field(factory=PeakEWMA, repr=False)
 
     @property
     def effectiveWeight(self) -> float:
@@ -151,6 +156,7 @@ class Backend:
             self.failures += 1
         if latency is not None:
             self.lastLatency = latency
+            self.latencyEWMA.observe(latency, now)
 
 
 @attrs.define
@@ -168,16 +174,28 @@ class BackendPool:
         return [backend for backend in self.backends if backend.available]
 
 
+MAX_WEIGHT = 1000
+"""
+The largest weight a backend may be given.
+"""
+
+
 def parseBackend(item: str) -> Backend:
     """
     Parse one backend: C{host}, C{host:port}, C{[v6addr]}, C{[v6addr]:port},
-    C{v6addr} (bare) or C{http://host[:port]}.
+    C{v6addr} (bare) or C{http://host[:port]}, each optionally followed by
+    C{=WEIGHT}, a whole number from 1 to L{MAX_WEIGHT} (default 1), e.g.
+    C{10.0.0.1:80=3}.
 
     @raise BackendSpecError: With a message naming the item.
     """
     text = item.strip()
     if not text:
         raise BackendSpecError("empty backend in --backends")
+    weight = 1
+    if "=" in text:
+        text, weightText = (part.strip() for part in text.rsplit("=", 1))
+        weight = _parseWeight(item, weightText)
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme != "http":
@@ -191,7 +209,15 @@ def parseBackend(item: str) -> Backend:
     host, port = _splitHostPort(item, text)
     if not host:
         raise BackendSpecError(f"backend {item!r}: missing host")
-    return Backend(host=host, port=port)
+    return Backend(host=host, port=port, weight=weight)
+
+
+def _parseWeight(item: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_WEIGHT:
+        raise BackendSpecError(
+            f"backend {item!r}: weight after '=' must be a whole number from 1 to {MAX_WEIGHT}"
+        )
+    return int(text)
 
 
 def _splitHostPort(item: str, text: str) -> tuple[str, int]:
@@ -279,6 +305,7 @@ def isIPLiteral(host: str) -> bool:
 
 
 __all__: Sequence[str] = [
+    "MAX_WEIGHT",
     "Backend",
     "BackendPool",
     "BackendSpecError",

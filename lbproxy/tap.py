@@ -17,7 +17,15 @@ from twisted.python import usage
 
 from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendSpecError, parseBackends
-from lbproxy.choosers import BUILTIN_CHOOSERS, DEFAULT_CHOOSER, ChooserError, makeChooser
+from lbproxy.choosers import (
+    BUILTIN_CHOOSERS,
+    DEFAULT_BALANCE_FACTOR,
+    DEFAULT_CHOOSER,
+    DEFAULT_HASH_KEY,
+    ChooserError,
+    makeChooser,
+    settingsFromOptions,
+)
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.health import EjectionSettings, HealthSettings
 from lbproxy.interfaces import IChooser
@@ -31,6 +39,7 @@ from lbproxy.listen import (
 )
 from lbproxy.proxy import ProxySettings
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
+from lbproxy.sticky import DEFAULT_COOKIE
 from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
 from lbproxy.upstream import UpstreamSettings
 
@@ -171,7 +180,8 @@ class Options(ResilienceOptions):
             "b",
             None,
             "Comma-separated backends: host, host:port, [v6addr]:port or "
-            "http://host:port (default port 80).",
+            "http://host:port (default port 80), each optionally followed by "
+            "=WEIGHT (1-1000, default 1), e.g. 10.0.0.1:80=3.",
         ],
         [
             "chooser",
@@ -179,8 +189,35 @@ class Options(ResilienceOptions):
             DEFAULT_CHOOSER,
             "Balancing policy: "
             + ", ".join(sorted(BUILTIN_CHOOSERS))
-            + ", or the dotted name of a class providing "
-            "lbproxy.interfaces.IChooser.",
+            + ", a name registered in the lbproxy.choosers entry point group, "
+            "or the dotted name of a class providing lbproxy.interfaces.IChooser.",
+        ],
+        [
+            "hash-key",
+            None,
+            DEFAULT_HASH_KEY,
+            "What --chooser hash hashes: client-ip, header:NAME, cookie:NAME or path.",
+        ],
+        [
+            "hash-balance-factor",
+            None,
+            str(DEFAULT_BALANCE_FACTOR),
+            "--chooser hash sends no backend more than this times the average "
+            "in-flight requests (at least 1); the overflow goes to the key's next choice.",
+        ],
+        ["sticky-cookie", None, DEFAULT_COOKIE, "Name of --chooser sticky's affinity cookie."],
+        [
+            "sticky-fallback",
+            None,
+            DEFAULT_CHOOSER,
+            "Chooser for requests without a valid sticky cookie, or whose backend is gone.",
+        ],
+        [
+            "sticky-secret-file",
+            None,
+            None,
+            "File holding the key (16+ bytes) that signs sticky cookies, to keep "
+            "them valid across restarts and instances. Default: a random key per process.",
         ],
         [
             "timeout",
@@ -333,7 +370,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
     backends = _backends(options)
     listens = _listens(options)
     try:
-        chooser: IChooser = makeChooser(options["chooser"])
+        chooser: IChooser = makeChooser(options["chooser"], settings=settingsFromOptions(options))
     except ChooserError as e:
         raise usage.UsageError(str(e)) from None
     try:

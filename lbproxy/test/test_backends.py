@@ -354,3 +354,46 @@ class IsIPLiteralTests(SynchronousTestCase):
         ]
         for host, expected in cases:
             self.assertEqual(isIPLiteral(host), expected, host)
+
+
+class WeightTests(SynchronousTestCase):
+    """
+    Tests for the C{=WEIGHT} suffix of a C{--backends} item.
+    """
+
+    def test_table(self) -> None:
+        """
+        A whole number after C{=} is the backend's weight; without one the
+        weight is 1.
+        """
+        cases = [
+            ("10.0.0.1:80=3", ("10.0.0.1", 80, 3)),
+            ("10.0.0.1=7", ("10.0.0.1", 80, 7)),
+            ("[::1]:8080=2", ("::1", 8080, 2)),
+            ("::1=5", ("::1", 80, 5)),
+            ("http://h:81=4", ("h", 81, 4)),
+            ("http://h:81/=4", ("h", 81, 4)),
+            (" h = 1000 ", ("h", 80, 1000)),
+            ("h", ("h", 80, 1)),
+        ]
+        for item, (host, port, weight) in cases:
+            backend = parseBackend(item)
+            self.assertEqual((backend.host, backend.port, backend.weight), (host, port, weight))
+
+    def test_refused(self) -> None:
+        """
+        A weight that is not a whole number from 1 to 1000 is refused with a
+        one-line message naming the item.
+        """
+        for item in ["h=0", "h=1001", "h=-1", "h=1.5", "h=", "h=x", "h=\N{FULLWIDTH DIGIT THREE}"]:
+            assertOneLineError(self, BackendSpecError, parseBackend, item, "weight")
+
+    def test_weightsInList(self) -> None:
+        """
+        Weights are read per item of a list, and the same address with two
+        weights is still a duplicate.
+        """
+        backends = parseBackends("a=2,b,c:81=3")
+        self.assertEqual([b.weight for b in backends], [2, 1, 3])
+        message = str(self.assertRaises(BackendSpecError, parseBackends, "a=2,a=3"))
+        self.assertIn("duplicate backend 'a=3'", message)

@@ -184,7 +184,7 @@ class ErrorTests(OptionsTestCase):
             (["--backends", "a,,b"], "empty backend"),
             (["--backends", "127.0.0.2,127.0.0.2:80"], "duplicate backend"),
             (["--backends", "h:99999"], "port must be"),
-            (["--backends", "h", "--chooser", "fastest"], "known choosers: random, round-robin"),
+            (["--backends", "h", "--chooser", "fastest"], "known choosers: hash, least-conn, p2c"),
             (["--backends", "h", "--chooser", "no.such.Thing"], "cannot import chooser"),
             (["--backends", "h", "--timeout", "soon"], "--timeout must be a number"),
             (["--backends", "h", "--timeout", "0"], "--timeout must be greater than 0"),
