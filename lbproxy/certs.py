@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "makeCertificateAuthority",
     "makeSelfSigned",
     "makeServerCertificate",
+    "newRSAKey",
     "privateKeyPEM",
 ]
 
@@ -76,6 +77,11 @@ _CLOCK_SKEW = datetime.timedelta(minutes=5)
 _COMMON_NAME_MAX = 64
 
 _SAN = x509.DNSName | x509.IPAddress
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+"""
+The kinds of key these functions make certificates for.
+"""
 
 
 def defaultHostnames() -> list[str]:
@@ -152,6 +158,14 @@ def _newKey() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def newRSAKey(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """
+    A new RSA private key, for servers (or tests) that need an RSA
+    certificate rather than the default ECDSA one.
+    """
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
 def _keyUsage(**allowed: bool) -> x509.KeyUsage:
     """
     A C{KeyUsage} extension allowing the usages named (by their
@@ -186,11 +200,12 @@ def _now(now: datetime.datetime | None) -> datetime.datetime:
 
 
 def _serverBuilder(
-    key: ec.EllipticCurvePrivateKey,
+    key: PrivateKey,
     issuer: x509.Name,
     authorityKeyIdentifier: x509.AuthorityKeyIdentifier,
     hostnames: Sequence[str],
     now: datetime.datetime,
+    validity: datetime.timedelta = SERVER_VALIDITY,
 ) -> x509.CertificateBuilder:
     """
     The parts common to every server certificate: subject, validity,
@@ -201,6 +216,7 @@ def _serverBuilder(
     @param authorityKeyIdentifier: identifies the signer's key.
     @param hostnames: the names and addresses the certificate is for.
     @param now: when the certificate is made.
+    @param validity: how long it is valid.
     """
     alternativeNames = _alternativeNames(hostnames)
     notBefore = now - _CLOCK_SKEW
@@ -211,7 +227,7 @@ def _serverBuilder(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(notBefore)
-        .not_valid_after(notBefore + SERVER_VALIDITY)
+        .not_valid_after(notBefore + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_keyUsage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -262,7 +278,9 @@ def makeServerCertificate(
     caCert: x509.Certificate,
     hostnames: Sequence[str],
     now: datetime.datetime | None = None,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key: PrivateKey | None = None,
+    validity: datetime.timedelta = SERVER_VALIDITY,
+) -> tuple[PrivateKey, x509.Certificate]:
     """
     Make a new key and a TLS server certificate for it, signed by a CA.
 
@@ -271,6 +289,9 @@ def makeServerCertificate(
     @param hostnames: the DNS names and IP address literals clients will use
         to reach the server; at least one.
     @param now: when the certificate is made; the current time if L{None}.
+    @param key: the server's key, e.g. from L{newRSAKey}; a new ECDSA P-256
+        key if L{None}.
+    @param validity: how long the certificate is valid.
 
     @return: the server's private key and certificate.
 
@@ -281,8 +302,9 @@ def makeServerCertificate(
         authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(caKeyIdentifier)
     except x509.ExtensionNotFound:
         authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key())
-    key = _newKey()
-    builder = _serverBuilder(key, caCert.subject, authority, hostnames, _now(now))
+    if key is None:
+        key = _newKey()
+    builder = _serverBuilder(key, caCert.subject, authority, hostnames, _now(now), validity)
     return key, builder.sign(caKey, hashes.SHA256())
 
 
@@ -309,7 +331,7 @@ def makeSelfSigned(
     return key, builder.sign(key, hashes.SHA256())
 
 
-def privateKeyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+def privateKeyPEM(key: PrivateKey) -> bytes:
     """
     C{key} as an unencrypted PKCS#8 PEM block (C{BEGIN PRIVATE KEY}).
     """

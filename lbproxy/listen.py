@@ -28,9 +28,15 @@ import os
 import attrs
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTCP, IStreamServerEndpoint
-from twisted.internet.ssl import CertificateOptions
 
-from lbproxy.tls import TLSConfigError, TLSServerEndpoint, serverOptionsFromFiles
+from lbproxy.tls import (
+    CertificateFiles,
+    CertificateSource,
+    ServerTLS,
+    ServerTLSSettings,
+    TLSConfigError,
+    TLSServerEndpoint,
+)
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -53,9 +59,12 @@ _SSL_OPTIONS = (
 )
 
 _REFUSED_SSL_OPTIONS = {
-    "sslmethod": "lbproxy always requires TLS 1.2 or later",
+    "sslmethod": "lbproxy always requires TLS 1.2 or later (see --tls-min)",
     "dhParameters": "lbproxy uses elliptic-curve key exchange only",
 }
+
+
+_DEFAULT_TLS = ServerTLSSettings()
 
 
 class ListenError(Exception):
@@ -259,40 +268,45 @@ def _serverFromString(reactor: IReactorTCP, description: str) -> IStreamServerEn
 def serverEndpointForListen(
     reactor: IReactorTCP,
     spec: ListenSpec,
-    adhocOptions: CertificateOptions | None,
+    adhocCertificate: CertificateSource | None,
+    settings: ServerTLSSettings = _DEFAULT_TLS,
 ) -> IStreamServerEndpoint:
     """
     The endpoint to listen on for C{spec}.  For C{ssl:} this reads the key
-    and certificate files.
+    and certificate files; the endpoint is a L{TLSServerEndpoint} whose
+    C{contextFactory} is a L{ServerTLS}, to reload on SIGHUP.
 
     @param reactor: the reactor the endpoint listens with; it should also
         provide what other endpoint types need (e.g. C{IReactorUNIX}).
     @param spec: the parsed description.
-    @param adhocOptions: the TLS options of the C{--adhoc} certificate, for
-        C{ssl:} listeners that name no C{privateKey}; L{None} without
-        C{--adhoc}.
+    @param adhocCertificate: the C{--adhoc} certificate, for C{ssl:}
+        listeners that name no C{privateKey}; L{None} without C{--adhoc}.
+    @param settings: the TLS policy and the certificates chosen by server
+        name, shared by every C{ssl:} listener; the listener's own
+        certificate is the default.
 
     @raise ListenError: if the endpoint cannot be made, e.g. a certificate
         file is missing or does not match its key.
     """
     if not spec.isTLS:
         return _serverFromString(reactor, spec.description)
-    options: CertificateOptions
+    default: CertificateSource
     if spec.privateKey is not None:
-        try:
-            options = serverOptionsFromFiles(spec.privateKey, spec.certKey, spec.extraCertChain)
-        except TLSConfigError as e:
-            raise _error(spec.description, str(e)) from e
-    elif adhocOptions is not None:
-        options = adhocOptions
+        default = CertificateFiles(spec.privateKey, spec.certKey, spec.extraCertChain)
+    elif adhocCertificate is not None:
+        default = adhocCertificate
     else:
         raise _error(
             spec.description,
             "it names no privateKey; pass --adhoc for a temporary self-signed "
             "certificate, or add :privateKey=KEY:certKey=CERT",
         )
+    try:
+        serverTLS = ServerTLS(default, settings)
+    except TLSConfigError as e:
+        raise _error(spec.description, str(e)) from e
     tcp = f"tcp:{spec.port}:interface={_escape(spec.interface)}:backlog={spec.backlog}"
-    return TLSServerEndpoint(_serverFromString(reactor, tcp), options)
+    return TLSServerEndpoint(_serverFromString(reactor, tcp), serverTLS)
 
 
 def missingCertificateFiles(spec: ListenSpec) -> list[str]:

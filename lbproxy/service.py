@@ -33,7 +33,7 @@ from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
 from lbproxy.retry import RetryBudget
-from lbproxy.tls import TLSConfigError, adhocServerOptions
+from lbproxy.tls import ServerTLSSettings, TLSConfigError, adhocCertificate
 from lbproxy.upstream import Upstream, UpstreamSettings
 
 
@@ -57,6 +57,7 @@ class LoadBalancerConfig:
     slowStart: float = 0.0
     retryBudgetPercent: float = 20.0
     drainTimeout: float = 30.0
+    tls: ServerTLSSettings = attrs.Factory(ServerTLSSettings)
 
 
 class StartupError(Exception):
@@ -153,9 +154,9 @@ class LoadBalancerService(MultiService):
                 self.pool.backends.append(
                     Backend(host="127.0.0.1", port=port.getHost().port)  # type: ignore[attr-defined]
                 )
-        adhocOptions = None
+        adhoc = None
         if config.adhoc and any(s.isTLS and s.privateKey is None for s in config.listens):
-            adhocOptions, fingerprint = adhocServerOptions(defaultHostnames())
+            adhoc, fingerprint = adhocCertificate(defaultHostnames())
             self._log.info(
                 "ad-hoc TLS certificate for {names}; SHA-256 fingerprint {fingerprint}",
                 names=", ".join(defaultHostnames()),
@@ -163,7 +164,7 @@ class LoadBalancerService(MultiService):
             )
         for spec in config.listens:
             try:
-                endpoint = serverEndpointForListen(self._reactor, spec, adhocOptions)
+                endpoint = serverEndpointForListen(self._reactor, spec, adhoc, config.tls)
             except (ListenError, TLSConfigError) as e:
                 raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
             self.ports.append(self._listenNow(spec.description, self.site, endpoint))

@@ -25,7 +25,7 @@ from lbproxy.listen import (
     serverEndpointForListen,
 )
 from lbproxy.test.test_tls import writeCertificates
-from lbproxy.tls import TLSServerEndpoint, adhocServerOptions
+from lbproxy.tls import ServerTLS, TLSServerEndpoint, adhocCertificate
 
 
 class ParseListenTests(SynchronousTestCase):
@@ -213,8 +213,8 @@ class ServerEndpointForListenTests(SynchronousTestCase):
         An escaped IPv6 interface reaches the TCP endpoint intact.
         """
         spec = parseListen(r"ssl:0:interface=\:\:1")
-        options, _ = adhocServerOptions(["localhost"])
-        endpoint = serverEndpointForListen(self.reactor, spec, options)
+        source, _ = adhocCertificate(["localhost"])
+        endpoint = serverEndpointForListen(self.reactor, spec, source)
         port, _, _, interface = self.listen(endpoint)
         self.assertEqual((port, interface), (0, "::1"))
 
@@ -223,10 +223,11 @@ class ServerEndpointForListenTests(SynchronousTestCase):
         An C{ssl:} description without C{privateKey} uses the ad-hoc
         options.
         """
-        options, _ = adhocServerOptions(["localhost"])
-        endpoint = serverEndpointForListen(self.reactor, parseListen("ssl:0"), options)
+        source, _ = adhocCertificate(["localhost"])
+        endpoint = serverEndpointForListen(self.reactor, parseListen("ssl:0"), source)
         assert isinstance(endpoint, TLSServerEndpoint)
-        self.assertIs(endpoint.contextFactory, options)
+        assert isinstance(endpoint.contextFactory, ServerTLS)
+        self.assertIs(endpoint.contextFactory.default, source)
 
     def test_sslWithoutKeyOrAdhoc(self) -> None:
         """

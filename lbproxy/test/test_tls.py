@@ -33,7 +33,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -44,9 +44,13 @@ from zope.interface.verify import verifyObject
 
 from lbproxy import certs
 from lbproxy.tls import (
+    TLS12_CIPHERS,
+    TLS13_CIPHERSUITES,
+    ServerTLS,
+    ServerTLSSettings,
     TLSConfigError,
     TLSServerEndpoint,
-    adhocServerOptions,
+    adhocCertificate,
     serverOptionsFromFiles,
 )
 
@@ -68,15 +72,21 @@ class CertificateFiles:
 
 
 def writeCertificates(
-    directory: str, hostnames: Sequence[str] = ("localhost", "127.0.0.1")
+    directory: str,
+    hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
+    rsa: bool = False,
 ) -> CertificateFiles:
     """
     Write a new CA and a server certificate signed by it into C{directory}
     (created), as C{ca.crt}, C{loadbalancer.key} and C{loadbalancer.crt}.
+
+    @param rsa: make an RSA server key rather than an ECDSA one.
     """
     os.makedirs(directory, exist_ok=True)
     caKey, caCert = certs.makeCertificateAuthority()
-    key, cert = certs.makeServerCertificate(caKey, caCert, hostnames)
+    key, cert = certs.makeServerCertificate(
+        caKey, caCert, hostnames, key=certs.newRSAKey() if rsa else None
+    )
     files = CertificateFiles(
         caCert=os.path.join(directory, "ca.crt"),
         serverKey=os.path.join(directory, "loadbalancer.key"),
@@ -110,12 +120,20 @@ def _write(path: str, content: bytes) -> str:
     return path
 
 
-def _served(options: CertificateOptions) -> x509.Certificate:
+def _served(options: ServerTLS) -> x509.Certificate:
     """
-    The certificate that C{options} serve.
+    The default certificate that C{options} serve.
     """
-    assert options.certificate is not None
-    return options.certificate.to_cryptography()
+    return options.certificate
+
+
+def adhocServerOptions(hostnames: Sequence[str]) -> tuple[ServerTLS, str]:
+    """
+    Server TLS serving a new ad-hoc certificate for C{hostnames}, and its
+    fingerprint.
+    """
+    source, fingerprint = adhocCertificate(hostnames)
+    return ServerTLS(source), fingerprint
 
 
 class ServerOptionsFromFilesTests(SynchronousTestCase):
@@ -143,13 +161,12 @@ class ServerOptionsFromFilesTests(SynchronousTestCase):
         that certificate.
         """
         options = serverOptionsFromFiles(self.files.serverKey, self.files.serverCert)
-        self.assertIsInstance(options, CertificateOptions)
+        self.assertIsInstance(options, ServerTLS)
         self.assertEqual(
             _served(options),
             x509.load_pem_x509_certificate(_read(self.files.serverCert)),
         )
-        self.assertEqual(options.extraCertChain, [])
-        options.getContext()
+        self.assertEqual(options.chain, ())
 
     def test_combinedFile(self) -> None:
         """
@@ -177,9 +194,9 @@ class ServerOptionsFromFilesTests(SynchronousTestCase):
         )
         options = serverOptionsFromFiles(self.files.serverKey, fullChain)
         ca = x509.load_pem_x509_certificate(self.files.caPEM)
-        self.assertEqual([c.to_cryptography() for c in options.extraCertChain], [ca])
+        self.assertEqual(options.chain, (ca,))
         options = serverOptionsFromFiles(self.files.serverKey, fullChain, self.files.caCert)
-        self.assertEqual([c.to_cryptography() for c in options.extraCertChain], [ca, ca])
+        self.assertEqual(options.chain, (ca, ca))
 
     def test_missingFile(self) -> None:
         """
@@ -239,7 +256,7 @@ class ServerOptionsFromFilesTests(SynchronousTestCase):
 
 class AdhocServerOptionsTests(SynchronousTestCase):
     """
-    Tests for L{adhocServerOptions}.
+    Tests for L{adhocCertificate}.
     """
 
     def test_selfSigned(self) -> None:
@@ -392,9 +409,9 @@ def _pythonClient(
         return received
 
 
-class HandshakeTests(TestCase):
+class LoopbackTLSTestCase(TestCase):
     """
-    Real TLS handshakes with a L{TLSServerEndpoint} on a loopback port.
+    A test case that serves TLS echo servers on loopback ports.
     """
 
     def setUp(self) -> None:
@@ -410,7 +427,7 @@ class HandshakeTests(TestCase):
         self.serverClosed.append(protocol.closed)
         return protocol
 
-    async def serve(self, options: CertificateOptions | None = None) -> int:
+    async def serve(self, options: ServerTLS | None = None) -> int:
         """
         Listen with TLS on a free loopback port, echoing, until the test
         ends.
@@ -449,6 +466,12 @@ class HandshakeTests(TestCase):
         endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         client: _PingClient = await connectProtocol(endpoint, _PingClient())
         return await client.done
+
+
+class HandshakeTests(LoopbackTLSTestCase):
+    """
+    Real TLS handshakes with a L{TLSServerEndpoint} on a loopback port.
+    """
 
     async def test_localhost(self) -> None:
         """
@@ -546,3 +569,266 @@ class _CannotConfigure(Exception):
     """
     The local C{ssl} module cannot set up the client a test needs.
     """
+
+
+@attrs.frozen
+class _Negotiated:
+    """
+    What Python's C{ssl} client saw of a handshake.
+    """
+
+    version: str | None
+    cipher: str
+    compression: str | None
+    alpn: str | None
+    resumed: bool
+
+
+def _clientContext(
+    caPEM: bytes,
+    configure: Callable[[ssl.SSLContext], None] = lambda context: None,
+    alpn: Sequence[str] = ("h2", "http/1.1"),
+) -> ssl.SSLContext:
+    """
+    A Python C{ssl} client context trusting C{caPEM}, offering C{alpn},
+    changed by C{configure}.
+    """
+    context = ssl.create_default_context(cadata=caPEM.decode("ascii"))
+    context.set_alpn_protocols(list(alpn))
+    configure(context)
+    return context
+
+
+def _handshake(
+    port: int,
+    caPEM: bytes,
+    configure: Callable[[ssl.SSLContext], None] = lambda context: None,
+    alpn: Sequence[str] = ("h2", "http/1.1"),
+    session: ssl.SSLSession | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[_Negotiated, ssl.SSLSession | None]:
+    """
+    Connect to C{port} on 127.0.0.1 as C{localhost} with Python's C{ssl}
+    module, trusting C{caPEM} (or with C{context}), ping the echo server and
+    report what was negotiated, with the session to resume.  Blocking: run
+    it in a thread.
+    """
+    if context is None:
+        context = _clientContext(caPEM, configure, alpn)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+    ):
+        tls.sendall(_PING)
+        received = b""
+        while len(received) < len(_PING):
+            chunk = tls.recv(len(_PING))
+            if not chunk:
+                break
+            received += chunk
+        cipher = tls.cipher()
+        assert cipher is not None
+        negotiated = _Negotiated(
+            version=tls.version(),
+            cipher=cipher[0],
+            compression=tls.compression(),
+            alpn=tls.selected_alpn_protocol(),
+            resumed=bool(tls.session_reused),
+        )
+        return negotiated, tls.session
+
+
+def _tls12(ciphers: str | None = None) -> Callable[[ssl.SSLContext], None]:
+    """
+    Configure a client context for TLS 1.2 only, offering C{ciphers} (an
+    OpenSSL cipher string) in that order if given.
+    """
+
+    def configure(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        if ciphers is not None:
+            context.set_ciphers(ciphers)
+
+    return configure
+
+
+class ProfileTests(LoopbackTLSTestCase):
+    """
+    The server TLS policy (Mozilla "intermediate", or "modern" with a
+    minimum of TLS 1.3), checked by real handshakes on a loopback port.
+    """
+
+    async def negotiate(
+        self,
+        options: ServerTLS | None = None,
+        configure: Callable[[ssl.SSLContext], None] = lambda context: None,
+        caPEM: bytes | None = None,
+        alpn: Sequence[str] = ("h2", "http/1.1"),
+    ) -> _Negotiated:
+        """
+        Serve C{options} and handshake with Python's C{ssl} client.
+        """
+        port = await self.serve(options)
+        negotiated, _ = await deferToThread(
+            _handshake, port, caPEM or self.files.caPEM, configure, alpn
+        )
+        return negotiated
+
+    async def test_tls13ByDefault(self) -> None:
+        """
+        A default client negotiates TLS 1.3 with an AEAD suite, no
+        compression and ALPN C{http/1.1}.
+        """
+        negotiated = await self.negotiate()
+        self.assertEqual(negotiated.version, "TLSv1.3")
+        self.assertIn(negotiated.cipher, TLS13_CIPHERSUITES.split(":"))
+        self.assertIsNone(negotiated.compression)
+        self.assertEqual(negotiated.alpn, "http/1.1")
+
+    async def test_tls12ForwardSecretAEAD(self) -> None:
+        """
+        A TLS 1.2 client gets an ECDHE AEAD suite.
+        """
+        negotiated = await self.negotiate(configure=_tls12())
+        self.assertEqual(negotiated.version, "TLSv1.2")
+        self.assertIn(negotiated.cipher, TLS12_CIPHERS.split(":"))
+        self.assertTrue(negotiated.cipher.startswith("ECDHE-"), negotiated.cipher)
+
+    async def test_weakSuitesRefused(self) -> None:
+        """
+        A TLS 1.2 client that offers only CBC suites, or only suites
+        without forward secrecy, cannot connect.
+        """
+        port = await self.serve()
+        for ciphers in [
+            "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256",
+            "AES128-GCM-SHA256:AES256-GCM-SHA384",
+        ]:
+            with self.assertRaises(ssl.SSLError):
+                await deferToThread(_handshake, port, self.files.caPEM, _tls12(ciphers))
+
+    async def test_serverCipherPreference(self) -> None:
+        """
+        The server's order decides: a TLS 1.2 client that prefers
+        ChaCha20 and AES-256 still gets AES-128-GCM, the server's first.
+        """
+        negotiated = await self.negotiate(
+            configure=_tls12(
+                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384"
+                ":ECDHE-ECDSA-AES128-GCM-SHA256"
+            )
+        )
+        self.assertEqual(negotiated.cipher, "ECDHE-ECDSA-AES128-GCM-SHA256")
+
+    async def test_rsaCertificate(self) -> None:
+        """
+        An RSA certificate works too: TLS 1.2 clients get an ECDHE-RSA AEAD
+        suite and TLS 1.3 clients TLS 1.3.
+        """
+        files = writeCertificates(self.mktemp(), rsa=True)
+        options = serverOptionsFromFiles(files.serverKey, files.serverCert)
+        port = await self.serve(options)
+        negotiated, _ = await deferToThread(_handshake, port, files.caPEM, _tls12())
+        self.assertEqual(negotiated.cipher, "ECDHE-RSA-AES128-GCM-SHA256")
+        negotiated, _ = await deferToThread(_handshake, port, files.caPEM)
+        self.assertEqual(negotiated.version, "TLSv1.3")
+
+    async def test_alpnWithoutOverlap(self) -> None:
+        """
+        A client that offers only C{h2} by ALPN still connects, with no
+        protocol selected: lbproxy offers only C{http/1.1}.
+        """
+        negotiated = await self.negotiate(alpn=["h2"])
+        self.assertIsNone(negotiated.alpn)
+
+    async def test_modern(self) -> None:
+        """
+        With a minimum of TLS 1.3, a TLS 1.2 client cannot connect and a
+        default client gets TLS 1.3.
+        """
+        options = serverOptionsFromFiles(
+            self.files.serverKey,
+            self.files.serverCert,
+            settings=ServerTLSSettings(minimumVersion="1.3"),
+        )
+        port = await self.serve(options)
+        with self.assertRaises(ssl.SSLError):
+            await deferToThread(_handshake, port, self.files.caPEM, _tls12())
+        negotiated, _ = await deferToThread(_handshake, port, self.files.caPEM)
+        self.assertEqual(negotiated.version, "TLSv1.3")
+
+    async def test_sessionResumption(self) -> None:
+        """
+        A client that comes back with its session resumes it, in TLS 1.2
+        and in TLS 1.3 (session tickets).
+        """
+        port = await self.serve()
+        for configure in [_tls12(), lambda context: None]:
+            context = _clientContext(self.files.caPEM, configure)
+            first, session = await deferToThread(_handshake, port, b"", context=context)
+            self.assertFalse(first.resumed)
+            again, _ = await deferToThread(_handshake, port, b"", session=session, context=context)
+            self.assertTrue(again.resumed, again)
+
+
+def _pump(*connections: SSL.Connection) -> None:
+    """
+    Move bytes between two memory-BIO connections until neither has more
+    to send.
+    """
+    client, server = connections
+    moved = True
+    while moved:
+        moved = False
+        for source, destination in [(client, server), (server, client)]:
+            try:
+                data = source.bio_read(65536)
+            except SSL.WantReadError:
+                data = b""
+            if data:
+                destination.bio_write(data)
+                moved = True
+
+
+def _step(connection: SSL.Connection) -> None:
+    """
+    Advance C{connection}'s handshake as far as it can go without more
+    input.
+    """
+    try:
+        connection.do_handshake()
+    except SSL.WantReadError:
+        pass
+
+
+class RenegotiationTests(SynchronousTestCase):
+    """
+    Client-initiated renegotiation, over memory BIOs.
+    """
+
+    def test_refused(self) -> None:
+        """
+        A TLS 1.2 client that asks to renegotiate gets a C{no_renegotiation}
+        alert and the server does not renegotiate.
+        """
+        options, _ = adhocServerOptions(["localhost"])
+        server = options.serverConnectionForTLS(None)  # type: ignore[arg-type]
+        server.set_accept_state()
+        clientContext = SSL.Context(SSL.TLS_METHOD)
+        clientContext.set_max_proto_version(SSL.TLS1_2_VERSION)
+        client = SSL.Connection(clientContext, None)
+        client.set_connect_state()
+        for _ in range(3):
+            _step(client)
+            _pump(client, server)
+            _step(server)
+            _pump(client, server)
+        self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
+        self.assertTrue(client.renegotiate())
+        _step(client)
+        _pump(client, server)
+        self.assertRaises(SSL.WantReadError, server.recv, 100)
+        _pump(client, server)
+        error = self.assertRaises(SSL.Error, client.recv, 100)
+        self.assertIn("no renegotiation", str(error))
+        self.assertEqual(server.total_renegotiations(), 0)
