@@ -292,13 +292,7 @@ class P2CChooser:
         return one
 
 
-DEFAULT_STALE_DECAY = 1.0
-"""
-Seconds over which a backend's latency estimate, while it gets no traffic,
-loses its distance from the pool's typical latency (by a factor of e).
-"""
-
-DEFAULT_TOLERANCE = 0.1
+DEFAULT_TOLERANCE = 0.2
 """
 Relative difference below which two peak-EWMA costs count as equal.
 """
@@ -312,17 +306,17 @@ class PeakEWMAChooser:
     weight), pick the one with the lower cost, its peak-sensitive latency
     estimate (L{lbproxy.stats.PeakEWMA}, kept on the backend) times its
     in-flight requests plus one, divided by its weight. Costs within
-    C{tolerance} (10 %) of each other count as equal and the first drawn
+    C{tolerance} (20 %) of each other count as equal and the first drawn
     wins, so identical backends share traffic evenly instead of being ranked
     by the noise in their latencies.
 
     It does not starve a backend: an estimate that has not been refreshed
-    decays toward the pool's typical latency (the median estimate) with time
-    constant C{staleDecay}, and after C{forgetAfter} seconds (see
-    L{lbproxy.stats.PeakEWMA}) it is exactly typical, so a backend that once
-    answered slowly and then got no traffic is tried again within seconds;
-    its next answer then replaces the old estimate. A backend with no
-    estimate yet counts as typical.
+    for a second decays toward the pool's typical latency (the median
+    estimate) with a time constant of half a second (see
+    L{lbproxy.stats.PeakEWMA}), so a backend that once answered 30 times
+    slower than the others and then got no traffic is tried again after
+    about four seconds, and its next fast answer restores it. A backend
+    with no estimate yet counts as typical.
 
     @ivar _clock: The proxy's clock, the one latencies are stamped with.
     """
@@ -331,12 +325,10 @@ class PeakEWMAChooser:
         self,
         clock: IReactorTime,
         rng: random.Random | None = None,
-        staleDecay: float = DEFAULT_STALE_DECAY,
         tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         self._clock = clock
         self._random = rng if rng is not None else random.Random()
-        self._staleDecay = staleDecay
         self._tolerance = tolerance
 
     def choose(self, backends: Sequence[Backend], request: IRequest) -> Backend | None:
@@ -355,7 +347,7 @@ class PeakEWMAChooser:
 
         def cost(index: int) -> float:
             backend = backends[index]
-            latency = backend.latencyEWMA.estimate(now, typical, self._staleDecay)
+            latency = backend.latencyEWMA.estimate(now, typical)
             return latency * (backend.inFlight + 1) / weights[index]
 
         if cost(second) * (1.0 + self._tolerance) < cost(first):

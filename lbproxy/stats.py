@@ -7,6 +7,12 @@ weight depends on the time between samples (not their number), and which
 jumps straight up to any sample above it. It reacts to a slow backend at
 once and forgets slowly.
 
+To that it adds staleness: an estimate that has not been refreshed for a
+while counts for less and less, both against the pool's typical latency
+(L{PeakEWMA.estimate}) and against the next sample (L{PeakEWMA.observe}),
+so a backend that answered slowly once and then got no traffic is tried
+again, and one fast answer then restores it.
+
 It is updated by L{lbproxy.backends.Backend.requestFinished}, with the
 proxy clock's time, and only read by choosers.
 """
@@ -23,9 +29,14 @@ Seconds over which old samples lose weight (Finagle's and Linkerd's
 default).
 """
 
-DEFAULT_FORGET_AFTER = 5.0
+DEFAULT_GRACE = 1.0
 """
-Seconds without a sample after which an estimate is forgotten.
+Seconds without a sample before an estimate starts to go stale.
+"""
+
+DEFAULT_STALE_DECAY = 0.5
+"""
+Time constant, in seconds, of a stale estimate's loss of weight.
 """
 
 
@@ -36,60 +47,62 @@ class PeakEWMA:
 
     @ivar decay: Time constant in seconds: a sample C{t} seconds old
         weighs C{exp(-t / decay)} relative to a new one.
-    @ivar forgetAfter: Seconds without a sample after which the estimate is
-        too old to trust: the next sample starts afresh, and meanwhile
-        L{estimate} gives the pool's typical latency.
+    @ivar grace: Seconds without a sample after which the estimate starts
+        to go stale.
+    @ivar staleDecay: Time constant of staleness: C{t} seconds after the
+        grace period the estimate keeps C{exp(-t / staleDecay)} of its
+        weight.
     @ivar value: The current estimate, or L{None} before the first sample.
     @ivar lastTime: The clock time of the last sample, or L{None}.
     """
 
     decay: float = DEFAULT_DECAY
-    forgetAfter: float = DEFAULT_FORGET_AFTER
+    grace: float = DEFAULT_GRACE
+    staleDecay: float = DEFAULT_STALE_DECAY
     value: float | None = None
     lastTime: float | None = None
+
+    def freshness(self, now: float) -> float:
+        """
+        How much the estimate still counts at clock time C{now}: 1 within
+        the grace period after the last sample, then decaying to 0.
+        """
+        if self.lastTime is None:
+            return 0.0
+        stale = max(0.0, now - self.lastTime - self.grace)
+        return math.exp(-stale / self.staleDecay)
 
     def observe(self, sample: float, now: float | None = None) -> None:
         """
         Add one latency C{sample} taken at clock time C{now}.
 
-        A sample above the estimate replaces it (the "peak"); one below is
-        averaged in with weight C{1 - exp(-elapsed / decay)}; the first
-        sample after C{forgetAfter} seconds without one replaces the old
-        estimate. Without a time (C{now} is L{None}) no time is taken to
-        have passed.
-        """
-        if now is None:
-            now = self.lastTime if self.lastTime is not None else 0.0
-        if (
-            self.value is None
-            or self.lastTime is None
-            or sample > self.value
-            or now - self.lastTime >= self.forgetAfter
-        ):
-            self.value = sample
-        else:
-            elapsed = max(0.0, now - self.lastTime)
-            keep = math.exp(-elapsed / self.decay)
-            self.value = self.value * keep + sample * (1.0 - keep)
-        self.lastTime = now
-
-    def estimate(self, now: float, typical: float, staleDecay: float) -> float:
-        """
-        The estimate at clock time C{now}, pulled toward C{typical} the
-        longer it has gone without a sample: after C{t} seconds without
-        one, only C{exp(-t / staleDecay)} of its distance from C{typical}
-        is left. A backend that gets no traffic therefore looks ordinary
-        again after a while and is tried again, instead of being starved by
-        one old slow answer. Before the first sample, and C{forgetAfter}
-        seconds after the last, it is exactly C{typical}.
+        The old estimate is first pulled toward C{sample} as far as it has
+        gone stale. Then a sample above it replaces it (the "peak"); one
+        below is averaged in with weight C{1 - exp(-elapsed / decay)}.
+        Without a time (C{now} is L{None}) no time is taken to have passed.
         """
         if self.value is None or self.lastTime is None:
+            self.value, self.lastTime = sample, now if now is not None else 0.0
+            return
+        if now is None:
+            now = self.lastTime
+        old = sample + (self.value - sample) * self.freshness(now)
+        if sample > old:
+            self.value = sample
+        else:
+            keep = math.exp(-max(0.0, now - self.lastTime) / self.decay)
+            self.value = old * keep + sample * (1.0 - keep)
+        self.lastTime = now
+
+    def estimate(self, now: float, typical: float) -> float:
+        """
+        The estimate at clock time C{now}, pulled toward C{typical} as far
+        as it has gone stale (see L{freshness}); C{typical} before the
+        first sample.
+        """
+        if self.value is None:
             return typical
-        elapsed = max(0.0, now - self.lastTime)
-        if elapsed >= self.forgetAfter:
-            return typical
-        keep = math.exp(-elapsed / staleDecay)
-        return typical + (self.value - typical) * keep
+        return typical + (self.value - typical) * self.freshness(now)
 
 
-__all__ = ["DEFAULT_DECAY", "DEFAULT_FORGET_AFTER", "PeakEWMA"]
+__all__ = ["DEFAULT_DECAY", "DEFAULT_GRACE", "DEFAULT_STALE_DECAY", "PeakEWMA"]

@@ -656,7 +656,7 @@ class PeakEWMAChooserTests(SynchronousTestCase):
     def test_notStarved(self) -> None:
         """
         A backend that answered slowly once (2 s), and so got no traffic, is
-        tried again within 5.5 s while identical others keep answering in
+        tried again within 4.5 s while identical others keep answering in
         8-12 ms, and from then on gets its third of the traffic (+- 5
         points).
         """
@@ -678,7 +678,7 @@ class PeakEWMAChooserTests(SynchronousTestCase):
             pick.requestFinished(latency=latencies.uniform(0.008, 0.012), now=clock.seconds())
         probes = [when for when, backend in picks if backend is unlucky]
         self.assertTrue(probes)
-        self.assertLessEqual(probes[0], 5.5)
+        self.assertLessEqual(probes[0], 4.5)
         later = [backend for when, backend in picks if when > probes[0]]
         _assertNear(self, _shares(later, backends)[2], 1 / 3, 0.05)
 

@@ -39,21 +39,22 @@ class PeakEWMATests(SynchronousTestCase):
         A lower sample is averaged in with the weight of the time since the
         last one: after one decay constant, C{1 - 1/e} of the new sample.
         """
-        ewma = PeakEWMA(decay=10.0, forgetAfter=100.0, value=1.0, lastTime=0.0)
+        ewma = PeakEWMA(decay=10.0, grace=100.0, value=1.0, lastTime=0.0)
         ewma.observe(0.0, 10.0)
         assert ewma.value is not None
         self.assertAlmostEqual(ewma.value, math.exp(-1))
         ewma.observe(0.0, 10.0)
         self.assertAlmostEqual(ewma.value, math.exp(-1))
 
-    def test_forget(self) -> None:
+    def test_staleSampleRestores(self) -> None:
         """
-        After C{forgetAfter} seconds without samples, the next one starts
-        afresh.
+        Once the old estimate has gone stale, a new lower sample all but
+        replaces it instead of being averaged in over the decay time.
         """
-        ewma = PeakEWMA(forgetAfter=5.0, value=2.0, lastTime=0.0)
-        ewma.observe(0.01, 5.0)
-        self.assertEqual(ewma.value, 0.01)
+        ewma = PeakEWMA(grace=1.0, staleDecay=0.5, value=2.0, lastTime=0.0)
+        ewma.observe(0.01, 6.0)
+        assert ewma.value is not None
+        self.assertLess(ewma.value, 0.01 + 2.0 * math.exp(-10))
 
     def test_noTime(self) -> None:
         """
@@ -69,21 +70,21 @@ class PeakEWMATests(SynchronousTestCase):
 
     def test_estimateTable(self) -> None:
         """
-        The estimate is the value when fresh, pulled toward the typical
-        latency as it ages, and exactly typical before any sample and after
-        C{forgetAfter}.
+        The estimate is the value while fresh (within the grace period),
+        then pulled toward the typical latency with the stale time
+        constant, and typical before any sample.
         """
-        ewma = PeakEWMA(forgetAfter=5.0, value=1.0, lastTime=10.0)
+        ewma = PeakEWMA(grace=1.0, staleDecay=0.5, value=1.0, lastTime=10.0)
         cases = [
             (10.0, 1.0),
-            (11.0, 0.1 + 0.9 * math.exp(-1)),
+            (11.0, 1.0),
+            (11.5, 0.1 + 0.9 * math.exp(-1)),
             (12.0, 0.1 + 0.9 * math.exp(-2)),
-            (15.0, 0.1),
             (100.0, 0.1),
         ]
         for now, expected in cases:
-            self.assertAlmostEqual(ewma.estimate(now, 0.1, 1.0), expected, msg=str(now))
-        self.assertEqual(PeakEWMA().estimate(3.0, 0.2, 1.0), 0.2)
+            self.assertAlmostEqual(ewma.estimate(now, 0.1), expected, msg=str(now))
+        self.assertEqual(PeakEWMA().estimate(3.0, 0.2), 0.2)
 
     def test_backendUpdates(self) -> None:
         """
