@@ -1,14 +1,16 @@
 """
-The client-facing HTTP server: a twisted.web L{Site} whose channel enforces
-the request body limit and whose log is lbproxy's access log.
+The client-facing HTTP server: a twisted.web L{Site} whose channel parses
+strictly and enforces the limits, and whose log is lbproxy's access log.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -16,8 +18,39 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from lbproxy.accesslog import AccessLog
+from lbproxy.httpcheck import Rejection, badRequest, checkFraming, checkHost, checkRequestLine
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
+
+
+@attrs.frozen
+class EdgeLimits:
+    """
+    What a client may send and how long it may take.
+
+    @ivar maxBodySize: The largest request body, in bytes (413 above).
+    @ivar maxTarget: The longest request-target, in bytes (414 above).
+    @ivar maxHeaderBytes: The largest header section, in bytes (431 above).
+    @ivar maxFields: The most header fields (431 above).
+    @ivar headerTimeout: Seconds to receive a whole request head once it
+        has started (408 after; the slowloris defence).
+    @ivar idleTimeout: Seconds a keep-alive connection may sit idle.
+    @ivar maxConnections: Client connections open at once; more are
+        answered 503 and closed at once.
+    """
+
+    maxBodySize: int = DEFAULT_MAX_BODY
+    maxTarget: int = 8 * 1024
+    maxHeaderBytes: int = 64 * 1024
+    maxFields: int = 100
+    headerTimeout: float = 10.0
+    idleTimeout: float = 60.0
+    maxConnections: int = 10_000
+
+
+_TOO_LARGE = Rejection(
+    413, "Content Too Large", "The request body is larger than this proxy accepts."
+)
 
 
 class ProxyRequest(Request):
@@ -34,33 +67,45 @@ class ProxyRequest(Request):
             return
         self._received += len(data)
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
-        if self._received > channel.site.maxBodySize:
+        if self._received > channel.site.limits.maxBodySize:
             self.rejected = True
-            channel.rejectRequest(
-                self,
-                413,
-                "Content Too Large",
-                "The request body is larger than this proxy accepts.",
-            )
+            channel.reject(_TOO_LARGE)
             return
         super().handleContentChunk(data)
 
 
 class ProxyChannel(http.HTTPChannel):
     """
-    An HTTP channel that refuses oversized bodies before reading them: a
-    declared C{Content-Length} above the limit gets 413 (and no
-    C{100 Continue}) and the connection is closed.
+    twisted.web's HTTP channel, stricter: it checks the request line, Host,
+    framing headers and sizes before twisted.web acts on them (see
+    L{lbproxy.httpcheck}), times out a request head that arrives too
+    slowly, and refuses oversized bodies before reading them. Every refusal
+    is a short answer of the proxy's own, an access log line, and the end
+    of the connection: nothing more it sent is parsed.
     """
 
     site: ProxySite
     _log = Logger()
+    _rejected = False
+    _busy = False
+    _phase = "line"
+    _headerBytes = 0
+    _fields = 0
+    _lastByte = b""
+    _headerTimer: IDelayedCall | None = None
+    _requestLine: bytes = b""
 
     def connectionMade(self) -> None:
+        limits = self.site.limits
+        # twisted.web's own limits sit above ours, so ours answer first.
+        self.MAX_LENGTH = limits.maxHeaderBytes + limits.maxTarget + 1024
+        self.totalHeadersSize = self.MAX_LENGTH
+        self.maxHeaders = limits.maxFields + 1
         super().connectionMade()
         self.site.channelOpened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopHeaderTimer()
         super().connectionLost(reason)
         self.site.channelClosed(self)
 
@@ -79,45 +124,182 @@ class ProxyChannel(http.HTTPChannel):
             headers.setRawHeaders(b"Connection", [b"close"])
         super().writeHeaders(version, code, reason, headers)
 
+    # Reading the request head.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        if not self._busy and self._phase != "body" and data:
+            self._startHeaderTimer()
+            head = data
+            end = (self._lastByte + data).find(b"\r\n\r\n")
+            if end >= 0:
+                head = data[: max(0, end + 4 - len(self._lastByte))]
+            if _bareLF(self._lastByte + head):
+                self.reject(badRequest("line ending without CR"))
+                return
+            self._lastByte = data[-1:]
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return
+        limits = self.site.limits
+        if self._phase == "line":
+            if not line:
+                # twisted.web tolerates one empty line before a request.
+                super().lineReceived(line)
+                return
+            self._startHeaderTimer()
+            rejection = checkRequestLine(line, limits.maxTarget)
+            if rejection is not None:
+                self.reject(rejection, line)
+                return
+            self._requestLine = line
+            self._phase = "headers"
+            self._headerBytes = self._fields = 0
+        elif self._phase == "headers" and line:
+            if line[:1] in (b" ", b"\t"):
+                self.reject(badRequest("obsolete line folding in a header"))
+                return
+            self._headerBytes += len(line) + 2
+            self._fields += 1
+            if self._headerBytes > limits.maxHeaderBytes or self._fields > limits.maxFields:
+                self.reject(
+                    Rejection(
+                        431,
+                        "Request Header Fields Too Large",
+                        f"more than {limits.maxFields} header fields "
+                        f"or {limits.maxHeaderBytes} bytes of headers",
+                    )
+                )
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._phase == "line":
+            self.reject(Rejection(414, "URI Too Long", "request line too long"))
+        else:
+            self.reject(Rejection(431, "Request Header Fields Too Large", "header too long"))
+
     def allHeadersReceived(self) -> None:
+        self._stopHeaderTimer()
+        self._phase = "body"
         request = self.requests[-1]
-        if self.length is not None and self.length > self.site.maxBodySize:
+        headers = request.requestHeaders
+        rejection = checkHost(headers.getRawHeaders(b"host", []), self._version) or checkFraming(
+            headers.getRawHeaders(b"content-length", []),
+            headers.getRawHeaders(b"transfer-encoding", []),
+        )
+        if rejection is not None:
+            self.reject(rejection)
+            return
+        if self.length is not None and self.length > self.site.limits.maxBodySize:
             request.rejected = True
-            self.rejectRequest(
-                request,
-                413,
-                "Content Too Large",
-                "The request body is larger than this proxy accepts.",
-            )
+            self.reject(_TOO_LARGE)
             return
         super().allHeadersReceived()
 
-    def rejectRequest(self, request: ProxyRequest, code: int, reason: str, message: str) -> None:
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._rejected:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if self._rejected:
+            return
+        self._busy = True
+        self._phase = "line"
+        self._lastByte = b""
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self._busy = False
+        super().requestDone(request)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own refusals (bad header syntax, CL+TE and the like)
+        # get the same answer, log line and closing as ours.
+        self.reject(badRequest("malformed request"))
+
+    # Timeouts.
+
+    def _startHeaderTimer(self) -> None:
+        if self._headerTimer is None:
+            self._headerTimer = self.callLater(self.site.limits.headerTimeout, self._headerTimedOut)
+
+    def _stopHeaderTimer(self) -> None:
+        if self._headerTimer is not None:
+            if self._headerTimer.active():
+                self._headerTimer.cancel()
+            self._headerTimer = None
+
+    def _headerTimedOut(self) -> None:
+        self._headerTimer = None
+        self.reject(Rejection(408, "Request Timeout", "the request head did not arrive in time"))
+
+    # Refusing.
+
+    def reject(self, rejection: Rejection, requestLine: bytes | None = None) -> None:
         """
-        Answer C{request} with a short error of the proxy's own before its
-        body has been read, log it and close the connection; nothing more
-        of this connection is parsed.
+        Answer with C{rejection} before the request reaches the proxy, log
+        it, and close the connection; nothing more of it is parsed.
         """
-        body = f"{code} {reason}: {message}\n".encode()
+        if self._rejected:
+            return
+        self._rejected = True
+        self._stopHeaderTimer()
+        body = f"{rejection.code} {rejection.reason}: {rejection.message}\n".encode()
         assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (code, reason.encode("ascii"), len(body), body)
+            b"Connection: close\r\n\r\n%s"
+            % (rejection.code, rejection.reason.encode("ascii"), len(body), body)
         )
+        line = requestLine if requestLine is not None else self._requestLine
+        method, _, rest = line.partition(b" ")
+        target, _, version = rest.rpartition(b" ") if b" " in rest else (rest, b"", b"")
         self.site.accessLog.logRejected(
-            request.getClientAddress(),
-            self._command,
-            self._path,
-            self._version,
-            code,
+            self.transport.getPeer(),
+            method[:32] or None,
+            target[:1024] or None,
+            version[:16] or None,
+            rejection.code,
             len(body),
-            message,
+            rejection.message,
         )
-        # Ignore whatever else the client sends on this connection.
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.loseConnection()
+
+
+def _bareLF(data: bytes) -> bool:
+    """
+    Whether C{data} has a line feed not preceded by a carriage return.
+    """
+    position = data.find(b"\n")
+    while position >= 0:
+        if position == 0 or data[position - 1 : position] != b"\r":
+            return True
+        position = data.find(b"\n", position + 1)
+    return False
+
+
+class _Overloaded(Protocol):
+    """
+    Answers a connection beyond C{--max-connections} with 503 and closes
+    it, so that the client knows why.
+    """
+
+    def connectionMade(self) -> None:
+        body = b"503 Service Unavailable: too many connections\n"
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self.transport.loseConnection()
 
 
 class ProxySite(Site):
@@ -125,7 +307,7 @@ class ProxySite(Site):
     The proxy's site: L{ProxyChannel}s making L{ProxyRequest}s, an access
     log of lbproxy's own, no sessions.
 
-    @ivar maxBodySize: The largest request body accepted, in bytes.
+    @ivar limits: What clients may send (see L{EdgeLimits}).
     @ivar accessLog: Where access log lines go.
     """
 
@@ -139,15 +321,31 @@ class ProxySite(Site):
         self,
         resource: IResource,
         accessLog: AccessLog,
-        maxBodySize: int = DEFAULT_MAX_BODY,
+        limits: EdgeLimits | None = None,
         **kwargs: Any,
     ) -> None:
+        self.limits = limits if limits is not None else EdgeLimits()
+        kwargs.setdefault("timeout", self.limits.idleTimeout)
         super().__init__(resource, **kwargs)
         self.accessLog = accessLog
-        self.maxBodySize = maxBodySize
         self.channels: set[ProxyChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A channel for a new client connection, or a 503 answer when
+        C{limits.maxConnections} are already open.
+        """
+        if len(self.channels) >= self.limits.maxConnections:
+            self._log.warn(
+                "refusing a connection: {count} are open (--max-connections)",
+                count=len(self.channels),
+            )
+            overloaded = _Overloaded()
+            overloaded.factory = self  # type: ignore[assignment]
+            return overloaded
+        return super().buildProtocol(addr)
 
     def channelOpened(self, channel: ProxyChannel) -> None:
         """

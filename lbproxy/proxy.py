@@ -29,6 +29,7 @@ from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeader
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.retry import RetryBudget, mayRetry
 from lbproxy.target import TargetError, hostName, routeTarget
+from lbproxy.upstream import InvalidResponse
 
 
 class UpstreamClient(TypingProtocol):
@@ -211,6 +212,8 @@ def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
         return 502, "the backend refused the connection"
     if failure.check(ConnectError):
         return 502, f"cannot connect to the backend ({failure.getErrorMessage()})"
+    if failure.check(InvalidResponse):
+        return 502, f"invalid response from the backend ({failure.getErrorMessage()})"
     if failure.check(ResponseFailed):
         reasons = getattr(failure.value, "reasons", [])
         detail = "; ".join(r.getErrorMessage() for r in reasons) or "no response"

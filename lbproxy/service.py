@@ -6,6 +6,7 @@ each other; nothing else in lbproxy constructs its own collaborators.
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Generator
 from typing import Any
 
@@ -21,7 +22,7 @@ from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
-from lbproxy.edge import DEFAULT_MAX_BODY, ProxySite
+from lbproxy.edge import EdgeLimits, ProxySite
 from lbproxy.health import (
     EjectionSettings,
     HealthChecker,
@@ -33,7 +34,13 @@ from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
 from lbproxy.retry import RetryBudget
-from lbproxy.tls import ServerTLSSettings, TLSConfigError, adhocCertificate
+from lbproxy.tls import (
+    BackendTLS,
+    BackendTLSSettings,
+    ServerTLSSettings,
+    TLSConfigError,
+    adhocCertificate,
+)
 from lbproxy.upstream import Upstream, UpstreamSettings
 
 
@@ -48,7 +55,7 @@ class LoadBalancerConfig:
     chooser: IChooser
     proxy: ProxySettings = attrs.Factory(ProxySettings)
     upstream: UpstreamSettings = attrs.Factory(UpstreamSettings)
-    maxBodySize: int = DEFAULT_MAX_BODY
+    limits: EdgeLimits = attrs.Factory(EdgeLimits)
     accessLog: AccessLog = attrs.Factory(lambda: AccessLog(None))
     demo: bool = False
     adhoc: bool = False
@@ -58,6 +65,7 @@ class LoadBalancerConfig:
     retryBudgetPercent: float = 20.0
     drainTimeout: float = 30.0
     tls: ServerTLSSettings = attrs.Factory(ServerTLSSettings)
+    backendTLS: BackendTLSSettings = attrs.Factory(BackendTLSSettings)
 
 
 class StartupError(Exception):
@@ -91,7 +99,8 @@ class LoadBalancerService(MultiService):
         self._reactor = reactor
         self._clock = clock
         self.pool = BackendPool(list(config.backends))
-        self.upstream = Upstream(reactor, clock, config.upstream)
+        self.backendTLS = BackendTLS(config.backendTLS)
+        self.upstream = Upstream(reactor, clock, config.upstream, tlsFor=self.backendTLS.creatorFor)
         self.outliers = OutlierDetector(self.pool, clock, config.ejection, config.slowStart)
         self.resource = ReverseProxyResource(
             self.pool,
@@ -110,6 +119,7 @@ class LoadBalancerService(MultiService):
             UpstreamSettings(
                 connectTimeout=config.health.timeout, maxIdlePerBackend=1, idleTimeout=5.0
             ),
+            tlsFor=self.backendTLS.creatorFor,
         )
         probe = HTTPProbe(
             lambda backend, method, target, headers: self.probeUpstream.request(
@@ -120,7 +130,7 @@ class LoadBalancerService(MultiService):
             config.health.timeout,
         )
         self.healthChecker = HealthChecker(self.pool, probe, clock, config.health, config.slowStart)
-        self.site = ProxySite(self.resource, config.accessLog, config.maxBodySize, reactor=clock)
+        self.site = ProxySite(self.resource, config.accessLog, config.limits, reactor=clock)
         self.ports: list[IListeningPort] = []
         self.demoPorts: list[IListeningPort] = []
         self._listening = False
@@ -132,6 +142,7 @@ class LoadBalancerService(MultiService):
         """
         if not self._listening:
             self._listening = True
+            _raiseOpenFileLimit(self._config.limits.maxConnections)
             try:
                 self._startListening()
             except StartupError:
@@ -176,6 +187,11 @@ class LoadBalancerService(MultiService):
         )
         if config.demo:
             self._logDemoHints()
+        if config.backendTLS.insecure:
+            self._log.warn(
+                "--backend-insecure: the certificates of https:// backends are NOT "
+                "verified; anyone on the path to them can read and change the traffic"
+            )
         self.healthChecker.start()
 
     def _listenNow(self, description: str, factory: Any, endpoint: Any = None) -> IListeningPort:
@@ -241,3 +257,29 @@ def makeLoadBalancer(
     C{reactor} and timing with C{clock} (usually the same reactor).
     """
     return LoadBalancerService(config, reactor, clock)
+
+
+def _raiseOpenFileLimit(maxConnections: int) -> None:
+    """
+    Raise this process's open-file limit as far as the system allows, and
+    say so when it is below what C{maxConnections} needs (a client and a
+    backend connection each, plus some spare).
+    """
+    log = Logger()
+    needed = 2 * maxConnections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < needed:
+        log.warn(
+            "open-file limit is {limit}, below the {needed} that --max-connections "
+            "{connections} may need; raise it (ulimit -n) or lower --max-connections",
+            limit=soft,
+            needed=needed,
+            connections=maxConnections,
+        )

@@ -27,6 +27,7 @@ from lbproxy.choosers import (
     settingsFromOptions,
 )
 from lbproxy.demo import DEMO_LISTEN
+from lbproxy.edge import EdgeLimits
 from lbproxy.health import EjectionSettings, HealthSettings
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import (
@@ -74,6 +75,62 @@ def parseSize(text: str) -> int:
     if not number.isdigit():
         raise ValueError(text)
     return int(number) * _SIZE_SUFFIXES[suffix]
+
+
+class EdgeOptions(usage.Options):
+    """
+    Limits on what clients may send and how long they may take. Mixed into
+    L{Options}.
+    """
+
+    optParameters = [
+        ["max-target", None, "8K", "Longest request-target (414 above)."],
+        ["max-header-size", None, "64K", "Largest request header section (431 above)."],
+        ["max-header-fields", None, "100", "Most request header fields (431 above)."],
+        [
+            "header-timeout",
+            None,
+            "10",
+            "Seconds to receive a whole request head once it has started (408 after).",
+        ],
+        [
+            "client-idle-timeout",
+            None,
+            "60",
+            "Seconds an idle keep-alive client connection is kept open.",
+        ],
+        [
+            "max-connections",
+            None,
+            "10000",
+            "Client connections open at once; more are answered 503 and closed.",
+        ],
+    ]
+
+
+def edgeLimits(options: usage.Options, maxBodySize: int) -> EdgeLimits:
+    """
+    The L{EdgeLimits} set by L{EdgeOptions} (and C{--max-body}).
+
+    @raise usage.UsageError: For a bad value.
+    """
+    sizes = {}
+    for name in ("max-target", "max-header-size"):
+        try:
+            sizes[name] = parseSize(options[name])
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a size like 8192 or 8K") from None
+        if sizes[name] < 64:
+            raise usage.UsageError(f"--{name} must be at least 64 bytes")
+    return EdgeLimits(
+        maxBodySize=maxBodySize,
+        maxTarget=sizes["max-target"],
+        maxHeaderBytes=sizes["max-header-size"],
+        maxFields=int(_number(options, "max-header-fields", 1, integer=True)),
+        headerTimeout=_positive("header-timeout", options["header-timeout"]),
+        idleTimeout=_positive("client-idle-timeout", options["client-idle-timeout"]),
+        maxConnections=int(_number(options, "max-connections", 1, integer=True)),
+    )
 
 
 class ResilienceOptions(usage.Options):
@@ -146,7 +203,7 @@ class ResilienceOptions(usage.Options):
     ]
 
 
-class Options(ResilienceOptions):
+class Options(EdgeOptions, ResilienceOptions):
     """
     C{twistd lbproxy} options.
     """
@@ -245,7 +302,12 @@ class Options(ResilienceOptions):
             "64",
             "Idle keep-alive connections kept open to each backend.",
         ],
-        ["idle-timeout", None, "30", "Seconds an idle backend connection is kept open."],
+        [
+            "backend-idle-timeout",
+            None,
+            "30",
+            "Seconds an idle backend connection is kept open.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -404,9 +466,9 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         upstream=UpstreamSettings(
             connectTimeout=_positive("connect-timeout", options["connect-timeout"]),
             maxIdlePerBackend=maxIdle,
-            idleTimeout=_positive("idle-timeout", options["idle-timeout"]),
+            idleTimeout=_positive("backend-idle-timeout", options["backend-idle-timeout"]),
         ),
-        maxBodySize=maxBody,
+        limits=edgeLimits(options, maxBody),
         accessLog=accessLog,
         demo=options["demo"],
         adhoc=options["adhoc"] or options["demo"],

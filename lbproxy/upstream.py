@@ -14,6 +14,7 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import (
     IProtocol,
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.task import Cooperator
+from twisted.logger import Logger
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     URI,
@@ -36,6 +38,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from lbproxy.backends import Backend, isIPLiteral
+from lbproxy.tls import BackendTLS, ClientTLSForHost
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
 """
@@ -97,43 +100,74 @@ def directEndpointFactory(reactor: IReactorTCP) -> EndpointForBackend:
 class _AgentEndpoints:
     """
     Adapts an L{EndpointForBackend} to what L{Agent} asks for, adding the
-    connect timeout.
+    connect timeout, and TLS for C{https} backends.
     """
 
     _endpointFor: EndpointForBackend
     _connectTimeout: float
     _clock: IReactorTime
+    _tlsFor: ClientTLSForHost
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         if host.startswith("["):
             host = host[1:-1]
-        return _TimeoutEndpoint(
-            self._endpointFor(host, uri.port), self._connectTimeout, self._clock
-        )
+        endpoint = self._endpointFor(host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tlsFor(host), endpoint)
+        return _TimeoutEndpoint(endpoint, self._connectTimeout, self._clock)
+
+
+class InvalidResponse(Exception):
+    """
+    A backend's response head cannot be relayed safely (ambiguous framing,
+    a header line over the limit); its connection was dropped.
+    """
+
+
+MAX_RESPONSE_HEADER_LINE = 64 * 1024
 
 
 class _ClientProtocol(HTTP11ClientProtocol):
     """
-    twisted.web's HTTP/1.1 client protocol, also exposing the response's
-    connection-control headers as C{response.connectionHeaders}.
+    twisted.web's HTTP/1.1 client protocol, stricter about response
+    framing, and exposing the response's connection-control headers as
+    C{response.connectionHeaders}.
 
     twisted.web keeps C{Connection}, C{Content-Length} and friends out of
     C{response.headers}; a proxy needs C{Connection} to know which other
-    headers are hop-by-hop. This reads the parser's private C{connHeaders};
-    a lean client of our own will make it unnecessary.
+    headers are hop-by-hop. twisted.web also accepts a response with both
+    Content-Length and Transfer-Encoding (a smuggling shape) and mishandles
+    an over-long header line; both make the connection unusable, so it is
+    aborted (never reused) and the request fails. This reads the parser's
+    private C{connHeaders}; a lean client of our own will make it
+    unnecessary.
     """
+
+    _log = Logger()
 
     def request(self, request: Any) -> Deferred[IResponse]:
         d = super().request(request)
         parser = getattr(self, "_parser", None)
         connHeaders = getattr(parser, "connHeaders", None)
+        if parser is not None:
+            parser.MAX_LENGTH = MAX_RESPONSE_HEADER_LINE
+            parser.lineLengthExceeded = lambda line: self._invalid("header line too long")
 
-        def expose(response: IResponse) -> IResponse:
-            response.connectionHeaders = connHeaders or Headers()  # type: ignore[attr-defined]
+        def check(response: IResponse) -> IResponse:
+            headers = connHeaders or Headers()
+            if headers.hasHeader(b"content-length") and headers.hasHeader(b"transfer-encoding"):
+                self._invalid("both Content-Length and Transfer-Encoding")
+                raise InvalidResponse("both Content-Length and Transfer-Encoding")
+            response.connectionHeaders = headers  # type: ignore[attr-defined]
             return response
 
-        return d.addCallback(expose)
+        return d.addCallback(check)
+
+    def _invalid(self, reason: str) -> None:
+        self._log.warn("dropping a backend connection: invalid response ({reason})", reason=reason)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -164,6 +198,7 @@ class Upstream:
         clock: IReactorTime,
         settings: UpstreamSettings = UpstreamSettings(),
         endpointFor: EndpointForBackend | None = None,
+        tlsFor: ClientTLSForHost | None = None,
     ) -> None:
         """
         @param reactor: Used for connections.
@@ -171,6 +206,8 @@ class Upstream:
             body production).
         @param endpointFor: How to reach a backend; defaults to
             L{directEndpointFactory}.
+        @param tlsFor: The client TLS for an C{https} backend's host name;
+            defaults to verifying against the platform's trust store.
         """
         self._pool = _QuietPool(clock, persistent=True)
         self._pool.maxPersistentPerHost = settings.maxIdlePerBackend
@@ -182,6 +219,7 @@ class Upstream:
             endpointFor or directEndpointFactory(reactor),
             settings.connectTimeout,
             clock,
+            tlsFor or BackendTLS().creatorFor,
         )
         self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._cooperator = Cooperator(

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from lbproxy.accesslog import AccessLog
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.choosers import RoundRobinChooser
-from lbproxy.edge import ProxySite
+from lbproxy.edge import EdgeLimits, ProxySite
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import OutcomeObserver, ProxySettings, ReverseProxyResource
 from lbproxy.retry import RetryBudget
@@ -198,6 +198,7 @@ def startProxy(
     upstreamSettings: UpstreamSettings | None = None,
     clock: IReactorTime | None = None,
     maxBodySize: int = 100 * 1024 * 1024,
+    limits: EdgeLimits | None = None,
     endpointFor: EndpointForBackend | None = None,
     outcomes: OutcomeObserver | None = None,
     budget: RetryBudget | None = None,
@@ -220,7 +221,12 @@ def startProxy(
         outcomes=outcomes,
         budget=budget,
     )
-    site = ProxySite(resource, AccessLog(lines.append), maxBodySize)
+    site = ProxySite(
+        resource,
+        AccessLog(lines.append),
+        limits if limits is not None else EdgeLimits(maxBodySize=maxBodySize),
+        reactor=timers,
+    )
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     case.addCleanup(port.stopListening)
     return RunningProxy(port, pool, site, lines)

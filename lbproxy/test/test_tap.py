@@ -73,7 +73,7 @@ class DefaultsTests(OptionsTestCase):
         self.assertEqual(config.proxy.responseTimeout, 30)
         self.assertIsNone(config.proxy.allowedHosts)
         self.assertEqual(config.upstream.connectTimeout, 5)
-        self.assertEqual(config.maxBodySize, 100 * 1024 * 1024)
+        self.assertEqual(config.limits.maxBodySize, 100 * 1024 * 1024)
         self.assertFalse(config.adhoc)
 
     def test_everyOptionSet(self) -> None:
@@ -102,7 +102,7 @@ class DefaultsTests(OptionsTestCase):
             "1K",
             "--max-idle-per-backend",
             "8",
-            "--idle-timeout",
+            "--backend-idle-timeout",
             "10",
             "--access-log",
             "none",
@@ -116,7 +116,7 @@ class DefaultsTests(OptionsTestCase):
         self.assertEqual(config.upstream.connectTimeout, 1)
         self.assertEqual(config.upstream.maxIdlePerBackend, 8)
         self.assertEqual(config.upstream.idleTimeout, 10)
-        self.assertEqual(config.maxBodySize, 1024)
+        self.assertEqual(config.limits.maxBodySize, 1024)
         self.assertTrue(config.adhoc)
 
     def test_adhocAloneListensOn443(self) -> None:
