@@ -86,7 +86,7 @@ class AccessLog:
         if error:
             extra += f' error="{error}"'
         self._emit(
-            client=_host(request.getClientAddress()),
+            client=getattr(record, "client", None) or _host(request.getClientAddress()),
             method=_text(request.method),
             path=_text(request.uri),
             protocol=_text(request.clientproto),

@@ -7,7 +7,7 @@ Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 from twisted.web.http_headers import Headers
@@ -54,11 +54,14 @@ class ClientInfo:
         connection has none (a UNIX socket).
     @ivar secure: Whether the client connection is TLS.
     @ivar host: The Host the client asked for, or C{None}.
+    @ivar trusted: Whether the peer is a trusted proxy, whose forwarding
+        headers are kept and extended instead of replaced.
     """
 
     address: str | None
     secure: bool
     host: bytes | None
+    trusted: bool = False
 
 
 def connectionTokens(headers: Headers) -> frozenset[bytes]:
@@ -95,13 +98,54 @@ def requestHeadersForBackend(incoming: Headers, client: ClientInfo) -> Headers:
     for name, values in _endToEnd(incoming, _REQUEST_ONLY_DROPPED):
         outgoing.setRawHeaders(name, values)
     proto = b"https" if client.secure else b"http"
+    chain: list[bytes] = []
+    forwarded: list[bytes] = []
+    if client.trusted:
+        chain = [
+            v.strip()
+            for v in b",".join(incoming.getRawHeaders(b"x-forwarded-for", [])).split(b",")
+            if v.strip()
+        ]
+        forwarded = list(incoming.getRawHeaders(b"forwarded", []))
+        proto = _last(incoming, b"x-forwarded-proto") or proto
     if client.address is not None:
-        outgoing.setRawHeaders(b"X-Forwarded-For", [client.address.encode("ascii")])
+        chain.append(client.address.encode("ascii"))
+    if chain:
+        outgoing.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain)])
     outgoing.setRawHeaders(b"X-Forwarded-Proto", [proto])
-    if client.host is not None:
-        outgoing.setRawHeaders(b"X-Forwarded-Host", [client.host])
-    outgoing.setRawHeaders(b"Forwarded", [forwardedValue(client)])
+    host = (_last(incoming, b"x-forwarded-host") if client.trusted else None) or client.host
+    if host is not None:
+        outgoing.setRawHeaders(b"X-Forwarded-Host", [host])
+    outgoing.setRawHeaders(b"Forwarded", [b", ".join([*forwarded, forwardedValue(client)])])
     return outgoing
+
+
+def _last(headers: Headers, name: bytes) -> bytes | None:
+    values = headers.getRawHeaders(name)
+    return values[-1].strip() if values else None
+
+
+def originalClient(
+    incoming: Headers, peer: str | None, isTrusted: Callable[[str], bool]
+) -> str | None:
+    """
+    The address of the client that started a request: the peer itself,
+    unless it is a trusted proxy, in which case the right-most address of
+    C{X-Forwarded-For} that is not a trusted proxy (the left-most if all
+    are). Addresses a trusted proxy vouches for can be believed; anything
+    further left was written by the client and could be spoofed.
+    """
+    if peer is None or not isTrusted(peer):
+        return peer
+    chain = [
+        v.strip().decode("ascii", "replace")
+        for v in b",".join(incoming.getRawHeaders(b"x-forwarded-for", [])).split(b",")
+        if v.strip()
+    ]
+    for address in reversed(chain):
+        if not isTrusted(address):
+            return address
+    return chain[0] if chain else peer
 
 
 def responseHeadersForClient(

@@ -7,6 +7,7 @@ This module is the one place where failures become 502, 503 or 504.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -25,7 +26,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy.backends import Backend, BackendPool
-from lbproxy.headers import ClientInfo, requestHeadersForBackend, responseHeadersForClient
+from lbproxy.headers import (
+    ClientInfo,
+    originalClient,
+    requestHeadersForBackend,
+    responseHeadersForClient,
+)
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.retry import RetryBudget, mayRetry
 from lbproxy.target import TargetError, hostName, routeTarget
@@ -49,6 +55,9 @@ class UpstreamClient(TypingProtocol):
     def bodyFromFile(self, content: Any, length: int) -> IBodyProducer: ...
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class OutcomeObserver(TypingProtocol):
     """
     Learns how each request to a backend went (see
@@ -70,6 +79,9 @@ class ProxySettings:
     @ivar responseTimeout: Seconds to wait for the backend's response
         headers before answering 504.
     @ivar retryAfter: Seconds advertised in C{Retry-After} on a 503.
+    @ivar trustedProxies: Networks of proxies in front of lbproxy whose
+        X-Forwarded-For and Forwarded are kept and appended to, not
+        replaced.
     @ivar retries: How many other backends a failed request may be tried
         on (see L{lbproxy.retry.mayRetry} for when).
     """
@@ -78,6 +90,7 @@ class ProxySettings:
     responseTimeout: float = 30.0
     retryAfter: int = 1
     retries: int = 2
+    trustedProxies: tuple[IPNetwork, ...] = ()
 
 
 @attrs.define
@@ -90,6 +103,7 @@ class ProxyRecord:
         backend until its response headers arrived (or it failed).
     @ivar error: A short reason when the proxy answered on its own.
     @ivar truncated: Whether the response was cut short.
+    @ivar client: The original client's address, through trusted proxies.
     @ivar tried: Every backend the request was sent to, in order; more
         than one when it was retried.
     """
@@ -99,6 +113,7 @@ class ProxyRecord:
     error: str | None = None
     truncated: bool = False
     tried: list[Backend] = attrs.Factory(list)
+    client: str | None = None
 
 
 class ReverseProxyResource(Resource):
@@ -159,16 +174,32 @@ class ReverseProxyResource(Resource):
                 "no backend available for {method} {path}", method=request.method, path=request.uri
             )
             return _answer(request, 503, "No backend is available.", record)
+        peer = _clientAddress(request)
+        trusted = peer is not None and self.isTrustedProxy(peer)
+        record.client = originalClient(request.requestHeaders, peer, self.isTrustedProxy)
         exchange = _Exchange(self, request, backend, record)
         exchange.start(
             route.target,
             ClientInfo(
-                address=_clientAddress(request),
+                address=peer,
                 secure=request.isSecure(),
                 host=route.host,
+                trusted=trusted,
             ),
         )
         return NOT_DONE_YET
+
+    def isTrustedProxy(self, address: str) -> bool:
+        """
+        Whether C{address} is in one of the C{--trusted-proxy} networks.
+        """
+        if not self.settings.trustedProxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.settings.trustedProxies)
 
 
 def _clientAddress(request: Request) -> str | None:

@@ -5,6 +5,7 @@ starts, and L{makeService}.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import sys
 from collections.abc import Sequence
@@ -106,6 +107,25 @@ class EdgeOptions(usage.Options):
             "Client connections open at once; more are answered 503 and closed.",
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise usage.UsageError(
+                f"--trusted-proxy must be an address or network like 10.0.0.0/8, not {cidr!r}"
+            ) from None
+        self["trusted-proxy"].append(network)
+
+    opt_trusted_proxy.__doc__ = (
+        "A proxy in front of lbproxy (address or CIDR, repeatable) whose "
+        "X-Forwarded-For/-Proto/-Host and Forwarded headers are kept and appended "
+        "to; from any other peer they are replaced. Default: trust none."
+    )
 
 
 def edgeLimits(options: usage.Options, maxBodySize: int) -> EdgeLimits:
@@ -462,6 +482,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
             allowedHosts=allowed,
             responseTimeout=_positive("timeout", options["timeout"]),
             retries=int(_number(options, "retries", 0, integer=True)),
+            trustedProxies=tuple(options["trusted-proxy"]),
         ),
         upstream=UpstreamSettings(
             connectTimeout=_positive("connect-timeout", options["connect-timeout"]),
