@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from lbproxy.stats import PeakEWMA
 
 DEFAULT_PORT = 80
+DEFAULT_HTTPS_PORT = 443
 
 
 class BackendSpecError(ValueError):
@@ -65,8 +66,8 @@ class Backend:
 
     @ivar host: Host name or IP literal (IPv6 without brackets).
     @ivar port: TCP port.
-    @ivar scheme: C{"http"} (C{"https"} is reserved for verified TLS
-        backends).
+    @ivar scheme: C{"http"}, or C{"https"} for a backend reached over TLS
+        (its certificate verified, see L{lbproxy.tls.BackendTLS}).
     @ivar weight: Relative share of traffic for weighted choosers.
     @ivar inFlight: Requests sent to this backend and not yet finished.
     @ivar requests: Requests ever sent to this backend.
@@ -183,7 +184,8 @@ The largest weight a backend may be given.
 def parseBackend(item: str) -> Backend:
     """
     Parse one backend: C{host}, C{host:port}, C{[v6addr]}, C{[v6addr]:port},
-    C{v6addr} (bare) or C{http://host[:port]}, each optionally followed by
+    C{v6addr} (bare), C{http://host[:port]} or C{https://host[:port]}
+    (port 443 by default), each optionally followed by
     C{=WEIGHT}, a whole number from 1 to L{MAX_WEIGHT} (default 1), e.g.
     C{10.0.0.1:80=3}.
 
@@ -196,20 +198,24 @@ def parseBackend(item: str) -> Backend:
     if "=" in text:
         text, weightText = (part.strip() for part in text.rsplit("=", 1))
         weight = _parseWeight(item, weightText)
+    scheme = "http"
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
-        if scheme != "http":
-            raise BackendSpecError(f"backend {item!r}: only http:// backends are supported")
+        if scheme not in ("http", "https"):
+            raise BackendSpecError(
+                f"backend {item!r}: only http:// and https:// backends are supported"
+            )
         rest = text.split("://", 1)[1]
         if rest.endswith("/"):
             rest = rest[:-1]
         if "/" in rest or "?" in rest or "#" in rest or "@" in rest:
             raise BackendSpecError(f"backend {item!r}: give only scheme, host and port (no path)")
         text = rest
-    host, port = _splitHostPort(item, text)
+    defaultPort = DEFAULT_HTTPS_PORT if scheme == "https" else DEFAULT_PORT
+    host, port = _splitHostPort(item, text, defaultPort)
     if not host:
         raise BackendSpecError(f"backend {item!r}: missing host")
-    return Backend(host=host, port=port, weight=weight)
+    return Backend(host=host, port=port, scheme=scheme, weight=weight)
 
 
 def _parseWeight(item: str, text: str) -> int:
@@ -220,7 +226,7 @@ def _parseWeight(item: str, text: str) -> int:
     return int(text)
 
 
-def _splitHostPort(item: str, text: str) -> tuple[str, int]:
+def _splitHostPort(item: str, text: str, defaultPort: int = DEFAULT_PORT) -> tuple[str, int]:
     """
     Split C{text} into host and port, accepting bracketed or bare IPv6.
     """
@@ -231,17 +237,17 @@ def _splitHostPort(item: str, text: str) -> tuple[str, int]:
         host, rest = text[1:end], text[end + 1 :]
         _checkIPv6(item, host)
         if not rest:
-            return host, DEFAULT_PORT
+            return host, defaultPort
         if not rest.startswith(":"):
             raise BackendSpecError(f"backend {item!r}: unexpected {rest!r}")
         return host, _parsePort(item, rest[1:])
     if text.count(":") > 1:
         _checkIPv6(item, text)
-        return text, DEFAULT_PORT
+        return text, defaultPort
     if ":" in text:
         host, portText = text.split(":", 1)
         return _checkHost(item, host), _parsePort(item, portText)
-    return _checkHost(item, text), DEFAULT_PORT
+    return _checkHost(item, text), defaultPort
 
 
 def _checkIPv6(item: str, host: str) -> None:

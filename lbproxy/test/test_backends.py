@@ -55,9 +55,7 @@ _REFUSED: list[tuple[str, str]] = [
     ("[::1]:", "port"),
     ("[::1]:x", "port"),
     ("http://127.0.0.2:0", "port"),
-    # Schemes other than http.
-    ("https://127.0.0.2", "http://"),
-    ("https://127.0.0.2:443/", "http://"),
+    # Schemes other than http and https.
     ("ftp://127.0.0.2", "http://"),
     # Paths, queries, fragments, userinfo.
     ("http://127.0.0.2/app", "path"),
