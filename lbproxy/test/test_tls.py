@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import attrs
 from cryptography import x509
@@ -36,6 +37,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -51,8 +53,10 @@ from lbproxy.tls import (
     TLSConfigError,
     TLSServerEndpoint,
     adhocCertificate,
+    parseCertOption,
     serverOptionsFromFiles,
 )
+from lbproxy.tls import CertificateFiles as PEMFiles
 
 reactor: IReactorTCP = _globalReactor  # type: ignore[assignment]
 
@@ -832,3 +836,215 @@ class RenegotiationTests(SynchronousTestCase):
         error = self.assertRaises(SSL.Error, client.recv, 100)
         self.assertIn("no renegotiation", str(error))
         self.assertEqual(server.total_renegotiations(), 0)
+
+
+def _servedTo(port: int, serverHostname: str | None) -> x509.Certificate:
+    """
+    The certificate the server on C{port} presents to a client that sends
+    C{serverHostname} by SNI (none if L{None}), without verifying it.
+    Blocking: run it in a thread.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=serverHostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def _writeCombined(
+    directory: str, name: str, hostnames: Sequence[str]
+) -> tuple[str, x509.Certificate]:
+    """
+    Write a new self-signed key and certificate for C{hostnames} into one
+    PEM file C{name} in C{directory} (created).
+
+    @return: the path and the certificate.
+    """
+    os.makedirs(directory, exist_ok=True)
+    key, cert = certs.makeSelfSigned(hostnames)
+    path = _write(
+        os.path.join(directory, name), certs.privateKeyPEM(key) + certs.certificatePEM(cert)
+    )
+    return path, cert
+
+
+class SNITests(LoopbackTLSTestCase):
+    """
+    Certificates chosen by the server name a client sends.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = self.mktemp()
+        self.aPath, self.a = _writeCombined(self.directory, "a.pem", ["a.test"])
+        self.wildPath, self.wild = _writeCombined(self.directory, "wild.pem", ["*.b.test"])
+        _write(os.path.join(self.directory, "README"), b"not a certificate\n")
+        self.default = x509.load_pem_x509_certificate(_read(self.files.serverCert))
+
+    def serverTLS(self, settings: ServerTLSSettings) -> ServerTLS:
+        """
+        Server TLS with the test's files as the default certificate.
+        """
+        return serverOptionsFromFiles(
+            self.files.serverKey, self.files.serverCert, settings=settings
+        )
+
+    async def test_byName(self) -> None:
+        """
+        A client naming a host of a C{--cert} certificate gets it; a
+        wildcard covers one label; other names, and clients that send no
+        name, get the listener's own certificate.
+        """
+        settings = ServerTLSSettings(certificates=(PEMFiles(self.aPath), PEMFiles(self.wildPath)))
+        port = await self.serve(self.serverTLS(settings))
+        for name, expected in [
+            ("a.test", self.a),
+            ("A.TEST", self.a),
+            ("x.b.test", self.wild),
+            ("x.y.b.test", self.default),
+            ("b.test", self.default),
+            ("other.test", self.default),
+            (None, self.default),
+        ]:
+            served = await deferToThread(_servedTo, port, name)
+            self.assertEqual(served, expected, name)
+
+    async def test_directory(self) -> None:
+        """
+        Every C{*.pem} file of a C{--cert-dir} directory is chosen by its
+        names; other files are ignored.
+        """
+        port = await self.serve(self.serverTLS(ServerTLSSettings(directories=(self.directory,))))
+        self.assertEqual(await deferToThread(_servedTo, port, "a.test"), self.a)
+        self.assertEqual(await deferToThread(_servedTo, port, "c.b.test"), self.wild)
+
+    def test_sameNameTwice(self) -> None:
+        """
+        Two certificates for the same server name are a one-line error
+        naming both files.
+        """
+        other, _ = _writeCombined(self.mktemp(), "again.pem", ["a.test"])
+        settings = ServerTLSSettings(certificates=(PEMFiles(self.aPath), PEMFiles(other)))
+        error = self.assertRaises(TLSConfigError, self.serverTLS, settings)
+        self.assertIn("'a.test'", str(error))
+        self.assertIn(repr(other), str(error))
+        self.assertIn(repr(self.aPath), str(error))
+
+    def test_missingDirectory(self) -> None:
+        """
+        A C{--cert-dir} that cannot be read is a one-line error naming it.
+        """
+        missing = os.path.join(self.directory, "nope")
+        error = self.assertRaises(
+            TLSConfigError, self.serverTLS, ServerTLSSettings(directories=(missing,))
+        )
+        self.assertIn(repr(missing), str(error))
+
+
+class ParseCertOptionTests(SynchronousTestCase):
+    """
+    Tests for L{parseCertOption}.
+    """
+
+    def test_forms(self) -> None:
+        """
+        C{--cert} takes one combined file or C{KEY:CERT}; a backslash
+        escapes a colon.
+        """
+        self.assertEqual(parseCertOption("site.pem"), PEMFiles("site.pem"))
+        self.assertEqual(parseCertOption("k.key:c.crt"), PEMFiles("k.key", "c.crt"))
+        self.assertEqual(parseCertOption(r"C\:k.key:c.crt"), PEMFiles("C:k.key", "c.crt"))
+
+    def test_bad(self) -> None:
+        """
+        An empty part or more than two parts is an error.
+        """
+        for value in ["", "k:", ":c", "a:b:c"]:
+            self.assertRaises(TLSConfigError, parseCertOption, value)
+
+
+class ReloadTests(LoopbackTLSTestCase):
+    """
+    L{ServerTLS.reload}: new handshakes get the files' new contents,
+    connections already open keep theirs.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def replaceFiles(self) -> x509.Certificate:
+        """
+        Write a new key and certificate over the test's files; return the
+        new certificate.
+        """
+        new = writeCertificates(self.mktemp())
+        _write(self.files.serverKey, _read(new.serverKey))
+        _write(self.files.serverCert, _read(new.serverCert))
+        return x509.load_pem_x509_certificate(_read(new.serverCert))
+
+    async def test_newHandshakes(self) -> None:
+        """
+        After a reload, new connections get the new certificate (default and
+        SNI), while a connection made before keeps working.
+        """
+        directory = self.mktemp()
+        _writeCombined(directory, "a.pem", ["a.test"])
+        options = serverOptionsFromFiles(
+            self.files.serverKey,
+            self.files.serverCert,
+            settings=ServerTLSSettings(directories=(directory,)),
+        )
+        port = await self.serve(options)
+        old = x509.load_pem_x509_certificate(_read(self.files.serverCert))
+        client = _PingClient()
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(self.files.caPEM)),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        handshook: Deferred[None] = Deferred()
+        client.handshakeCompleted = lambda: handshook.callback(None)  # type: ignore[method-assign]
+        await connectProtocol(endpoint, client)
+        await handshook
+        new = self.replaceFiles()
+        _, newA = _writeCombined(directory, "a.pem", ["a.test"])
+        _, b = _writeCombined(directory, "b.pem", ["b.test"])
+        self.assertTrue(options.reload())
+        self.assertEqual(await deferToThread(_servedTo, port, "localhost"), new)
+        self.assertEqual(await deferToThread(_servedTo, port, "a.test"), newA)
+        self.assertEqual(await deferToThread(_servedTo, port, "b.test"), b)
+        self.assertEqual(options.certificate, new)
+        assert client.transport is not None
+        client.handshakeDone = True
+        client.transport.write(_PING)
+        result = await client.done
+        self.assertEqual(result.received, _PING)
+        peer = client.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        self.assertEqual(peer.to_cryptography(), old)
+
+    async def test_badFileKeepsOld(self) -> None:
+        """
+        If a file cannot be used at reload, one error line is logged, the
+        old certificate is still served and L{ServerTLS.reload} says so.
+        """
+        options = serverOptionsFromFiles(self.files.serverKey, self.files.serverCert)
+        port = await self.serve(options)
+        old = options.certificate
+        new = writeCertificates(self.mktemp())
+        _write(self.files.serverCert, _read(new.serverCert))
+        self.assertFalse(options.reload())
+        self.assertEqual(await deferToThread(_servedTo, port, "localhost"), old)
+        errors = [e for e in self.events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        message = formatEvent(errors[0])
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertIn("does not match", message)
+        self.assertIn("keeping the old", message)
