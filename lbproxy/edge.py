@@ -122,6 +122,8 @@ class ProxyChannel(http.HTTPChannel):
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if not self.persistent:
             headers.setRawHeaders(b"Connection", [b"close"])
+        if self.site.hsts is not None and self.isSecure():
+            headers.setRawHeaders(b"Strict-Transport-Security", [self.site.hsts])
         super().writeHeaders(version, code, reason, headers)
 
     # Reading the request head.
@@ -309,6 +311,8 @@ class ProxySite(Site):
 
     @ivar limits: What clients may send (see L{EdgeLimits}).
     @ivar accessLog: Where access log lines go.
+    @ivar hsts: The C{Strict-Transport-Security} value set on every
+        response over TLS (replacing a backend's), or L{None} for none.
     """
 
     _log = Logger()
@@ -316,6 +320,7 @@ class ProxySite(Site):
     requestFactory = ProxyRequest
     displayTracebacks = False
     noisy = False
+    hsts: bytes | None = None
 
     def __init__(
         self,

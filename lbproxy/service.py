@@ -33,10 +33,12 @@ from lbproxy.health import (
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.redirect import redirectSite
 from lbproxy.retry import RetryBudget
 from lbproxy.tls import (
     BackendTLS,
     BackendTLSSettings,
+    ServerTLS,
     ServerTLSSettings,
     TLSConfigError,
     adhocCertificate,
@@ -66,6 +68,8 @@ class LoadBalancerConfig:
     drainTimeout: float = 30.0
     tls: ServerTLSSettings = attrs.Factory(ServerTLSSettings)
     backendTLS: BackendTLSSettings = attrs.Factory(BackendTLSSettings)
+    hsts: bytes | None = None
+    redirectHTTP: ListenSpec | None = None
 
 
 class StartupError(Exception):
@@ -131,6 +135,8 @@ class LoadBalancerService(MultiService):
         )
         self.healthChecker = HealthChecker(self.pool, probe, clock, config.health, config.slowStart)
         self.site = ProxySite(self.resource, config.accessLog, config.limits, reactor=clock)
+        self.site.hsts = config.hsts
+        self.serverTLS: list[ServerTLS] = []
         self.ports: list[IListeningPort] = []
         self.demoPorts: list[IListeningPort] = []
         self._listening = False
@@ -179,6 +185,10 @@ class LoadBalancerService(MultiService):
             except (ListenError, TLSConfigError) as e:
                 raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
             self.ports.append(self._listenNow(spec.description, self.site, endpoint))
+            if isinstance(getattr(endpoint, "contextFactory", None), ServerTLS):
+                self.serverTLS.append(endpoint.contextFactory)  # type: ignore[attr-defined]
+        if config.redirectHTTP is not None:
+            self._listenRedirect(config.redirectHTTP)
         self._log.info(
             "lbproxy balancing over {backends} with chooser {chooser}, listening on {listens}",
             backends=", ".join(b.authority for b in self.pool.backends),
@@ -193,6 +203,28 @@ class LoadBalancerService(MultiService):
                 "verified; anyone on the path to them can read and change the traffic"
             )
         self.healthChecker.start()
+
+    def _listenRedirect(self, spec: ListenSpec) -> None:
+        """
+        Listen for C{--redirect-http}, sending clients to the first C{ssl:}
+        listener's port; the port is added to L{ports}.
+        """
+        index = next(i for i, s in enumerate(self._config.listens) if s.isTLS)
+        httpsPort: int = self.ports[index].getHost().port  # type: ignore[attr-defined]
+        self.ports.append(self._listenNow(spec.description, redirectSite(httpsPort)))
+
+    def reloadCertificates(self) -> bool:
+        """
+        Re-read every listener's certificate files (SIGHUP); new handshakes
+        use them, open connections keep theirs.  A listener whose files
+        cannot be used logs one line and keeps its old certificates.
+
+        @return: whether every listener reloaded.
+        """
+        results = [serverTLS.reload() for serverTLS in self.serverTLS]
+        if all(results):
+            self._log.info("TLS certificates reloaded for {count} listeners", count=len(results))
+        return all(results)
 
     def _listenNow(self, description: str, factory: Any, endpoint: Any = None) -> IListeningPort:
         if endpoint is None:

@@ -43,6 +43,7 @@ from lbproxy.proxy import ProxySettings
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
 from lbproxy.sticky import DEFAULT_COOKIE
 from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
+from lbproxy.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.upstream import UpstreamSettings
 
 ADHOC_LISTEN = "ssl:443"
@@ -223,7 +224,7 @@ class ResilienceOptions(usage.Options):
     ]
 
 
-class Options(EdgeOptions, ResilienceOptions):
+class Options(EdgeOptions, ResilienceOptions, TLSOptions):
     """
     C{twistd lbproxy} options.
     """
@@ -494,6 +495,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         demo=options["demo"],
         adhoc=options["adhoc"] or options["demo"],
         **resilienceConfig(options),
+        **tlsConfig(options, listens),
     )
 
 
@@ -572,6 +574,7 @@ class _TwistdRoot(MultiService):
         super().__init__()
         self._reactor = reactor
         self._stopping = False
+        self._service = service
         service.setServiceParent(self)
 
     def startService(self) -> None:
@@ -584,6 +587,16 @@ class _TwistdRoot(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, self._reloadOnSignal)
+
+    def _reloadOnSignal(self, signum: int, frame: object) -> None:
+        """
+        SIGHUP: reload the TLS certificates, in the reactor thread.
+        """
+        reload = getattr(self._service, "reloadCertificates", None)
+        if reload is not None:
+            _log.info("received SIGHUP: reloading TLS certificates")
+            self._reactor.callFromThread(reload)
 
     def _stopOnce(self, name: str) -> None:
         if not self._stopping:
