@@ -10,6 +10,8 @@ that the protocol versions, ciphers, options and ALPN change in one place:
     - for TLS 1.2, ECDHE key exchange with AES-GCM or ChaCha20-Poly1305
       only (forward secrecy and AEAD; ECDSA and RSA certificates); TLS 1.3's
       three suites are all both;
+    - key exchange over X25519, P-256 or P-384 (and X25519MLKEM768 where
+      OpenSSL has it);
     - no compression, no renegotiation, the server's cipher order;
     - session tickets and a server-side session cache (resumption);
     - ALPN offering only L{ALPN_PROTOCOLS}, whatever the site could speak.
@@ -105,6 +107,11 @@ TLS12_CIPHERS = ":".join(
 TLS13_CIPHERSUITES = ":".join(
     ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
 )
+
+# Key exchange groups, most preferred first: Mozilla's X25519, P-256 and
+# P-384, after the post-quantum hybrid where OpenSSL has it.  Not X448 or
+# P-521, which OpenSSL would otherwise also accept.
+_GROUPS = (b"X25519MLKEM768:X25519:P-256:P-384", b"X25519:P-256:P-384")
 
 _SERVER_OPTIONS = (
     SSL.OP_NO_COMPRESSION
@@ -423,6 +430,21 @@ def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> bytes:
     return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
 
 
+def _setGroups(context: SSL.Context) -> None:
+    """
+    Limit C{context}'s key exchange to L{_GROUPS}.  pyOpenSSL has no API for
+    this, so it calls OpenSSL through pyOpenSSL's bindings; the first list
+    this OpenSSL accepts is used.
+    """
+    from OpenSSL._util import lib
+
+    for groups in _GROUPS:
+        if lib.SSL_CTX_set1_curves_list(context._context, groups) == 1:
+            return
+        lib.ERR_clear_error()
+    raise TLSConfigError("this OpenSSL supports none of X25519, P-256 and P-384")
+
+
 def _serverContext(minimumVersion: str, certificate: ServerCertificate) -> SSL.Context:
     """
     The one place lbproxy's server TLS policy is set: see the module
@@ -437,6 +459,7 @@ def _serverContext(minimumVersion: str, certificate: ServerCertificate) -> SSL.C
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+    _setGroups(context)
     context.use_privatekey(crypto.PKey.from_cryptography_key(certificate.key))
     context.use_certificate(crypto.X509.from_cryptography(certificate.certificate))
     for intermediate in certificate.chain:

@@ -1048,3 +1048,45 @@ class ReloadTests(LoopbackTLSTestCase):
         self.assertEqual(len(message.splitlines()), 1)
         self.assertIn("does not match", message)
         self.assertIn("keeping the old", message)
+
+
+class KeyExchangeGroupTests(SynchronousTestCase):
+    """
+    The key exchange groups the server accepts, over memory BIOs.
+    """
+
+    def handshake(self, groups: bytes) -> SSL.Connection:
+        """
+        Handshake with a client limited to C{groups} (an OpenSSL groups
+        list); return the client connection.
+        """
+        from OpenSSL._util import lib
+
+        options, _ = adhocServerOptions(["localhost"])
+        server = options.serverConnectionForTLS(None)  # type: ignore[arg-type]
+        server.set_accept_state()
+        clientContext = SSL.Context(SSL.TLS_METHOD)
+        self.assertEqual(lib.SSL_CTX_set1_curves_list(clientContext._context, groups), 1)
+        client = SSL.Connection(clientContext, None)
+        client.set_connect_state()
+        for _ in range(3):
+            _step(client)
+            _pump(client, server)
+            _step(server)
+            _pump(client, server)
+        return client
+
+    def test_mozillaGroups(self) -> None:
+        """
+        Clients offering only X25519, only P-256 or only P-384 connect.
+        """
+        for groups in [b"X25519", b"P-256", b"P-384"]:
+            client = self.handshake(groups)
+            self.assertEqual(client.get_protocol_version_name(), "TLSv1.3", groups)
+
+    def test_otherGroupsRefused(self) -> None:
+        """
+        Clients offering only X448 or only P-521 cannot connect.
+        """
+        for groups in [b"X448", b"P-521"]:
+            self.assertRaises(SSL.Error, self.handshake, groups)
