@@ -805,6 +805,28 @@ def _step(connection: SSL.Connection) -> None:
         pass
 
 
+def _memoryHandshake(clientContext: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
+    """
+    Handshake over memory BIOs between a client on C{clientContext} and a
+    server with an ad-hoc certificate and lbproxy's policy.
+
+    @return: the client and server connections, handshake complete.
+
+    @raise SSL.Error: if the handshake fails.
+    """
+    options, _ = adhocServerOptions(["localhost"])
+    server = options.serverConnectionForTLS(None)  # type: ignore[arg-type]
+    server.set_accept_state()
+    client = SSL.Connection(clientContext, None)
+    client.set_connect_state()
+    for _ in range(3):
+        _step(client)
+        _pump(client, server)
+        _step(server)
+        _pump(client, server)
+    return client, server
+
+
 class RenegotiationTests(SynchronousTestCase):
     """
     Client-initiated renegotiation, over memory BIOs.
@@ -815,18 +837,9 @@ class RenegotiationTests(SynchronousTestCase):
         A TLS 1.2 client that asks to renegotiate gets a C{no_renegotiation}
         alert and the server does not renegotiate.
         """
-        options, _ = adhocServerOptions(["localhost"])
-        server = options.serverConnectionForTLS(None)  # type: ignore[arg-type]
-        server.set_accept_state()
         clientContext = SSL.Context(SSL.TLS_METHOD)
         clientContext.set_max_proto_version(SSL.TLS1_2_VERSION)
-        client = SSL.Connection(clientContext, None)
-        client.set_connect_state()
-        for _ in range(3):
-            _step(client)
-            _pump(client, server)
-            _step(server)
-            _pump(client, server)
+        client, server = _memoryHandshake(clientContext)
         self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
         self.assertTrue(client.renegotiate())
         _step(client)
@@ -1062,18 +1075,9 @@ class KeyExchangeGroupTests(SynchronousTestCase):
         """
         from OpenSSL._util import lib
 
-        options, _ = adhocServerOptions(["localhost"])
-        server = options.serverConnectionForTLS(None)  # type: ignore[arg-type]
-        server.set_accept_state()
         clientContext = SSL.Context(SSL.TLS_METHOD)
         self.assertEqual(lib.SSL_CTX_set1_curves_list(clientContext._context, groups), 1)
-        client = SSL.Connection(clientContext, None)
-        client.set_connect_state()
-        for _ in range(3):
-            _step(client)
-            _pump(client, server)
-            _step(server)
-            _pump(client, server)
+        client, _ = _memoryHandshake(clientContext)
         return client
 
     def test_mozillaGroups(self) -> None:
