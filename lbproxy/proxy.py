@@ -12,6 +12,8 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import attrs
+from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -247,9 +249,25 @@ def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
         return 502, f"invalid response from the backend ({failure.getErrorMessage()})"
     if failure.check(ResponseFailed):
         reasons = getattr(failure.value, "reasons", [])
+        for reason in reasons:
+            if reason.check(VerificationError):
+                return 502, "the backend's certificate does not match its name"
+            if reason.check(SSL.Error):
+                return 502, f"TLS with the backend failed ({_tlsDetail(reason)})"
         detail = "; ".join(r.getErrorMessage() for r in reasons) or "no response"
         return 502, f"the backend closed the connection without a valid response ({detail})"
     return 502, f"error talking to the backend ({failure.getErrorMessage()})"
+
+
+def _tlsDetail(reason: Failure) -> str:
+    """
+    The most telling part of an OpenSSL error, e.g. C{certificate verify
+    failed}.
+    """
+    details = getattr(reason.value, "args", [[]])[0]
+    if isinstance(details, list) and details and isinstance(details[-1], tuple):
+        return str(details[-1][-1])
+    return reason.getErrorMessage()
 
 
 class _Exchange:

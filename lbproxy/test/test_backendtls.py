@@ -232,6 +232,7 @@ class HTTPSBackendTests(TestCase):
         )
         self.assertEqual(code, 502)
         self.assertNotIn(b"secure", body)
+        self.assertIn(b"certificate does not match its name", body)
         self.assertIn("other.test", lines[0])
 
     @inlineCallbacks
@@ -244,6 +245,7 @@ class HTTPSBackendTests(TestCase):
         code, body, _ = yield self.fetch("backend.test", BackendTLSSettings(caFile=other.caFile))
         self.assertEqual(code, 502)
         self.assertNotIn(b"secure", body)
+        self.assertIn(b"certificate verify failed", body)
 
     @inlineCallbacks
     def test_platformTrustByDefault(self) -> Gen:
