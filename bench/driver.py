@@ -9,6 +9,7 @@ contender in round 1, then every contender in round 2...), so slow drift of
 a shared machine hits all contenders alike; ratios come from the same run.
 
 Results: bench/results/YYYYMMDD-HHMMSS.md (tables), .png (chart), .json (raw).
+`driver.py --report results/X.json` writes an earlier run's .md and .png again.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ SCENARIOS = {
     "F": "one slow client reading a large response while A runs",
 }
 WRK_SCENARIOS = ["A", "B", "C", "D"]
+SHORT = {
+    "A": "HTTPS keep-alive",
+    "B": "plain HTTP keep-alive",
+    "C": "HTTPS, handshake per request",
+    "D": "HTTPS keep-alive, 1 MiB",
+}
 
 
 class BenchError(Exception):
@@ -990,10 +997,10 @@ def chart(record: dict[str, object], args: argparse.Namespace, path: Path) -> No
                 lo.append(m["median"] - m["min"])
                 hi.append(m["max"] - m["median"])
         bars = ax.bar(xs, ys, width, label=LABELS.get(c, c), yerr=[lo, hi], capsize=2)
-        for bar, y in zip(bars, ys, strict=True):
+        for bar, y, top in zip(bars, ys, hi, strict=True):
             ax.annotate(
                 f"{y:,.0f}",
-                (bar.get_x() + bar.get_width() / 2, y),
+                (bar.get_x() + bar.get_width() / 2, y + top),
                 ha="center",
                 va="bottom",
                 fontsize=6,
@@ -1003,7 +1010,7 @@ def chart(record: dict[str, object], args: argparse.Namespace, path: Path) -> No
             )
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels(
-        [f"{s}: {SCENARIOS[s].split(',')[0]}" + (", 1 MiB" if s == "D" else "") for s in scenarios],
+        [f"{s}: {SHORT[s]}" for s in scenarios],
         fontsize=8,
     )
     ax.set_yscale("log")
@@ -1053,11 +1060,11 @@ def machineInfo(args: argparse.Namespace) -> dict[str, str]:
 
 def profile(args: argparse.Namespace, world: World) -> None:
     """
-    lbproxy alone under py-spy during A and B: raw (collapsed) stacks, a
-    flame graph, and a self-time summary in results/profile-*.
+    lbproxy alone under py-spy during each of A-D asked for: raw (collapsed)
+    stacks, a flame graph, and a summary in results/profile-*.
     """
     pyspy = BIN / "py-spy"
-    for s in ("A", "B"):
+    for s in [s for s in args.scenarios if s in WRK_SCENARIOS]:
         running = startContender("lbproxy", world)
         try:
             warmUp(s, args.warmup)
@@ -1149,7 +1156,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead: profile lbproxy under py-spy during A and B",
+        help="instead: profile lbproxy under py-spy during --scenarios (A-D)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -1183,7 +1190,22 @@ def stoppedOnSignals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def rerender(path: Path) -> int:
+    """
+    Write the Markdown and PNG of an earlier run again from its JSON.
+    """
+    record = json.loads(path.read_text())
+    args = parseArgs(record["argv"])
+    stem = path.with_suffix("")
+    stem.with_suffix(".md").write_text(report(record, args) + "\n")
+    chart(record, args, stem.with_suffix(".png"))
+    log(f"wrote {stem}.md, .png")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--report"] and len(argv) == 2:
+        return rerender(Path(argv[1]))
     args = parseArgs(argv)
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
         if shutil.which(tool) is None:

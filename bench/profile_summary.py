@@ -64,10 +64,15 @@ PHASES = [
         "server: parse request (HTTPChannel)",
         r"^HTTPChannel\.|^ProxyChannel\.|^Request\.(requestReceived|gotLength|parseCookies)",
     ),
+    ("TLS handshake (OpenSSL do_handshake)", r"^Connection\.do_handshake \(OpenSSL/"),
+    (
+        "connection set-up and tear-down (accept, buildProtocol, connectionLost)",
+        r"^Port\.doRead|buildProtocol|connectionLost|connectionMade|makeConnection",
+    ),
     ("TLS record layer (TLSMemoryBIOProtocol) outside the above", r"^TLSMemoryBIOProtocol\."),
     (
         "reactor: epoll, doRead/doWrite, write buffers",
-        r"^EPollReactor\.|^_PollLikeMixin|^FileDescriptor\.|^Connection\.",
+        r"^EPollReactor\.|^_PollLikeMixin|^FileDescriptor\.|^(Connection|Port)\.\w+ \(twisted/",
     ),
 ]
 
