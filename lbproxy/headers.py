@@ -87,37 +87,66 @@ def _endToEnd(headers: Headers, alsoDrop: Iterable[bytes]) -> Iterator[tuple[byt
 
 def requestHeadersForBackend(incoming: Headers, client: ClientInfo) -> Headers:
     """
-    The headers to send to the backend for a client request.
+    The headers to send to the backend for a client request, as a
+    L{Headers}; see L{requestHeaderLines}.
+    """
+    outgoing = Headers()
+    for name, value in requestHeaderLines(incoming, client):
+        outgoing.addRawHeader(name, value)
+    return outgoing
+
+
+_DROPPED_TOWARD_BACKEND = HOP_BY_HOP | _REQUEST_ONLY_DROPPED
+
+
+def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[bytes, bytes]]:
+    """
+    The header lines to send to the backend for a client request.
 
     Repeated headers keep their values in order. Hop-by-hop headers, framing
     headers and any client-supplied forwarding headers are removed; the
     client's C{Host} is kept; C{X-Forwarded-For}, C{X-Forwarded-Proto},
-    C{X-Forwarded-Host} and RFC 7239 C{Forwarded} are set from C{client}.
+    C{X-Forwarded-Host} and RFC 7239 C{Forwarded} are set from C{client}
+    (extended, not replaced, when the client is a trusted proxy).
+
+    The values were checked by twisted.web when the request was parsed, so
+    they are copied as they are (no new L{Headers}, which would check every
+    value again).
     """
-    outgoing = Headers()
-    for name, values in _endToEnd(incoming, _REQUEST_ONLY_DROPPED):
-        outgoing.setRawHeaders(name, values)
+    drop = _DROPPED_TOWARD_BACKEND
+    if incoming.hasHeader(b"connection"):
+        drop = drop | connectionTokens(incoming)
+    lines = [
+        (name, value)
+        for name, values in incoming.getAllRawHeaders()
+        if name.lower() not in drop
+        for value in values
+    ]
     proto = b"https" if client.secure else b"http"
     chain: list[bytes] = []
     forwarded: list[bytes] = []
     if client.trusted:
-        chain = [
-            v.strip()
-            for v in b",".join(incoming.getRawHeaders(b"x-forwarded-for", [])).split(b",")
-            if v.strip()
-        ]
+        chain = _forwardedFor(incoming)
         forwarded = list(incoming.getRawHeaders(b"forwarded", []))
         proto = _last(incoming, b"x-forwarded-proto") or proto
     if client.address is not None:
         chain.append(client.address.encode("ascii"))
     if chain:
-        outgoing.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain)])
-    outgoing.setRawHeaders(b"X-Forwarded-Proto", [proto])
+        lines.append((b"X-Forwarded-For", b", ".join(chain)))
+    lines.append((b"X-Forwarded-Proto", proto))
     host = (_last(incoming, b"x-forwarded-host") if client.trusted else None) or client.host
     if host is not None:
-        outgoing.setRawHeaders(b"X-Forwarded-Host", [host])
-    outgoing.setRawHeaders(b"Forwarded", [b", ".join([*forwarded, forwardedValue(client)])])
-    return outgoing
+        lines.append((b"X-Forwarded-Host", host))
+    lines.append((b"Forwarded", b", ".join([*forwarded, forwardedValue(client)])))
+    return lines
+
+
+def _forwardedFor(headers: Headers) -> list[bytes]:
+    """
+    The addresses in every C{X-Forwarded-For} header, in order.
+    """
+    joined = b",".join(headers.getRawHeaders(b"x-forwarded-for", []))
+    return [part.strip() for part in joined.split(b",") if part.strip()]
 
 
 def _last(headers: Headers, name: bytes) -> bytes | None:

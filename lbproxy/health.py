@@ -11,6 +11,7 @@ ramp when one is configured.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -20,7 +21,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from lbproxy.backends import Backend, BackendPool, SlowStart
 
@@ -195,7 +195,7 @@ class HTTPProbe:
 
     def __init__(
         self,
-        request: Callable[[Backend, bytes, bytes, Headers], Deferred[IResponse]],
+        request: Callable[[Backend, bytes, bytes, Headers], Deferred[Any]],
         clock: IReactorTime,
         path: bytes,
         timeout: float,
@@ -219,7 +219,7 @@ class HTTPProbe:
         d = self._request(backend, b"GET", self._path, headers)
         d.addTimeout(self._timeout, self._clock)
 
-        def judge(response: IResponse) -> Deferred[bool]:
+        def judge(response: Any) -> Deferred[bool]:
             body = readBody(response)
             return body.addBoth(lambda _: 200 <= response.code < 400)
 

@@ -8,7 +8,8 @@ This module is the one place where failures become 502, 503 or 504.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -22,22 +23,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy.backends import Backend, BackendPool
+from lbproxy.client import BackendResponse, InvalidResponse
 from lbproxy.headers import (
     ClientInfo,
     originalClient,
-    requestHeadersForBackend,
+    requestHeaderLines,
     responseHeadersForClient,
 )
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.retry import RetryBudget, mayRetry
 from lbproxy.target import TargetError, hostName, routeTarget
-from lbproxy.upstream import InvalidResponse
+from lbproxy.upstream import RequestBody
 
 
 class UpstreamClient(TypingProtocol):
@@ -50,11 +51,11 @@ class UpstreamClient(TypingProtocol):
         backend: Backend,
         method: bytes,
         target: bytes,
-        headers: Headers,
-        body: IBodyProducer | None,
-    ) -> Deferred[IResponse]: ...
+        headers: Sequence[tuple[bytes, bytes]],
+        body: RequestBody | None,
+    ) -> Deferred[BackendResponse]: ...
 
-    def bodyFromFile(self, content: Any, length: int) -> IBodyProducer: ...
+    def bodyFromFile(self, content: Any, length: int) -> RequestBody: ...
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -250,6 +251,8 @@ def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
     if failure.check(ResponseFailed):
         reasons = getattr(failure.value, "reasons", [])
         for reason in reasons:
+            if reason.check(InvalidResponse):
+                return 502, f"invalid response from the backend ({reason.getErrorMessage()})"
             if reason.check(VerificationError):
                 return 502, "the backend's certificate does not match its name"
             if reason.check(SSL.Error):
@@ -291,8 +294,8 @@ class _Exchange:
         self._record = record
         self._log = proxy.log
         self._target = b""
-        self._headers = Headers()
-        self._pending: Deferred[IResponse] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._pending: Deferred[BackendResponse] | None = None
         self._timer: IDelayedCall | None = None
         self._timedOut = False
         self._clientGone = False
@@ -303,7 +306,7 @@ class _Exchange:
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
         self._target = target
-        self._headers = requestHeadersForBackend(request.requestHeaders, client)
+        self._headers = requestHeaderLines(request.requestHeaders, client)
         request.notifyFinish().addErrback(self._clientLost)
         if self._proxy.budget is not None:
             self._proxy.budget.requestMade()
@@ -325,7 +328,7 @@ class _Exchange:
         )
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
-    def _requestBody(self) -> IBodyProducer | None:
+    def _requestBody(self) -> RequestBody | None:
         content = self._request.content
         if content is None:
             return None
@@ -358,7 +361,7 @@ class _Exchange:
             if observer is not None and failed:
                 observer.failed(self._backend)
 
-    def _gotResponse(self, response: IResponse) -> None:
+    def _gotResponse(self, response: BackendResponse) -> None:
         self._pending = None
         self._stopTimer()
         self._record.upstreamSeconds = self._clock.seconds() - self._started
@@ -379,7 +382,7 @@ class _Exchange:
         # twisted.web's client keeps framing out of response.headers and
         # reports a declared body length as response.length instead.
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            request.setHeader(b"Content-Length", b"%d" % (response.length,))
+            request.setHeader(b"Content-Length", b"%d" % (cast(int, response.length),))
         request.defaultContentType = None
         chooser = self._proxy.chooser
         if IAffinityChooser.providedBy(chooser):

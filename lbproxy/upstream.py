@@ -1,15 +1,15 @@
 """
 The client side of the proxy: HTTP/1.1 to backends over persistent,
-pooled connections.
+pooled connections (the protocol itself is in L{lbproxy.client}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import IO
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -17,27 +17,22 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.task import Cooperator
-from twisted.logger import Logger
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import (
-    URI,
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from lbproxy.backends import Backend, isIPLiteral
+from lbproxy.client import BackendConnection, BackendResponse, InvalidResponse
+from lbproxy.retry import IDEMPOTENT_METHODS
 from lbproxy.tls import BackendTLS, ClientTLSForHost
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
@@ -95,101 +90,58 @@ def directEndpointFactory(reactor: IReactorTCP) -> EndpointForBackend:
     return endpointFor
 
 
-@implementer(IAgentEndpointFactory)
-@attrs.define
-class _AgentEndpoints:
+def _endpointForBackend(
+    backend: Backend,
+    endpointFor: EndpointForBackend,
+    tlsFor: ClientTLSForHost,
+    connectTimeout: float,
+    clock: IReactorTime,
+) -> IStreamClientEndpoint:
     """
-    Adapts an L{EndpointForBackend} to what L{Agent} asks for, adding the
-    connect timeout, and TLS for C{https} backends.
+    The endpoint for a new connection to C{backend}: TCP (or what
+    C{endpointFor} makes), TLS for an C{https} backend, and the connect
+    timeout.
     """
-
-    _endpointFor: EndpointForBackend
-    _connectTimeout: float
-    _clock: IReactorTime
-    _tlsFor: ClientTLSForHost
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        host = uri.host.decode("ascii")
-        if host.startswith("["):
-            host = host[1:-1]
-        endpoint = self._endpointFor(host, uri.port)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tlsFor(host), endpoint)
-        return _TimeoutEndpoint(endpoint, self._connectTimeout, self._clock)
+    endpoint = endpointFor(backend.host, backend.port)
+    if backend.scheme == "https":
+        endpoint = wrapClientTLS(tlsFor(backend.host), endpoint)
+    return _TimeoutEndpoint(endpoint, connectTimeout, clock)
 
 
-class InvalidResponse(Exception):
+RequestBody = tuple[IO[bytes], int]
+"""
+A request body already received: a file positioned at its start, and its
+length.
+"""
+
+HeaderLines = Sequence[tuple[bytes, bytes]]
+
+
+class _Idle:
     """
-    A backend's response head cannot be relayed safely (ambiguous framing,
-    a header line over the limit); its connection was dropped.
-    """
-
-
-MAX_RESPONSE_HEADER_LINE = 64 * 1024
-
-
-class _ClientProtocol(HTTP11ClientProtocol):
-    """
-    twisted.web's HTTP/1.1 client protocol, stricter about response
-    framing, and exposing the response's connection-control headers as
-    C{response.connectionHeaders}.
-
-    twisted.web keeps C{Connection}, C{Content-Length} and friends out of
-    C{response.headers}; a proxy needs C{Connection} to know which other
-    headers are hop-by-hop. twisted.web also accepts a response with both
-    Content-Length and Transfer-Encoding (a smuggling shape) and mishandles
-    an over-long header line; both make the connection unusable, so it is
-    aborted (never reused) and the request fails. This reads the parser's
-    private C{connHeaders}; a lean client of our own will make it
-    unnecessary.
+    The idle connections of one backend, most recently used last.
     """
 
-    _log = Logger()
+    def __init__(self) -> None:
+        self.connections: list[tuple[BackendConnection, float]] = []
 
-    def request(self, request: Any) -> Deferred[IResponse]:
-        d = super().request(request)
-        parser = getattr(self, "_parser", None)
-        connHeaders = getattr(parser, "connHeaders", None)
-        if parser is not None:
-            parser.MAX_LENGTH = MAX_RESPONSE_HEADER_LINE
-            parser.lineLengthExceeded = lambda line: self._invalid("header line too long")
+    def take(self) -> BackendConnection | None:
+        while self.connections:
+            connection, _ = self.connections.pop()
+            if connection.reusable:
+                return connection
+        return None
 
-        def check(response: IResponse) -> IResponse:
-            headers = connHeaders or Headers()
-            if headers.hasHeader(b"content-length") and headers.hasHeader(b"transfer-encoding"):
-                self._invalid("both Content-Length and Transfer-Encoding")
-                raise InvalidResponse("both Content-Length and Transfer-Encoding")
-            response.connectionHeaders = headers  # type: ignore[attr-defined]
-            return response
-
-        return d.addCallback(check)
-
-    def _invalid(self, reason: str) -> None:
-        self._log.warn("dropping a backend connection: invalid response ({reason})", reason=reason)
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without a log line per connection.
-    """
-
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
-        return _ClientProtocol(self._quiescentCallback)
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
+    def discard(self, connection: BackendConnection) -> None:
+        self.connections = [(c, t) for c, t in self.connections if c is not connection]
 
 
 class Upstream:
     """
-    Sends requests to backends over persistent connections, one bounded
-    idle pool per backend, and hands back the response as soon as its
-    headers arrive; the body streams through L{IResponse.deliverBody}.
+    Sends requests to backends over persistent connections (one bounded
+    idle pool per backend) with lbproxy's lean HTTP/1.1 client
+    (L{lbproxy.client}), and hands back the response as soon as its head
+    arrives; the body streams through C{response.deliverBody}.
     """
 
     def __init__(
@@ -202,59 +154,170 @@ class Upstream:
     ) -> None:
         """
         @param reactor: Used for connections.
-        @param clock: Used for every timer (connect timeout, idle timeout,
-            body production).
+        @param clock: Used for every timer (connect timeout, idle timeout).
         @param endpointFor: How to reach a backend; defaults to
             L{directEndpointFactory}.
         @param tlsFor: The client TLS for an C{https} backend's host name;
             defaults to verifying against the platform's trust store.
         """
-        self._pool = _QuietPool(clock, persistent=True)
-        self._pool.maxPersistentPerHost = settings.maxIdlePerBackend
-        self._pool.cachedConnectionTimeout = settings.idleTimeout  # type: ignore[assignment]
-        # A stale pooled connection is retried once for idempotent requests
-        # without a body, transparently; that is what we want.
-        self._pool.retryAutomatically = True
-        endpoints = _AgentEndpoints(
-            endpointFor or directEndpointFactory(reactor),
-            settings.connectTimeout,
-            clock,
-            tlsFor or BackendTLS().creatorFor,
-        )
-        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
-        self._cooperator = Cooperator(
-            scheduler=lambda work: clock.callLater(0, work),  # type: ignore[arg-type,return-value]
-            started=True,
-        )
+        self._clock = clock
+        self._settings = settings
+        self._endpointFor = endpointFor or directEndpointFactory(reactor)
+        self._tlsFor = tlsFor or BackendTLS().creatorFor
+        self._idle: dict[str, _Idle] = {}
+        self._open: set[BackendConnection] = set()
+        self._sweep: IDelayedCall | None = None
+        self._closing: list[Deferred[None]] = []
 
     def request(
         self,
         backend: Backend,
         method: bytes,
         target: bytes,
-        headers: Headers,
-        body: IBodyProducer | None,
-    ) -> Deferred[IResponse]:
+        headers: HeaderLines | Headers,
+        body: RequestBody | None,
+    ) -> Deferred[BackendResponse]:
         """
         Send one request to C{backend}.
 
         @param target: The origin-form request target (path and query),
             relayed unchanged.
-        @return: Fires with the response when its headers have arrived, or
+        @param headers: The header lines to send (no framing headers); a
+            C{Host} is added if there is none.
+        @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
-        url = backend.url.encode("ascii") + target
-        return self._agent.request(method, url, headers, body)
+        lines: HeaderLines
+        if isinstance(headers, Headers):
+            lines = [(n, v) for n, values in headers.getAllRawHeaders() for v in values]
+        else:
+            lines = headers
+        if not any(name.lower() == b"host" for name, _ in lines):
+            lines = [(b"Host", backend.authority.encode("ascii")), *lines]
+        idle = self._idle.get(backend.url)
+        connection = idle.take() if idle is not None else None
+        if connection is not None:
+            return self._send(connection, backend, method, target, lines, body, reused=True)
+        return self._sendOnNew(backend, method, target, lines, body)
 
-    def bodyFromFile(self, content: IO[bytes], length: int) -> IBodyProducer:
+    def _sendOnNew(
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        lines: HeaderLines,
+        body: RequestBody | None,
+    ) -> Deferred[BackendResponse]:
+        def send(connection: BackendConnection) -> Deferred[BackendResponse]:
+            return self._send(connection, backend, method, target, lines, body, reused=False)
+
+        return self._connect(backend).addCallback(send)
+
+    def _send(
+        self,
+        connection: BackendConnection,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        lines: HeaderLines,
+        body: RequestBody | None,
+        reused: bool,
+    ) -> Deferred[BackendResponse]:
+        d = connection.request(method, target, lines, body)
+        if not reused or body is not None or method not in IDEMPOTENT_METHODS:
+            return d
+
+        def staleRetry(failure: Failure) -> Deferred[BackendResponse]:
+            # The backend closed a kept-alive connection just as we reused
+            # it: nothing was processed, so send it once more on a new one.
+            if failure.check(ResponseNeverReceived):
+                return self._sendOnNew(backend, method, target, lines, body)
+            return fail(failure)
+
+        return d.addErrback(staleRetry)
+
+    def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
+        endpoint = _endpointForBackend(
+            backend,
+            self._endpointFor,
+            self._tlsFor,
+            self._settings.connectTimeout,
+            self._clock,
+        )
+
+        def build() -> BackendConnection:
+            connection = BackendConnection()
+            connection.onIdle = lambda c: self._becameIdle(backend, c)
+            connection.onClosed = lambda c: self._closed(backend, c)
+            self._open.add(connection)
+            return connection
+
+        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        factory.noisy = False
+        return endpoint.connect(factory)  # type: ignore[return-value]
+
+    def _becameIdle(self, backend: Backend, connection: BackendConnection) -> None:
+        idle = self._idle.setdefault(backend.url, _Idle())
+        idle.connections.append((connection, self._clock.seconds()))
+        while len(idle.connections) > self._settings.maxIdlePerBackend:
+            oldest, _ = idle.connections.pop(0)
+            oldest.close()
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self._settings.idleTimeout, self._sweepIdle)
+
+    def _sweepIdle(self) -> None:
+        self._sweep = None
+        deadline = self._clock.seconds() - self._settings.idleTimeout
+        remaining = False
+        for idle in self._idle.values():
+            for connection, since in list(idle.connections):
+                if since <= deadline:
+                    idle.discard(connection)
+                    connection.close()
+                else:
+                    remaining = True
+        if remaining:
+            self._sweep = self._clock.callLater(self._settings.idleTimeout / 2, self._sweepIdle)
+
+    def _closed(self, backend: Backend, connection: BackendConnection) -> None:
+        self._open.discard(connection)
+        idle = self._idle.get(backend.url)
+        if idle is not None:
+            idle.discard(connection)
+        if not self._open:
+            waiting, self._closing = self._closing, []
+            for d in waiting:
+                d.callback(None)
+
+    def bodyFromFile(self, content: IO[bytes], length: int) -> RequestBody:
         """
-        A producer for a request body already received into C{content}.
+        The body of a request, already received into C{content}.
         """
-        return FileBodyProducer(content, cooperator=self._cooperator)
+        return (content, length)
 
     def close(self) -> Deferred[None]:
         """
-        Close every idle connection; fires when they are closed.
+        Close every idle connection (and abort any still busy); fires when
+        they are all closed.
         """
-        self._cooperator.stop()
-        return self._pool.closeCachedConnections()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        done: Deferred[None] = Deferred()
+        if not self._open:
+            done.callback(None)
+            return done
+        self._closing.append(done)
+        for connection in list(self._open):
+            connection.abort()
+        return done
+
+
+__all__ = [
+    "EndpointForBackend",
+    "InvalidResponse",
+    "RequestBody",
+    "Upstream",
+    "UpstreamSettings",
+    "directEndpointFactory",
+]

@@ -1,0 +1,525 @@
+"""
+A lean HTTP/1.1 client connection to one backend: writes a request head in
+one write, parses the response head in one pass, and streams the body to a
+protocol with backpressure. It replaces twisted.web's C{Agent} on the hot
+path (see bench/README.md for why) and keeps its failure vocabulary
+(L{ResponseNeverReceived}, L{ResponseFailed}, L{RequestTransmissionFailed},
+L{ResponseDone}, L{PotentialDataLoss}) so the proxy's error mapping and
+retry rules stay as they are.
+
+Parsing is strict: a response whose framing is ambiguous or malformed fails
+with L{InvalidResponse} and its connection is aborted, never reused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+MAX_HEAD = 64 * 1024
+"""
+The largest response head (status line and headers) accepted.
+"""
+
+BODY_CHUNK = 64 * 1024
+
+_STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+
+# Connection-control response headers: kept apart from the end-to-end ones,
+# as twisted.web's client does, so the proxy can drop them.
+_CONNECTION_HEADERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+class InvalidResponse(Exception):
+    """
+    A backend's response cannot be relayed safely (malformed status line or
+    header, ambiguous framing, a head over the limit); its connection was
+    dropped.
+    """
+
+
+class BackendResponse:
+    """
+    A response's head, and its body delivered later to a protocol.
+
+    The same attributes the proxy reads from twisted.web's C{IResponse}:
+    C{code}, C{phrase}, C{headers} (end-to-end), C{connectionHeaders},
+    C{length} and L{deliverBody}.
+    """
+
+    def __init__(
+        self,
+        connection: BackendConnection,
+        code: int,
+        phrase: bytes,
+        headers: Headers,
+        connectionHeaders: Headers,
+        length: int | object,
+    ) -> None:
+        self._connection = connection
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.connectionHeaders = connectionHeaders
+        self.length = length
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        """
+        Stream the body to C{protocol}: C{makeConnection} with a producer
+        (pause, resume, stop), then C{dataReceived}s, then
+        C{connectionLost} with L{ResponseDone}, L{PotentialDataLoss} (a body
+        that ends when the connection does), or another failure.
+        """
+        self._connection.deliverBody(protocol)
+
+
+@implementer(IPushProducer)
+class _BodyProducer:
+    """
+    What a body protocol sees as its transport: pause and resume reading
+    from the backend, or stop (abort the connection).
+    """
+
+    def __init__(self, connection: BackendConnection) -> None:
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection.pauseReading()
+
+    def resumeProducing(self) -> None:
+        self._connection.resumeReading()
+
+    def stopProducing(self) -> None:
+        self._connection.abort()
+
+
+class _FileBody:
+    """
+    Writes a request body from a file to the transport, one chunk each
+    time the transport asks (a pull producer, so memory stays bounded).
+    """
+
+    def __init__(self, transport: Any, content: IO[bytes], done: Callable[[], None]) -> None:
+        self._transport = transport
+        self._content = content
+        self._done = done
+        self._finished = False
+
+    def start(self) -> None:
+        self._transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self._finished:
+            return
+        chunk = self._content.read(BODY_CHUNK)
+        if chunk:
+            self._transport.write(chunk)
+            return
+        self._finished = True
+        self._transport.unregisterProducer()
+        self._done()
+
+    def stopProducing(self) -> None:
+        self._finished = True
+
+
+class BackendConnection(Protocol):
+    """
+    One persistent HTTP/1.1 connection to a backend, carrying one request at
+    a time.
+
+    @ivar reusable: Whether the connection can carry another request once
+        the current exchange is complete.
+    @ivar onIdle: Called with this connection when an exchange completes
+        and it can be reused (set by the pool).
+    @ivar onClosed: Called with this connection when it closes.
+    """
+
+    reusable = True
+    onIdle: Callable[[BackendConnection], None] | None = None
+    onClosed: Callable[[BackendConnection], None] | None = None
+
+    def __init__(self) -> None:
+        self._state = "idle"
+        self._buffer = b""
+        self._method = b""
+        self._pending: Deferred[BackendResponse] | None = None
+        self._received = False
+        self._requestWritten = True
+        self._bodyProtocol: Protocol | None = None
+        self._bodyBuffer: list[bytes] = []
+        self._remaining = 0
+        self._chunked = False
+        self._untilClose = False
+        self._chunkState = "size"
+        self._paused = False
+        self._closed = False
+        self._lostReason: Failure | None = None
+
+    # Requests.
+
+    def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: tuple[IO[bytes], int] | None,
+    ) -> Deferred[BackendResponse]:
+        """
+        Send a request; fires with the response once its head has arrived.
+
+        @param headers: The request's header lines (no framing headers).
+        @param body: The body as a file positioned at its start and its
+            length, or L{None}.
+        """
+        assert self._state == "idle" and not self._closed
+        self._state = "head"
+        self._method = method
+        self._received = False
+        self._buffer = b""
+        d: Deferred[BackendResponse] = Deferred(lambda _: self.abort())
+        self._pending = d
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        if body is not None:
+            lines.append(b"Content-Length: %d\r\n" % (body[1],))
+        elif method in (b"POST", b"PUT", b"PATCH"):
+            lines.append(b"Content-Length: 0\r\n")
+        lines.append(b"\r\n")
+        transport: Any = self.transport
+        if body is not None and 0 < body[1] <= BODY_CHUNK:
+            lines.append(body[0].read(body[1]))
+            body = None
+        transport.write(b"".join(lines))
+        if body is not None and body[1] > 0:
+            self._requestWritten = False
+            _FileBody(transport, body[0], self._bodyWritten).start()
+        else:
+            self._requestWritten = True
+        return d
+
+    def _bodyWritten(self) -> None:
+        self._requestWritten = True
+        self._maybeIdle()
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:
+        if data:
+            self._received = True
+        if self._state == "head":
+            self._buffer += data
+            self._parseHead()
+        elif self._state == "body":
+            self._bodyData(data)
+        elif self._state == "idle":
+            # Bytes nobody asked for: the connection cannot be trusted.
+            self.reusable = False
+            self.abort()
+
+    def _parseHead(self) -> None:
+        while self._state == "head":
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD:
+                    self._fail(InvalidResponse("response head too large"))
+                return
+            if end > MAX_HEAD:
+                self._fail(InvalidResponse("response head too large"))
+                return
+            head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+            try:
+                response = self._response(head)
+            except InvalidResponse as e:
+                self._fail(e)
+                return
+            if response is None:
+                continue  # An interim 1xx response; the real one follows.
+            self._state = "body"
+            pending, self._pending = self._pending, None
+            rest, self._buffer = self._buffer, b""
+            assert pending is not None
+            pending.callback(response)
+            if self._state == "body" and self._length_known_zero():
+                self._bodyDone()
+            elif rest:
+                self._bodyData(rest)
+
+    def _length_known_zero(self) -> bool:
+        return not self._chunked and not self._untilClose and self._remaining == 0
+
+    def _response(self, head: bytes) -> BackendResponse | None:
+        lines = head.split(b"\r\n")
+        match = _STATUS.match(lines[0])
+        if match is None:
+            raise InvalidResponse(f"malformed status line {lines[0][:80]!r}")
+        minor, codeText, phrase = match.groups()
+        code = int(codeText)
+        headers = Headers()
+        connection = Headers()
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.match(name):
+                raise InvalidResponse(f"malformed header line {line[:80]!r}")
+            value = value.strip(b" \t")
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                raise InvalidResponse("control character in a header value")
+            target = connection if name.lower() in _CONNECTION_HEADERS else headers
+            target.addRawHeader(name, value)
+        if 100 <= code < 200:
+            if code == 101:
+                raise InvalidResponse("protocol upgrades are not supported")
+            return None
+        tokens = {
+            t.strip().lower()
+            for v in connection.getRawHeaders(b"connection", [])
+            for t in v.split(b",")
+        }
+        if (minor == b"0" and b"keep-alive" not in tokens) or b"close" in tokens:
+            self.reusable = False
+        length = self._framing(code, connection)
+        return BackendResponse(self, code, phrase or b"", headers, connection, length)
+
+    def _framing(self, code: int, connection: Headers) -> int | object:
+        encodings = connection.getRawHeaders(b"transfer-encoding", [])
+        lengths = connection.getRawHeaders(b"content-length", [])
+        self._chunked = self._untilClose = False
+        self._remaining = 0
+        if self._method == b"HEAD" or code in (204, 304):
+            return 0
+        if encodings:
+            if lengths:
+                raise InvalidResponse("both Content-Length and Transfer-Encoding")
+            codings = [c.strip().lower() for v in encodings for c in v.split(b",")]
+            if codings != [b"chunked"]:
+                raise InvalidResponse("a transfer coding other than chunked")
+            self._chunked = True
+            self._chunkState = "size"
+            return UNKNOWN_LENGTH
+        if lengths:
+            values = {v.strip() for value in lengths for v in value.split(b",")}
+            if len(values) != 1:
+                raise InvalidResponse("conflicting Content-Length headers")
+            (value,) = values
+            if not (value.isdigit() and value.isascii()):
+                raise InvalidResponse("malformed Content-Length")
+            self._remaining = int(value)
+            return self._remaining
+        self._untilClose = True
+        self.reusable = False
+        return UNKNOWN_LENGTH
+
+    # The body.
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        """
+        See L{BackendResponse.deliverBody}.
+        """
+        self._bodyProtocol = protocol
+        protocol.makeConnection(_BodyProducer(self))  # type: ignore[arg-type]
+        buffered, self._bodyBuffer = self._bodyBuffer, []
+        for data in buffered:
+            protocol.dataReceived(data)
+        if self._state == "done-body":
+            self._finishBody(self._lostReason)
+
+    def _emit(self, data: bytes) -> None:
+        if self._bodyProtocol is not None:
+            self._bodyProtocol.dataReceived(data)
+        else:
+            self._bodyBuffer.append(data)
+
+    def _bodyData(self, data: bytes) -> None:
+        if self._untilClose:
+            self._emit(data)
+        elif not self._chunked:
+            take = data[: self._remaining]
+            self._remaining -= len(take)
+            if take:
+                self._emit(take)
+            if self._remaining == 0:
+                if len(data) > len(take):
+                    self.reusable = False  # Bytes beyond the body: distrust.
+                self._bodyDone()
+        else:
+            self._buffer += data
+            self._chunks()
+
+    def _chunks(self) -> None:
+        while self._state == "body":
+            if self._chunkState == "size":
+                end = self._buffer.find(b"\r\n")
+                if end < 0:
+                    if len(self._buffer) > 1024:
+                        self._bodyFailed(InvalidResponse("malformed chunk size"))
+                    return
+                sizeText = self._buffer[:end].split(b";", 1)[0].strip(b" \t")
+                self._buffer = self._buffer[end + 2 :]
+                if not _CHUNK_SIZE.match(sizeText):
+                    self._bodyFailed(InvalidResponse("malformed chunk size"))
+                    return
+                self._remaining = int(sizeText, 16)
+                self._chunkState = "data" if self._remaining else "trailer"
+            elif self._chunkState == "data":
+                if not self._buffer:
+                    return
+                take = self._buffer[: self._remaining]
+                self._buffer = self._buffer[len(take) :]
+                self._remaining -= len(take)
+                self._emit(take)
+                if self._remaining == 0:
+                    self._chunkState = "crlf"
+            elif self._chunkState == "crlf":
+                if len(self._buffer) < 2:
+                    return
+                if self._buffer[:2] != b"\r\n":
+                    self._bodyFailed(InvalidResponse("malformed chunk"))
+                    return
+                self._buffer = self._buffer[2:]
+                self._chunkState = "size"
+            else:  # trailer section: skip lines up to the empty one
+                end = self._buffer.find(b"\r\n")
+                if end < 0:
+                    if len(self._buffer) > MAX_HEAD:
+                        self._bodyFailed(InvalidResponse("trailer section too large"))
+                    return
+                line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+                if not line:
+                    if self._buffer:
+                        self.reusable = False
+                    self._bodyDone()
+
+    def _bodyDone(self) -> None:
+        self._state = "done-body"
+        self._lostReason = None
+        if self._bodyProtocol is not None:
+            self._finishBody(None)
+
+    def _bodyFailed(self, error: Exception) -> None:
+        self.reusable = False
+        self._state = "done-body"
+        self._lostReason = Failure(ResponseFailed([Failure(error)]))
+        if self._bodyProtocol is not None:
+            self._finishBody(self._lostReason)
+        self.abort()
+
+    def _finishBody(self, reason: Failure | None) -> None:
+        protocol, self._bodyProtocol = self._bodyProtocol, None
+        self._state = "finished"
+        if reason is None:
+            self._maybeIdle()
+        if protocol is not None:
+            protocol.connectionLost(reason or Failure(ResponseDone()))
+
+    def _maybeIdle(self) -> None:
+        if self._state != "finished" or not self._requestWritten:
+            return
+        self._state = "idle"
+        self._buffer = b""
+        if self._paused:
+            self.resumeReading()
+        if self.reusable and not self._closed and self.onIdle is not None:
+            self.onIdle(self)
+        elif not self._closed:
+            self.close()
+
+    # Flow control and closing.
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the backend (the client is slow).
+        """
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeReading(self) -> None:
+        """
+        Read from the backend again.
+        """
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """
+        Close the connection cleanly.
+        """
+        self.reusable = False
+        if self.transport is not None and not self._closed:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once: its current exchange fails.
+        """
+        self.reusable = False
+        if self.transport is not None and not self._closed:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _fail(self, error: Exception) -> None:
+        self.reusable = False
+        pending, self._pending = self._pending, None
+        self.abort()
+        if pending is not None:
+            pending.errback(Failure(ResponseFailed([Failure(error)])))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        self.reusable = False
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.called:
+            if not self._requestWritten:
+                pending.errback(Failure(RequestTransmissionFailed([reason])))
+            elif self._received:
+                pending.errback(Failure(ResponseFailed([reason])))
+            else:
+                pending.errback(Failure(ResponseNeverReceived([reason])))
+        elif self._state == "body":
+            if self._untilClose:
+                self._lostReason = Failure(PotentialDataLoss())
+            else:
+                self._lostReason = Failure(ResponseFailed([reason]))
+            self._state = "done-body"
+            if self._bodyProtocol is not None:
+                self._finishBody(self._lostReason)
+        if self.onClosed is not None:
+            self.onClosed(self)
+
+
+__all__ = [
+    "BackendConnection",
+    "BackendResponse",
+    "CancelledError",
+    "InvalidResponse",
+]
