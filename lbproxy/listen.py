@@ -28,6 +28,7 @@ import os
 import attrs
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTCP, IStreamServerEndpoint
+from twisted.protocols.haproxy import proxyEndpoint
 
 from lbproxy.tls import (
     CertificateFiles,
@@ -45,6 +46,7 @@ __all__ = [
     "missingCertificateFiles",
     "parseListen",
     "serverEndpointForListen",
+    "socketDescription",
 ]
 
 DEFAULT_LISTEN = "ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt"
@@ -265,11 +267,41 @@ def _serverFromString(reactor: IReactorTCP, description: str) -> IStreamServerEn
     return endpoint
 
 
+_SOCKET_TYPES = ("tcp", "tcp6", "unix")
+
+
+def socketDescription(spec: ListenSpec) -> str:
+    """
+    The endpoint description of the plain listening socket under C{spec}:
+    the TCP socket of an C{ssl:} listener, the socket under an C{haproxy:}
+    one, the description itself for C{tcp:}, C{tcp6:} and C{unix:}.  This
+    is what a process binds for another to adopt (L{lbproxy.workers}).
+
+    @raise ListenError: for other types (C{systemd:}, plugins), whose
+        socket is not lbproxy's to bind.
+    """
+    if spec.isTLS:
+        return f"tcp:{spec.port}:interface={_escape(spec.interface)}:backlog={spec.backlog}"
+    kind, _, rest = spec.description.partition(":")
+    if kind == "haproxy":
+        kind = rest.partition(":")[0]
+        description = rest
+    else:
+        description = spec.description
+    if kind not in _SOCKET_TYPES:
+        raise _error(
+            spec.description,
+            "only ssl:, tcp:, tcp6:, unix: and haproxy: listeners can be shared by --workers",
+        )
+    return description
+
+
 def serverEndpointForListen(
     reactor: IReactorTCP,
     spec: ListenSpec,
     adhocCertificate: CertificateSource | None,
     settings: ServerTLSSettings = _DEFAULT_TLS,
+    bound: IStreamServerEndpoint | None = None,
 ) -> IStreamServerEndpoint:
     """
     The endpoint to listen on for C{spec}.  For C{ssl:} this reads the key
@@ -284,12 +316,18 @@ def serverEndpointForListen(
     @param settings: the TLS policy and the certificates chosen by server
         name, shared by every C{ssl:} listener; the listener's own
         certificate is the default.
+    @param bound: an endpoint over the socket L{socketDescription} names,
+        already bound by another process; L{None} to bind it here.
 
     @raise ListenError: if the endpoint cannot be made, e.g. a certificate
         file is missing or does not match its key.
     """
     if not spec.isTLS:
-        return _serverFromString(reactor, spec.description)
+        if bound is None:
+            return _serverFromString(reactor, spec.description)
+        if spec.description.startswith("haproxy:"):
+            return proxyEndpoint(bound)
+        return bound
     default: CertificateSource
     if spec.privateKey is not None:
         default = CertificateFiles(spec.privateKey, spec.certKey, spec.extraCertChain)
@@ -305,8 +343,9 @@ def serverEndpointForListen(
         serverTLS = ServerTLS(default, settings)
     except TLSConfigError as e:
         raise _error(spec.description, str(e)) from e
-    tcp = f"tcp:{spec.port}:interface={_escape(spec.interface)}:backlog={spec.backlog}"
-    return TLSServerEndpoint(_serverFromString(reactor, tcp), serverTLS)
+    if bound is None:
+        bound = _serverFromString(reactor, socketDescription(spec))
+    return TLSServerEndpoint(bound, serverTLS)
 
 
 def missingCertificateFiles(spec: ListenSpec) -> list[str]:

@@ -7,14 +7,19 @@ each other; nothing else in lbproxy constructs its own collaborators.
 from __future__ import annotations
 
 import resource
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -88,6 +93,10 @@ class LoadBalancerService(MultiService):
     endpoint cannot be bound, those already bound are closed and
     L{StartupError} is raised, so nothing is left listening.
 
+    Given C{bound} endpoints (sockets another process bound, see
+    L{lbproxy.workers}), it listens on those instead of binding: one per
+    C{--listen}, in order, then one for C{--redirect-http}.
+
     @ivar ports: The listening ports, in C{--listen} order, once started.
     @ivar site: The proxy's site.
     @ivar pool: The backends.
@@ -96,10 +105,15 @@ class LoadBalancerService(MultiService):
     _log = Logger()
 
     def __init__(
-        self, config: LoadBalancerConfig, reactor: IReactorTCP, clock: IReactorTime
+        self,
+        config: LoadBalancerConfig,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        bound: Sequence[IStreamServerEndpoint] = (),
     ) -> None:
         super().__init__()
         self._config = config
+        self._bound = list(bound)
         self._reactor = reactor
         self._clock = clock
         self.pool = BackendPool(list(config.backends))
@@ -179,9 +193,11 @@ class LoadBalancerService(MultiService):
                 names=", ".join(defaultHostnames()),
                 fingerprint=fingerprint,
             )
-        for spec in config.listens:
+        for index, spec in enumerate(config.listens):
             try:
-                endpoint = serverEndpointForListen(self._reactor, spec, adhoc, config.tls)
+                endpoint = serverEndpointForListen(
+                    self._reactor, spec, adhoc, config.tls, self._boundFor(index)
+                )
             except (ListenError, TLSConfigError) as e:
                 raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
             self.ports.append(self._listenNow(spec.description, self.site, endpoint))
@@ -211,7 +227,19 @@ class LoadBalancerService(MultiService):
         """
         index = next(i for i, s in enumerate(self._config.listens) if s.isTLS)
         httpsPort: int = self.ports[index].getHost().port  # type: ignore[attr-defined]
-        self.ports.append(self._listenNow(spec.description, redirectSite(httpsPort)))
+        bound = self._boundFor(len(self._config.listens))
+        endpoint = (
+            None
+            if bound is None
+            else serverEndpointForListen(self._reactor, spec, None, bound=bound)
+        )
+        self.ports.append(self._listenNow(spec.description, redirectSite(httpsPort), endpoint))
+
+    def _boundFor(self, index: int) -> IStreamServerEndpoint | None:
+        """
+        The already-bound endpoint for listener C{index}, if there is one.
+        """
+        return self._bound[index] if index < len(self._bound) else None
 
     def reloadCertificates(self) -> bool:
         """
@@ -282,13 +310,17 @@ class LoadBalancerService(MultiService):
 
 
 def makeLoadBalancer(
-    config: LoadBalancerConfig, reactor: IReactorTCP, clock: IReactorTime
+    config: LoadBalancerConfig,
+    reactor: IReactorTCP,
+    clock: IReactorTime,
+    bound: Sequence[IStreamServerEndpoint] = (),
 ) -> LoadBalancerService:
     """
     Assemble the load balancer described by C{config}, networking through
-    C{reactor} and timing with C{clock} (usually the same reactor).
+    C{reactor} and timing with C{clock} (usually the same reactor), on
+    sockets already C{bound} if given (see L{LoadBalancerService}).
     """
-    return LoadBalancerService(config, reactor, clock)
+    return LoadBalancerService(config, reactor, clock, bound)
 
 
 def _raiseOpenFileLimit(maxConnections: int) -> None:

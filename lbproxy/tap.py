@@ -45,6 +45,7 @@ from lbproxy.sticky import DEFAULT_COOKIE
 from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
 from lbproxy.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.upstream import UpstreamSettings
+from lbproxy.workers import checkWorkers, makeSupervisor, parseWorkers
 
 ADHOC_LISTEN = "ssl:443"
 
@@ -329,6 +330,14 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             "30",
             "Seconds an idle backend connection is kept open.",
         ],
+        [
+            "workers",
+            None,
+            "1",
+            "Processes serving clients, sharing the listening sockets (auto: one "
+            "per CPU); with more than 1, a supervisor binds the sockets, starts "
+            "the workers and restarts any that dies.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -340,6 +349,8 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         self["listen"] = []
         self["allow-host"] = []
         self.config: LoadBalancerConfig | None = None
+        self.workers = 1
+        self.arguments: list[str] = []
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
@@ -363,6 +374,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         Parse the command line; a usage error is reported as one line on
         standard error and exits with status 2, without a usage dump.
         """
+        self.arguments = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -376,6 +388,8 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         L{usage.UsageError} with one clear line for anything wrong.
         """
         self.config = buildConfig(self)
+        self.workers = parseWorkers(self["workers"])
+        checkWorkers(self.workers, self.config)
 
 
 def _backends(options: Options) -> list[Backend]:
@@ -559,6 +573,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         config = buildConfig(options)
     network: IReactorTCP = reactor
     clock: IReactorTime = reactor
+    if options.workers > 1:
+        return _TwistdRoot(
+            makeSupervisor(options.workers, config, options.arguments, reactor), reactor
+        )
     return _TwistdRoot(makeLoadBalancer(config, network, clock), reactor)
 
 

@@ -1,0 +1,589 @@
+"""
+Several processes, one set of sockets: C{--workers N}.
+
+Twisted runs in one thread, so one lbproxy process uses one core.  With
+C{--workers N} (N > 1) the process twistd runs is a supervisor,
+L{WorkerSupervisor}, that does no proxying:
+
+  - it binds the plain socket under every C{--listen} (and
+    C{--redirect-http}): the TCP socket of an C{ssl:} listener, the socket
+    under an C{haproxy:} one (L{lbproxy.listen.socketDescription}), and
+    never accepts on them itself;
+  - it starts N workers, each C{python -m lbproxy.workers --fds 3,4,...
+    ARGS}, with those sockets as the worker's file descriptors 3, 4... and
+    ARGS the supervisor's own lbproxy arguments.  A worker (L{workerMain})
+    runs the single-process load balancer on the sockets it was given
+    (L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}), doing TLS
+    itself; every worker accepts from the same sockets, and the kernel
+    gives each new connection to one of them;
+  - a worker's standard output and error are pipes to the supervisor, which
+    logs each line it reads, with the worker's slot and pid as the log
+    system; a worker's standard input is a pipe from the supervisor, whose
+    end (the supervisor died) makes the worker drain and exit;
+  - SIGHUP is sent on to every worker (certificate reload); on SIGTERM or
+    SIGINT the supervisor closes its copy of the sockets and sends SIGTERM
+    to every worker, each drains (C{--drain-timeout}) and exits, and the
+    supervisor exits when they have (it kills a worker still there
+    L{KILL_GRACE} seconds after the drain timeout);
+  - a worker that exits when it was not asked to is started again in its
+    slot, no sooner than L{RestartPolicy} allows.
+
+Health checks, ejections, retry budgets and sticky-cookie keys (unless
+C{--sticky-secret-file}) are each worker's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import fdesc
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorTime,
+)
+from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText, globalLogBeginner
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lbproxy.listen import ListenError, ListenSpec, socketDescription
+from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
+
+__all__ = [
+    "KILL_GRACE",
+    "RestartPolicy",
+    "WorkerSupervisor",
+    "checkWorkers",
+    "makeSupervisor",
+    "parseWorkers",
+    "workerArgv",
+    "workerMain",
+]
+
+FIRST_FD = 3
+"""
+The worker's file descriptor for the first socket; the others follow.
+"""
+
+KILL_GRACE = 10.0
+"""
+Seconds after the drain timeout that a stopping worker is killed (SIGKILL).
+"""
+
+_MAX_LINE = 64 * 1024
+
+
+def _cpuCount() -> int:
+    """
+    The CPUs this process may run on (its affinity, e.g. under C{taskset}),
+    or all of them where that is not known.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def parseWorkers(text: str, cpuCount: Callable[[], int] = _cpuCount) -> int:
+    """
+    The number of processes C{--workers} asks for: a whole number from 1,
+    or C{auto} for one per CPU this process may use.
+
+    @raise usage.UsageError: For anything else.
+    """
+    if text.strip().lower() == "auto":
+        return max(1, cpuCount())
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise usage.UsageError(f"--workers must be a whole number from 1, or auto, not {text!r}")
+    return count
+
+
+def _sharedListens(config: LoadBalancerConfig) -> list[ListenSpec]:
+    """
+    Every listener the workers share: C{--listen} in order, then
+    C{--redirect-http}.
+    """
+    return list(config.listens) + ([config.redirectHTTP] if config.redirectHTTP is not None else [])
+
+
+def checkWorkers(count: int, config: LoadBalancerConfig) -> None:
+    """
+    Refuse what C{--workers} C{count} cannot do with C{config}: C{--demo}
+    (its backends live in one process), and listeners whose socket lbproxy
+    does not bind itself (C{systemd:}, plugins).
+
+    @raise usage.UsageError: With one line saying which.
+    """
+    if count == 1:
+        return
+    if config.demo:
+        raise usage.UsageError(
+            "--demo runs its backends inside the one lbproxy process; use it without --workers"
+        )
+    for spec in _sharedListens(config):
+        try:
+            socketDescription(spec)
+        except ListenError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+@attrs.frozen
+class RestartPolicy:
+    """
+    When a worker that exited unexpectedly is started again.
+
+    A worker that ran at least C{stableAfter} seconds is restarted at once.
+    One that exits sooner is in a crash loop: it is restarted C{interval}
+    seconds after it last started, then twice that after the next quick
+    exit, and so on up to C{maxDelay}; so a slot never restarts more than
+    once per C{interval}, and a worker that cannot start costs little.
+    """
+
+    interval: float = 1.0
+    maxDelay: float = 30.0
+    stableAfter: float = 10.0
+
+    def after(self, ranFor: float, quickExits: int) -> tuple[float, int]:
+        """
+        The delay before restarting a worker that ran C{ranFor} seconds,
+        after C{quickExits} quick exits in a row before this one; and the
+        count of quick exits in a row including this one.
+        """
+        if ranFor >= self.stableAfter:
+            return 0.0, 0
+        quickExits += 1
+        wait = min(self.maxDelay, self.interval * 2 ** (quickExits - 1))
+        return max(0.0, wait - ranFor), quickExits
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """
+    One worker's place: the process in it now, and its restart history.
+    """
+
+    number: int
+    process: IProcessTransport | None = None
+    pid: int | None = None
+    startedAt: float = 0.0
+    quickExits: int = 0
+    restart: IDelayedCall | None = None
+    waiting: list[Deferred[None]] = attrs.Factory(list)
+
+    def whenEnded(self) -> Deferred[None]:
+        """
+        Fires when the process now in this slot has ended.
+        """
+        d: Deferred[None] = Deferred()
+        if self.process is None:
+            d.callback(None)
+        else:
+            self.waiting.append(d)
+        return d
+
+
+def _describeExit(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exit status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = str(value.signal)
+            return f"signal {name}"
+        return f"exit status {value.exitCode}"
+    return reason.getErrorMessage()
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """
+    The supervisor's end of one worker's pipes: each line the worker writes
+    is logged; its end is reported to the supervisor.
+    """
+
+    def __init__(self, supervisor: WorkerSupervisor, slot: _Slot) -> None:
+        self._supervisor = supervisor
+        self._slot = slot
+        self.pid: int | None = None
+        self._partial: dict[int, bytes] = {}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > _MAX_LINE:
+            lines.append(rest)
+            rest = b""
+        if rest:
+            self._partial[childFD] = rest
+        for line in lines:
+            self._supervisor._relay(self._slot, self.pid, childFD, line)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in sorted(self._partial.items()):
+            self._supervisor._relay(self._slot, self.pid, childFD, rest)
+        self._partial.clear()
+        self._supervisor._ended(self._slot, reason)
+
+
+class WorkerSupervisor(Service):
+    """
+    Binds the shared sockets and keeps C{count} workers running on them;
+    see the module docstring.
+
+    @ivar ports: The supervisor's listening ports (never read from), in the
+        order of the sockets given, once bound.
+    @ivar slots: One per worker.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        count: int,
+        sockets: Sequence[str],
+        argv: Callable[[Sequence[int]], list[str]],
+        reactor: Any,
+        clock: IReactorTime,
+        drainTimeout: float,
+        policy: RestartPolicy = RestartPolicy(),
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        """
+        @param count: How many workers.
+        @param sockets: The endpoint descriptions of the sockets to bind and
+            share (L{lbproxy.listen.socketDescription}).
+        @param argv: Given the workers' file descriptor numbers for the
+            sockets, in order, the command that starts a worker.
+        @param reactor: Provides L{IReactorProcess} to start workers, and
+            what C{sockets} need to be bound (L{IReactorTCP}...).
+        @param clock: Times restarts and the kill after a drain.
+        @param drainTimeout: Seconds a worker may take to drain on SIGTERM.
+        @param policy: When to restart a worker that exited.
+        @param environment: The workers' environment; the supervisor's if
+            L{None}.
+        """
+        self._sockets = list(sockets)
+        self._argv = argv
+        self._reactor = reactor
+        self._clock = clock
+        self._drainTimeout = drainTimeout
+        self._policy = policy
+        self._environment = environment
+        self.ports: list[IListeningPort] = []
+        self.slots = [_Slot(number) for number in range(1, count + 1)]
+        self._bound = False
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every socket, all or nothing: if one cannot be bound, those
+        already bound are closed and L{StartupError} is raised.
+        """
+        if not self._bound:
+            self._bound = True
+            try:
+                for description in self._sockets:
+                    self.ports.append(self._bind(description))
+            except StartupError:
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                self._bound = False
+                raise
+        super().privilegedStartService()
+
+    def _bind(self, description: str) -> IListeningPort:
+        factory = ServerFactory()
+        factory.noisy = False
+        results: list[Any] = []
+        try:
+            endpoint = serverFromString(self._reactor, description)  # type: ignore[no-untyped-call]
+            endpoint.listen(factory).addBoth(results.append)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StartupError(f"cannot listen on {description!r}: {e}") from None
+        if not results or isinstance(results[0], Failure):
+            reason = results[0].getErrorMessage() if results else "it did not complete"
+            raise StartupError(f"cannot listen on {description!r}: {reason}")
+        port: Any = results[0]
+        # The workers accept; the supervisor only holds the socket open.
+        port.stopReading()
+        listening: IListeningPort = port
+        return listening
+
+    def startService(self) -> None:
+        if not self._bound:
+            self.privilegedStartService()
+        super().startService()
+        self._log.info(
+            "lbproxy starting {count} workers on {sockets}",
+            count=len(self.slots),
+            sockets=", ".join(self._sockets),
+        )
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
+        slot.restart = None
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        numbers = []
+        for index, port in enumerate(self.ports):
+            childFDs[FIRST_FD + index] = port.fileno()  # type: ignore[attr-defined]
+            numbers.append(FIRST_FD + index)
+        argv = self._argv(numbers)
+        protocol = _WorkerProtocol(self, slot)
+        spawner: IReactorProcess = self._reactor
+        slot.process = spawner.spawnProcess(
+            protocol, argv[0], argv, env=self._environment, childFDs=childFDs
+        )
+        slot.pid = protocol.pid = slot.process.pid
+        slot.startedAt = self._clock.seconds()
+        self._log.info("worker {slot} started: pid {pid}", slot=slot.number, pid=slot.pid)
+
+    def _relay(self, slot: _Slot, pid: int | None, childFD: int, line: bytes) -> None:
+        """
+        Log a line worker C{slot} wrote on C{childFD}.
+        """
+        self._log.emit(
+            LogLevel.info if childFD == 1 else LogLevel.warn,
+            "{line}",
+            line=line.decode("utf-8", "replace").rstrip("\r"),
+            log_system=f"worker {slot.number} pid {pid}",
+        )
+
+    def _ended(self, slot: _Slot, reason: Failure) -> None:
+        pid, slot.process = slot.pid, None
+        waiting, slot.waiting = slot.waiting, []
+        how = _describeExit(reason)
+        if not self.running:
+            self._log.info(
+                "worker {slot} (pid {pid}) exited: {how}", slot=slot.number, pid=pid, how=how
+            )
+        else:
+            ranFor = self._clock.seconds() - slot.startedAt
+            delay, slot.quickExits = self._policy.after(ranFor, slot.quickExits)
+            self._log.warn(
+                "worker {slot} (pid {pid}) exited unexpectedly ({how}) after "
+                "{ranFor:.1f} s; starting another in {delay:.1f} s",
+                slot=slot.number,
+                pid=pid,
+                how=how,
+                ranFor=ranFor,
+                delay=delay,
+            )
+            slot.restart = self._clock.callLater(delay, self._start, slot)
+        for d in waiting:
+            d.callback(None)
+
+    def signalWorkers(self, name: str) -> int:
+        """
+        Send signal C{name} (e.g. C{"HUP"}) to every running worker.
+
+        @return: How many were sent.
+        """
+        sent = 0
+        for slot in self.slots:
+            if slot.process is not None:
+                try:
+                    slot.process.signalProcess(name)
+                    sent += 1
+                except (ProcessExitedAlready, OSError):
+                    pass
+        return sent
+
+    def reloadCertificates(self) -> bool:
+        """
+        SIGHUP: every worker reloads its certificates.
+        """
+        sent = self.signalWorkers("HUP")
+        self._log.info("sent SIGHUP to {count} workers", count=sent)
+        return True
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Close the supervisor's copy of the sockets, send SIGTERM to every
+        worker and fire once all have exited; cancel pending restarts. A
+        worker still there L{KILL_GRACE} seconds after the drain timeout is
+        killed.
+        """
+        super().stopService()
+        for slot in self.slots:
+            if slot.restart is not None and slot.restart.active():
+                slot.restart.cancel()
+            slot.restart = None
+        closed: list[Deferred[Any]] = [maybeDeferred(port.stopListening) for port in self.ports]
+        self.ports = []
+        self._bound = False
+        ended: list[Deferred[Any]] = [slot.whenEnded() for slot in self.slots]
+        sent = self.signalWorkers("TERM")
+        self._log.info("sent SIGTERM to {count} workers; waiting for them to drain", count=sent)
+        killer = self._clock.callLater(self._drainTimeout + KILL_GRACE, self._killAll)
+        done = DeferredList(closed + ended, consumeErrors=True)
+
+        def finished(result: object) -> object:
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return done.addBoth(finished)
+
+    def _killAll(self) -> None:
+        sent = self.signalWorkers("KILL")
+        if sent:
+            self._log.warn("killed {count} workers still running after the drain", count=sent)
+
+
+def workerArgv(arguments: Sequence[str]) -> Callable[[Sequence[int]], list[str]]:
+    """
+    The command that starts a worker with lbproxy C{arguments}, given its
+    socket file descriptors (for L{WorkerSupervisor}).
+    """
+
+    def argv(fds: Sequence[int]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "lbproxy.workers",
+            "--fds",
+            ",".join(str(fd) for fd in fds),
+            *arguments,
+        ]
+
+    return argv
+
+
+def workerEnvironment() -> dict[str, str]:
+    """
+    The supervisor's environment, with the directory lbproxy was imported
+    from first on C{PYTHONPATH}, so that workers run the same code.
+    """
+    import lbproxy
+
+    environment = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(lbproxy.__file__)))
+    path = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = here if not path else here + os.pathsep + path
+    return environment
+
+
+def makeSupervisor(
+    count: int, config: LoadBalancerConfig, arguments: Sequence[str], reactor: Any
+) -> WorkerSupervisor:
+    """
+    The supervisor of C{count} workers for C{config}, each started with the
+    same lbproxy C{arguments}.  The supervisor serves no requests, so it
+    closes the access log file C{config} opened (each worker opens its own).
+    """
+    config.accessLog.close()
+    return WorkerSupervisor(
+        count,
+        [socketDescription(spec) for spec in _sharedListens(config)],
+        workerArgv(arguments),
+        reactor,
+        reactor,
+        config.drainTimeout,
+        environment=workerEnvironment(),
+    )
+
+
+class _SupervisorPipe(FileDescriptor):
+    """
+    A worker's standard input, a pipe from the supervisor: C{lost} is
+    called when it closes, i.e. the supervisor has exited.
+    """
+
+    def __init__(self, reactor: Any, fd: int, lost: Callable[[], object]) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        self._lost = lost
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self._fd, lambda data: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._lost()
+
+
+def _textObserver(stream: TextIO) -> ILogObserver:
+    """
+    Writes each event as one line of text (and any traceback), with no
+    time or system: the supervisor adds those when it logs the line.
+    """
+
+    @implementer(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        stream.write(eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
+        stream.flush()
+
+    return observe  # type: ignore[return-value]
+
+
+def _adopted(reactor: Any, fd: int) -> AdoptedStreamServerEndpoint:
+    with socket.socket(fileno=fd) as s:
+        family = s.family
+        s.detach()
+    return AdoptedStreamServerEndpoint(reactor, fd, family)  # type: ignore[no-untyped-call]
+
+
+def workerMain(argv: Sequence[str] | None = None) -> int:
+    """
+    Run one worker: C{--fds 3,4,... ARGS}, ARGS being C{twistd lbproxy}'s
+    arguments.  It serves on the given sockets until SIGTERM, SIGINT or the
+    end of its standard input, then drains and returns 0.
+    """
+    from twisted.internet import reactor
+
+    from lbproxy.tap import Options, _TwistdRoot
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "--fds":
+        sys.stderr.write("usage: python -m lbproxy.workers --fds FD,... LBPROXY-ARGUMENTS\n")
+        return 2
+    fds = [int(fd) for fd in args[1].split(",") if fd]
+    options = Options()
+    options.parseOptions(args[2:])
+    config = options.config
+    assert config is not None
+    globalLogBeginner.beginLoggingTo(
+        [_textObserver(sys.stdout)], discardBuffer=True, redirectStandardIO=False
+    )
+    service = makeLoadBalancer(
+        config,
+        reactor,
+        reactor,
+        [_adopted(reactor, fd) for fd in fds],  # type: ignore[arg-type]
+    )
+    root = _TwistdRoot(service, reactor)
+    root.privilegedStartService()
+    _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
+    root.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(workerMain())
