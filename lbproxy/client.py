@@ -14,7 +14,7 @@ with L{InvalidResponse} and its connection is aborted, never reused.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,7 +28,6 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
@@ -59,6 +58,45 @@ _CONNECTION_HEADERS = frozenset(
 )
 
 
+class HeaderLines:
+    """
+    Response header lines as received, read through the part of
+    L{twisted.web.http_headers.Headers}' interface the proxy uses, without
+    copying or re-checking every value (the parser already checked them).
+    """
+
+    def __init__(self, lines: Sequence[tuple[bytes, bytes]]) -> None:
+        self._lines = lines
+
+    def getAllRawHeaders(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """
+        Each header name with all its values, in order of first appearance.
+        """
+        grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        for name, value in self._lines:
+            entry = grouped.get(name.lower())
+            if entry is None:
+                grouped[name.lower()] = (name, [value])
+            else:
+                entry[1].append(value)
+        return iter(grouped.values())
+
+    def getRawHeaders(self, name: bytes, default: Any = None) -> Any:
+        """
+        All values of header C{name} (case-insensitive), or C{default}.
+        """
+        lower = name.lower()
+        values = [value for key, value in self._lines if key.lower() == lower]
+        return values if values else default
+
+    def hasHeader(self, name: bytes) -> bool:
+        """
+        Whether there is a header C{name}.
+        """
+        lower = name.lower()
+        return any(key.lower() == lower for key, _ in self._lines)
+
+
 class InvalidResponse(Exception):
     """
     A backend's response cannot be relayed safely (malformed status line or
@@ -81,8 +119,8 @@ class BackendResponse:
         connection: BackendConnection,
         code: int,
         phrase: bytes,
-        headers: Headers,
-        connectionHeaders: Headers,
+        headers: HeaderLines,
+        connectionHeaders: HeaderLines,
         length: int | object,
     ) -> None:
         self._connection = connection
@@ -279,38 +317,44 @@ class BackendConnection(Protocol):
         return not self._chunked and not self._untilClose and self._remaining == 0
 
     def _response(self, head: bytes) -> BackendResponse | None:
+        crlf = head.count(b"\r\n")
+        if crlf != head.count(b"\n") or crlf != head.count(b"\r") or b"\x00" in head:
+            raise InvalidResponse("bare CR, LF or NUL in the response head")
         lines = head.split(b"\r\n")
         match = _STATUS.match(lines[0])
         if match is None:
             raise InvalidResponse(f"malformed status line {lines[0][:80]!r}")
         minor, codeText, phrase = match.groups()
         code = int(codeText)
-        headers = Headers()
-        connection = Headers()
+        endToEnd: list[tuple[bytes, bytes]] = []
+        connection: list[tuple[bytes, bytes]] = []
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.match(name):
                 raise InvalidResponse(f"malformed header line {line[:80]!r}")
-            value = value.strip(b" \t")
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
-                raise InvalidResponse("control character in a header value")
-            target = connection if name.lower() in _CONNECTION_HEADERS else headers
-            target.addRawHeader(name, value)
+            pair = (name, value.strip(b" \t"))
+            if name.lower() in _CONNECTION_HEADERS:
+                connection.append(pair)
+            else:
+                endToEnd.append(pair)
         if 100 <= code < 200:
             if code == 101:
                 raise InvalidResponse("protocol upgrades are not supported")
             return None
+        connectionHeaders = HeaderLines(connection)
         tokens = {
             t.strip().lower()
-            for v in connection.getRawHeaders(b"connection", [])
+            for v in connectionHeaders.getRawHeaders(b"connection", [])
             for t in v.split(b",")
         }
         if (minor == b"0" and b"keep-alive" not in tokens) or b"close" in tokens:
             self.reusable = False
-        length = self._framing(code, connection)
-        return BackendResponse(self, code, phrase or b"", headers, connection, length)
+        length = self._framing(code, connectionHeaders)
+        return BackendResponse(
+            self, code, phrase or b"", HeaderLines(endToEnd), connectionHeaders, length
+        )
 
-    def _framing(self, code: int, connection: Headers) -> int | object:
+    def _framing(self, code: int, connection: HeaderLines) -> int | object:
         encodings = connection.getRawHeaders(b"transfer-encoding", [])
         lengths = connection.getRawHeaders(b"content-length", [])
         self._chunked = self._untilClose = False

@@ -8,9 +8,13 @@ Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Union
 
 import attrs
 from twisted.web.http_headers import Headers
+
+if TYPE_CHECKING:
+    from lbproxy.client import HeaderLines
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -64,7 +68,13 @@ class ClientInfo:
     trusted: bool = False
 
 
-def connectionTokens(headers: Headers) -> frozenset[bytes]:
+RawHeaders = Union[Headers, "HeaderLines"]
+"""
+Headers to read: twisted.web's, or the lean client's response lines.
+"""
+
+
+def connectionTokens(headers: RawHeaders) -> frozenset[bytes]:
     """
     The lower-cased header names listed in C{Connection}, which are
     hop-by-hop for this message.
@@ -78,7 +88,9 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def _endToEnd(headers: Headers, alsoDrop: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
+def _endToEnd(
+    headers: RawHeaders, alsoDrop: Iterable[bytes]
+) -> Iterator[tuple[bytes, list[bytes]]]:
     drop = HOP_BY_HOP | connectionTokens(headers) | frozenset(alsoDrop)
     for name, values in headers.getAllRawHeaders():
         if name.lower() not in drop:
@@ -178,7 +190,7 @@ def originalClient(
 
 
 def responseHeadersForClient(
-    incoming: Headers, connection: Headers | None = None
+    incoming: RawHeaders, connection: RawHeaders | None = None
 ) -> Iterator[tuple[bytes, list[bytes]]]:
     """
     The backend's response headers that are relayed to the client: all but
