@@ -133,11 +133,9 @@ class ProxyChannel(http.HTTPChannel):
             return
         if not self._busy and self._phase != "body" and data:
             self._startHeaderTimer()
-            head = data
-            end = (self._lastByte + data).find(b"\r\n\r\n")
-            if end >= 0:
-                head = data[: max(0, end + 4 - len(self._lastByte))]
-            if _bareLF(self._lastByte + head):
+            window = self._lastByte + data
+            end = window.find(b"\r\n\r\n")
+            if _bareLF(window if end < 0 else window[: end + 4]):
                 self.reject(badRequest("line ending without CR"))
                 return
             self._lastByte = data[-1:]
@@ -279,12 +277,7 @@ def _bareLF(data: bytes) -> bool:
     """
     Whether C{data} has a line feed not preceded by a carriage return.
     """
-    position = data.find(b"\n")
-    while position >= 0:
-        if position == 0 or data[position - 1 : position] != b"\r":
-            return True
-        position = data.find(b"\n", position + 1)
-    return False
+    return data.count(b"\n") != data.count(b"\r\n")
 
 
 class _Overloaded(Protocol):
