@@ -58,11 +58,16 @@ class RetryBudget:
     window: int = 10
     _requests: dict[int, int] = attrs.field(factory=dict)
     _retries: dict[int, int] = attrs.field(factory=dict)
+    _prunedAt: int = -1
 
     def _now(self) -> int:
         return math.floor(self.clock.seconds())
 
     def _prune(self, now: int) -> None:
+        # Buckets only expire when the second changes: prune once per second.
+        if now == self._prunedAt:
+            return
+        self._prunedAt = now
         for buckets in (self._requests, self._retries):
             for second in [s for s in buckets if s <= now - self.window]:
                 del buckets[second]
