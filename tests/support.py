@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -26,6 +27,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
@@ -48,6 +50,7 @@ __all__ = [
     "startTwistd",
     "trustingContext",
     "twistdPath",
+    "until",
     "verifyingContext",
 ]
 
@@ -82,6 +85,18 @@ def _tcp() -> IReactorTCP:
 
 def _process() -> IReactorProcess:
     return cast(IReactorProcess, _globalReactor)
+
+
+async def until(predicate: Callable[[], object], what: str, deadline: float = 20.0) -> None:
+    """
+    Wait until C{predicate()} is true, checking every 10 ms, at most
+    C{deadline} seconds; fail naming C{what} after that.
+    """
+    for _ in range(int(deadline * 100)):
+        if predicate():
+            return
+        await deferLater(_time(), 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def twistdPath() -> str:

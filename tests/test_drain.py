@@ -10,14 +10,11 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.support import fetch, freePort, startTwistd
-
-DEADLINE = 20.0
+from tests.support import fetch, freePort, startTwistd, until
 
 
 class _Held(Resource):
@@ -37,18 +34,6 @@ class _Held(Resource):
         if not self.arrived.called:
             self.arrived.callback(request)
         return NOT_DONE_YET
-
-
-async def _until(predicate: object, what: str) -> None:
-    """
-    Wait until C{predicate()} is true, checking every 10 ms, at most
-    L{DEADLINE} seconds.
-    """
-    for _ in range(int(DEADLINE * 100)):
-        if predicate():  # type: ignore[operator]
-            return
-        await deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _refused(port: int) -> bool:
@@ -89,8 +74,8 @@ class DrainTests(TestCase):
         answer = fetch(f"http://127.0.0.1:{port}/slow")
         request = await resource.arrived
         process.signal("TERM")
-        await _until(lambda: "draining" in process.out, "the drain to start")
-        await _until(lambda: _refused(port), "the listener to close")
+        await until(lambda: "draining" in process.out, "the drain to start")
+        await until(lambda: _refused(port), "the listener to close")
         request.write(b"finished after SIGTERM")
         request.finish()
         status, body = await answer
