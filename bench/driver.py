@@ -57,8 +57,13 @@ CONTENDERS = [
     "flask",
     "nginx-direct",
 ]
+# Not in a default run; asked for by name with --contenders.
+EXTRA_CONTENDERS = ["lbproxy-2w"]
+# CPUs of contenders that do not fit on CONTENDER_CPU alone.
+CONTENDER_CPUS = {"lbproxy-2w": "0,1"}
 LABELS = {
     "lbproxy": "lbproxy",
+    "lbproxy-2w": "lbproxy --workers 2 (CPUs 0 and 1, sharing CPU 1 with wrk and backends)",
     "haproxy": "HAProxy (nbthread 1)",
     "nginx": "nginx proxy (1 worker, upstream keepalive)",
     "twisted-agent": "Twisted Agent + persistent pool",
@@ -385,7 +390,8 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
         f"tcp:{PLAIN_PORT}:interface={HOST}",
     ]
     py = sys.executable
-    if name == "lbproxy":
+    if name in ("lbproxy", "lbproxy-2w"):
+        workers = ["--workers", "2"] if name == "lbproxy-2w" else []
         return [
             (
                 name,
@@ -399,6 +405,7 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
                     *twistedListen,
                     "--access-log",
                     "none",
+                    *workers,
                 ],
             )
         ]
@@ -502,7 +509,9 @@ backend be
 def startContender(name: str, world: World) -> Running:
     waitPortsFree()
     procs = [
-        spawn(procName, argv, world.logs / f"{procName}.log", CONTENDER_CPU)
+        spawn(
+            procName, argv, world.logs / f"{procName}.log", CONTENDER_CPUS.get(name, CONTENDER_CPU)
+        )
         for procName, argv in contenderArgv(name, world)
     ]
     running = Running(name, procs)
@@ -1170,8 +1179,9 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
     for c in args.contenders:
-        if c not in CONTENDERS:
-            parser.error(f"unknown contender {c!r}; known: {', '.join(CONTENDERS)}")
+        if c not in CONTENDERS + EXTRA_CONTENDERS:
+            known = ", ".join(CONTENDERS + EXTRA_CONTENDERS)
+            parser.error(f"unknown contender {c!r}; known: {known}")
     if args.duration <= 0 or args.duration > 600:
         parser.error("--duration must be in (0, 600]")
     return args
