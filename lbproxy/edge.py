@@ -14,6 +14,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -61,6 +62,22 @@ class ProxyRequest(Request):
 
     _received = 0
     rejected = False
+
+    def process(self) -> None:
+        """
+        Hand the request to the site's one resource: no traversal, no
+        C{postpath} unquoting and no Server header (the backend's answer
+        brings its own headers; the proxy's own answers set theirs).
+        """
+        site: ProxySite = self.channel.site  # type: ignore[attr-defined]
+        self.site = site
+        self.prepath = []
+        self.postpath = []
+        self.setHeader(b"Date", site.dateHeader())
+        try:
+            self.render(site.resource)
+        except BaseException:  # noqa: BLE001 - as twisted.web does: answer 500, log
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.rejected:
@@ -329,6 +346,17 @@ class ProxySite(Site):
         self.channels: set[ProxyChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+
+    _date = (-1, b"")
+
+    def dateHeader(self) -> bytes:
+        """
+        The C{Date} header value for now, formatted once per second.
+        """
+        second = int(self.reactor.seconds())
+        if self._date[0] != second:
+            self._date = (second, datetimeToString(second))
+        return self._date[1]
 
     def buildProtocol(self, addr: Any) -> Any:
         """

@@ -373,9 +373,8 @@ class _Exchange:
             return
         request = self._request
         request.setResponseCode(response.code, response.phrase)
-        # Keep the Date and any Connection: close of the server side; the
-        # backend's headers replace ours, and we add no Server of our own.
-        request.responseHeaders.removeHeader(b"server")
+        # The backend's headers replace the server side's (Date); its
+        # Connection: close, if any, stays.
         connection = getattr(response, "connectionHeaders", None)
         for name, values in responseHeadersForClient(response.headers, connection):
             request.responseHeaders.setRawHeaders(name, values)

@@ -53,6 +53,8 @@ def routeTarget(request: IRequest) -> Route:
         if host is None and version == b"HTTP/1.1":
             raise TargetError("HTTP/1.1 request without Host")
         return Route(target=uri, host=host)
+    if uri == b"*" and request.method == b"OPTIONS":
+        return Route(target=uri, host=host)
     lowered = uri[:8].lower()
     if lowered.startswith((b"http://", b"https://")):
         if host is None and version == b"HTTP/1.1":
