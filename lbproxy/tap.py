@@ -389,7 +389,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         """
         self.config = buildConfig(self)
         self.workers = parseWorkers(self["workers"])
-        checkWorkers(self.workers, self.config)
+        checkWorkers(self.workers, self.config, self)
 
 
 def _backends(options: Options) -> list[Backend]:

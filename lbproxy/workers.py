@@ -28,8 +28,7 @@ L{WorkerSupervisor}, that does no proxying:
   - a worker that exits when it was not asked to is started again in its
     slot, no sooner than L{RestartPolicy} allows.
 
-Health checks, ejections, retry budgets and sticky-cookie keys (unless
-C{--sticky-secret-file}) are each worker's own.
+Health checks, ejections and retry budgets are each worker's own.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import attrs
@@ -124,16 +123,26 @@ def _sharedListens(config: LoadBalancerConfig) -> list[ListenSpec]:
     return list(config.listens) + ([config.redirectHTTP] if config.redirectHTTP is not None else [])
 
 
-def checkWorkers(count: int, config: LoadBalancerConfig) -> None:
+def checkWorkers(
+    count: int, config: LoadBalancerConfig, options: Mapping[str, Any] | None = None
+) -> None:
     """
-    Refuse what C{--workers} C{count} cannot do with C{config}: C{--demo}
-    (its backends live in one process), and listeners whose socket lbproxy
-    does not bind itself (C{systemd:}, plugins).
+    Refuse what C{--workers} C{count} cannot do with C{config} (built from
+    C{options}): C{--demo} (its backends live in one process), listeners
+    whose socket lbproxy does not bind itself (C{systemd:}, plugins), and
+    C{--chooser sticky} without C{--sticky-secret-file} (each worker would
+    sign cookies with a random key of its own, and ignore the others').
 
     @raise usage.UsageError: With one line saying which.
     """
     if count == 1:
         return
+    options = options or {}
+    if options.get("chooser") == "sticky" and options.get("sticky-secret-file") is None:
+        raise usage.UsageError(
+            "--chooser sticky with --workers needs --sticky-secret-file, so that "
+            "every worker signs and accepts the same cookies"
+        )
     if config.demo:
         raise usage.UsageError(
             "--demo runs its backends inside the one lbproxy process; use it without --workers"

@@ -107,6 +107,20 @@ class WorkersOptionTests(OptionsTestCase):
         output = self.refused("--workers", "2", "--demo")
         self.assertIn("--demo", output)
 
+    def test_stickyNeedsSharedSecret(self) -> None:
+        """
+        C{--chooser sticky} with more than one worker needs
+        C{--sticky-secret-file}: every worker must sign with one key.
+        """
+        common = ["--backends", "h", "--listen", "tcp:0", "--chooser", "sticky"]
+        output = self.refused("--workers", "2", *common)
+        self.assertIn("--sticky-secret-file", output)
+        secret = os.path.abspath("secret")
+        with open(secret, "wb") as f:
+            f.write(b"s" * 32)
+        options = self.parse("--workers", "2", *common, "--sticky-secret-file", secret)
+        self.assertEqual(options.workers, 2)
+
     def test_unsharedListener(self) -> None:
         """
         A listener whose socket lbproxy does not bind (C{systemd:}) is
