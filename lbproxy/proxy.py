@@ -378,9 +378,14 @@ class _Exchange:
         connection = getattr(response, "connectionHeaders", None)
         for name, values in responseHeadersForClient(response.headers, connection):
             request.responseHeaders.setRawHeaders(name, values)
-        # twisted.web's client keeps framing out of response.headers and
-        # reports a declared body length as response.length instead.
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        # Framing is kept out of response.headers; a declared body length is
+        # response.length. The answer to HEAD has no body but says how long
+        # the body of a GET would be: relay the backend's Content-Length.
+        if request.method == b"HEAD":
+            lengths = connection.getRawHeaders(b"content-length") if connection else None
+            if lengths:
+                request.setHeader(b"Content-Length", lengths[0])
+        elif response.length is not UNKNOWN_LENGTH:
             request.setHeader(b"Content-Length", b"%d" % (cast(int, response.length),))
         request.defaultContentType = None
         chooser = self._proxy.chooser

@@ -249,6 +249,8 @@ class RelayTests(TestCase):
         )
         data = yield client.until(b"full body")
         self.assertEqual(data.count(b"HTTP/1.1 "), 4)
+        headResponse = data.split(b"HTTP/1.1 ")[1]
+        self.assertIn(b"Content-Length: 9\r\n", headResponse)
         self.assertEqual(data.count(b"full body"), 1)
         self.assertTrue(data.endswith(b"full body"), data)
         statuses = [
