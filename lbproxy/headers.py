@@ -7,6 +7,7 @@ Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Union
 
@@ -224,16 +225,14 @@ def forwardedValue(client: ClientInfo) -> bytes:
     return b";".join(parts)
 
 
-_TOKEN_CHARS = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 def _token(value: bytes) -> bytes:
     """
     C{value} as an RFC 7230 token if it is one, otherwise a quoted-string.
     """
-    if value and all(c in _TOKEN_CHARS for c in value):
+    if _TOKEN.match(value):
         return value
     escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"' + escaped + b'"'

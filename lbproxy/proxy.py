@@ -295,6 +295,7 @@ class _Exchange:
         self._log = proxy.log
         self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._needsHost = False
         self._pending: Deferred[BackendResponse] | None = None
         self._timer: IDelayedCall | None = None
         self._timedOut = False
@@ -307,6 +308,7 @@ class _Exchange:
         request = self._request
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
+        self._needsHost = client.host is None
         request.notifyFinish().addErrback(self._clientLost)
         if self._proxy.budget is not None:
             self._proxy.budget.requestMade()
@@ -323,8 +325,12 @@ class _Exchange:
         backend.requestStarted()
         self._started = self._clock.seconds()
         self._timer = self._clock.callLater(self._proxy.settings.responseTimeout, self._timeUp)
+        headers = self._headers
+        if self._needsHost:
+            # An HTTP/1.0 request without Host: name the backend.
+            headers = [(b"Host", backend.authority.encode("ascii")), *headers]
         self._pending = self._proxy.upstream.request(
-            backend, request.method, self._target, self._headers, body
+            backend, request.method, self._target, headers, body
         )
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 

@@ -182,18 +182,19 @@ class Upstream:
 
         @param target: The origin-form request target (path and query),
             relayed unchanged.
-        @param headers: The header lines to send (no framing headers); a
-            C{Host} is added if there is none.
+        @param headers: The header lines to send (no framing headers),
+            including C{Host}; given as L{Headers}, a C{Host} naming the
+            backend is added if there is none.
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
         lines: HeaderLines
         if isinstance(headers, Headers):
             lines = [(n, v) for n, values in headers.getAllRawHeaders() for v in values]
+            if not headers.hasHeader(b"host"):
+                lines.insert(0, (b"Host", backend.authority.encode("ascii")))
         else:
             lines = headers
-        if not any(name.lower() == b"host" for name, _ in lines):
-            lines = [(b"Host", backend.authority.encode("ascii")), *lines]
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
         if connection is not None:

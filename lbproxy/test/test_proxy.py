@@ -177,6 +177,20 @@ class RelayTests(TestCase):
         self.assertNotIn(b"close", b",".join(seen.header(b"connection")).lower())
 
     @inlineCallbacks
+    def test_http10WithoutHostNamesTheBackend(self) -> Gen:
+        """
+        An HTTP/1.0 request without Host reaches the backend with a Host
+        naming the backend (HTTP/1.1 requires one).
+        """
+        backend = yield startBackend(self, b"ok")
+        proxy = yield startProxy(self, [backend.backend])
+        client = yield rawConnect(self, proxy.portNumber)
+        client.transport.write(b"GET /old HTTP/1.0\r\n\r\n")
+        yield client.closed
+        [seen] = backend.resource.received
+        self.assertEqual(seen.header(b"host"), [backend.backend.authority.encode("ascii")])
+
+    @inlineCallbacks
     def test_forwardedHeadersReplaceSpoofed(self) -> Gen:
         """
         X-Forwarded-For names the real client, replacing a client-supplied
