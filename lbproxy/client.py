@@ -39,6 +39,12 @@ The largest response head (status line and headers) accepted.
 BODY_CHUNK = 64 * 1024
 
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
+# A whole response head in one match: a status line, then header lines of a
+# token, a colon and a value without CR or LF (so no bare CR/LF anywhere).
+_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*)*\Z"
+)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
@@ -103,6 +109,25 @@ class InvalidResponse(Exception):
     header, ambiguous framing, a head over the limit); its connection was
     dropped.
     """
+
+
+def _whatIsWrong(head: bytes) -> str:
+    """
+    A short description of what is wrong with a response head that failed
+    the one-pass check (this path is rare, so it may be slow).
+    """
+    if b"\x00" in head:
+        return "NUL in the response head"
+    lines = head.split(b"\r\n")
+    if not _STATUS.match(lines[0]):
+        return f"malformed status line {lines[0][:80]!r}"
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            return f"malformed header line {line[:80]!r}"
+        if b"\r" in value or b"\n" in value:
+            return "bare CR or LF in a header value"
+    return "malformed response head"
 
 
 class BackendResponse:
@@ -317,46 +342,42 @@ class BackendConnection(Protocol):
         return not self._chunked and not self._untilClose and self._remaining == 0
 
     def _response(self, head: bytes) -> BackendResponse | None:
-        crlf = head.count(b"\r\n")
-        if crlf != head.count(b"\n") or crlf != head.count(b"\r") or b"\x00" in head:
-            raise InvalidResponse("bare CR, LF or NUL in the response head")
-        lines = head.split(b"\r\n")
-        match = _STATUS.match(lines[0])
-        if match is None:
-            raise InvalidResponse(f"malformed status line {lines[0][:80]!r}")
+        match = _HEAD.match(head)
+        if match is None or b"\x00" in head:
+            raise InvalidResponse(_whatIsWrong(head))
         minor, codeText, phrase = match.groups()
         code = int(codeText)
         endToEnd: list[tuple[bytes, bytes]] = []
-        connection: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.match(name):
-                raise InvalidResponse(f"malformed header line {line[:80]!r}")
-            pair = (name, value.strip(b" \t"))
-            if name.lower() in _CONNECTION_HEADERS:
-                connection.append(pair)
+        connectionLines: list[tuple[bytes, bytes]] = []
+        connection: dict[bytes, list[bytes]] = {}
+        lines = head.split(b"\r\n")
+        for index in range(1, len(lines)):
+            name, _, value = lines[index].partition(b":")
+            value = value.strip(b" \t")
+            lower = name.lower()
+            if lower in _CONNECTION_HEADERS:
+                connectionLines.append((name, value))
+                connection.setdefault(lower, []).append(value)
             else:
-                endToEnd.append(pair)
-        if 100 <= code < 200:
+                endToEnd.append((name, value))
+        if code < 200:
             if code == 101:
                 raise InvalidResponse("protocol upgrades are not supported")
             return None
-        connectionHeaders = HeaderLines(connection)
-        tokens = {
-            t.strip().lower()
-            for v in connectionHeaders.getRawHeaders(b"connection", [])
-            for t in v.split(b",")
-        }
-        if (minor == b"0" and b"keep-alive" not in tokens) or b"close" in tokens:
-            self.reusable = False
-        length = self._framing(code, connectionHeaders)
+        if b"connection" in connection or minor == b"0":
+            tokens = {
+                t.strip().lower() for v in connection.get(b"connection", ()) for t in v.split(b",")
+            }
+            if (minor == b"0" and b"keep-alive" not in tokens) or b"close" in tokens:
+                self.reusable = False
+        length = self._framing(code, connection)
         return BackendResponse(
-            self, code, phrase or b"", HeaderLines(endToEnd), connectionHeaders, length
+            self, code, phrase or b"", HeaderLines(endToEnd), HeaderLines(connectionLines), length
         )
 
-    def _framing(self, code: int, connection: HeaderLines) -> int | object:
-        encodings = connection.getRawHeaders(b"transfer-encoding", [])
-        lengths = connection.getRawHeaders(b"content-length", [])
+    def _framing(self, code: int, connection: dict[bytes, list[bytes]]) -> int | object:
+        encodings = connection.get(b"transfer-encoding")
+        lengths = connection.get(b"content-length")
         self._chunked = self._untilClose = False
         self._remaining = 0
         if self._method == b"HEAD" or code in (204, 304):
@@ -371,6 +392,9 @@ class BackendConnection(Protocol):
             self._chunkState = "size"
             return UNKNOWN_LENGTH
         if lengths:
+            if len(lengths) == 1 and lengths[0].isdigit() and lengths[0].isascii():
+                self._remaining = int(lengths[0])
+                return self._remaining
             values = {v.strip() for value in lengths for v in value.split(b",")}
             if len(values) != 1:
                 raise InvalidResponse("conflicting Content-Length headers")
