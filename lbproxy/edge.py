@@ -5,6 +5,7 @@ strictly and enforces the limits, and whose log is lbproxy's access log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -62,6 +63,17 @@ class ProxyRequest(Request):
 
     _received = 0
     rejected = False
+    onConnectionLost: Callable[[Failure], object] | None = None
+    """
+    Called, instead of a C{notifyFinish} errback, if the client connection
+    is lost before the response is finished (the proxy sets it: one
+    Deferred fewer per request).
+    """
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.onConnectionLost is not None and not self.finished:
+            self.onConnectionLost(reason)
 
     def process(self) -> None:
         """

@@ -309,7 +309,10 @@ class _Exchange:
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
         self._needsHost = client.host is None
-        request.notifyFinish().addErrback(self._clientLost)
+        if hasattr(request, "onConnectionLost"):
+            request.onConnectionLost = self._clientLost
+        else:
+            request.notifyFinish().addErrback(self._clientLost)
         if self._proxy.budget is not None:
             self._proxy.budget.requestMade()
         self._attempt(self._backend)

@@ -227,15 +227,22 @@ class Upstream:
         d = connection.request(method, target, lines, body)
         if not reused or body is not None or method not in IDEMPOTENT_METHODS:
             return d
+        return d.addErrback(self._staleRetry, backend, method, target, lines, body)
 
-        def staleRetry(failure: Failure) -> Deferred[BackendResponse]:
-            # The backend closed a kept-alive connection just as we reused
-            # it: nothing was processed, so send it once more on a new one.
-            if failure.check(ResponseNeverReceived):
-                return self._sendOnNew(backend, method, target, lines, body)
-            return fail(failure)
-
-        return d.addErrback(staleRetry)
+    def _staleRetry(
+        self,
+        failure: Failure,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        lines: HeaderLines,
+        body: RequestBody | None,
+    ) -> Deferred[BackendResponse]:
+        # The backend closed a kept-alive connection just as we reused it:
+        # nothing was processed, so send the request once more on a new one.
+        if failure.check(ResponseNeverReceived):
+            return self._sendOnNew(backend, method, target, lines, body)
+        return fail(failure)
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
         endpoint = _endpointForBackend(
