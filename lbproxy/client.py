@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -333,12 +333,12 @@ class BackendConnection(Protocol):
             rest, self._buffer = self._buffer, b""
             assert pending is not None
             pending.callback(response)
-            if self._state == "body" and self._length_known_zero():
+            if self._state == "body" and self._bodyIsEmpty():
                 self._bodyDone()
             elif rest:
                 self._bodyData(rest)
 
-    def _length_known_zero(self) -> bool:
+    def _bodyIsEmpty(self) -> bool:
         return not self._chunked and not self._untilClose and self._remaining == 0
 
     def _response(self, head: bytes) -> BackendResponse | None:
@@ -588,6 +588,5 @@ class BackendConnection(Protocol):
 __all__ = [
     "BackendConnection",
     "BackendResponse",
-    "CancelledError",
     "InvalidResponse",
 ]

@@ -20,7 +20,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
-from twisted.web.http_headers import Headers
 
 from lbproxy.backends import Backend, BackendPool, SlowStart
 
@@ -195,7 +194,7 @@ class HTTPProbe:
 
     def __init__(
         self,
-        request: Callable[[Backend, bytes, bytes, Headers], Deferred[Any]],
+        request: Callable[[Backend, bytes, bytes, list[tuple[bytes, bytes]]], Deferred[Any]],
         clock: IReactorTime,
         path: bytes,
         timeout: float,
@@ -210,12 +209,10 @@ class HTTPProbe:
         self._timeout = timeout
 
     def __call__(self, backend: Backend) -> Deferred[bool]:
-        headers = Headers(
-            {
-                b"Host": [backend.authority.encode("ascii")],
-                b"User-Agent": [b"lbproxy-health-check"],
-            }
-        )
+        headers = [
+            (b"Host", backend.authority.encode("ascii")),
+            (b"User-Agent", b"lbproxy-health-check"),
+        ]
         d = self._request(backend, b"GET", self._path, headers)
         d.addTimeout(self._timeout, self._clock)
 

@@ -246,8 +246,6 @@ def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
         return 502, "the backend refused the connection"
     if failure.check(ConnectError):
         return 502, f"cannot connect to the backend ({failure.getErrorMessage()})"
-    if failure.check(InvalidResponse):
-        return 502, f"invalid response from the backend ({failure.getErrorMessage()})"
     if failure.check(ResponseFailed):
         reasons = getattr(failure.value, "reasons", [])
         for reason in reasons:

@@ -27,11 +27,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lbproxy.backends import Backend, isIPLiteral
-from lbproxy.client import BackendConnection, BackendResponse, InvalidResponse
+from lbproxy.client import BackendConnection, BackendResponse
 from lbproxy.retry import IDEMPOTENT_METHODS
 from lbproxy.tls import BackendTLS, ClientTLSForHost
 
@@ -174,7 +173,7 @@ class Upstream:
         backend: Backend,
         method: bytes,
         target: bytes,
-        headers: HeaderLines | Headers,
+        headers: HeaderLines,
         body: RequestBody | None,
     ) -> Deferred[BackendResponse]:
         """
@@ -182,19 +181,12 @@ class Upstream:
 
         @param target: The origin-form request target (path and query),
             relayed unchanged.
-        @param headers: The header lines to send (no framing headers),
-            including C{Host}; given as L{Headers}, a C{Host} naming the
-            backend is added if there is none.
+        @param headers: The header lines to send, including C{Host} and
+            excluding framing headers (this writes its own).
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
-        lines: HeaderLines
-        if isinstance(headers, Headers):
-            lines = [(n, v) for n, values in headers.getAllRawHeaders() for v in values]
-            if not headers.hasHeader(b"host"):
-                lines.insert(0, (b"Host", backend.authority.encode("ascii")))
-        else:
-            lines = headers
+        lines = headers
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
         if connection is not None:
@@ -323,7 +315,6 @@ class Upstream:
 
 __all__ = [
     "EndpointForBackend",
-    "InvalidResponse",
     "RequestBody",
     "Upstream",
     "UpstreamSettings",
