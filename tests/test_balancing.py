@@ -67,10 +67,11 @@ class BalancingTests(TestCase):
             answers.append(_which(body))
         return answers
 
-    async def test_certificateFilesVerifiedClient(self) -> None:
+    async def _startWithCertificates(self, *extra: str) -> tuple[str, int]:
         """
-        With certificates from C{python -m lbproxy.certs}, a client that
-        trusts only their CA gets 200 for every request, from both backends.
+        Make certificates with C{python -m lbproxy.certs} and start twistd
+        lbproxy serving them on a free port; return the certificate
+        directory and the port.
         """
         certs = os.path.join(self.directory, "certs")
         await makeCertificates(certs)
@@ -84,13 +85,20 @@ class BalancingTests(TestCase):
                 self.backendsOption,
                 "--listen",
                 f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                *extra,
             ],
             self.directory,
         )
+        return certs, port
+
+    async def test_certificateFilesVerifiedClient(self) -> None:
+        """
+        With certificates from C{python -m lbproxy.certs}, a client that
+        trusts only their CA gets 200 for every request, from both backends.
+        """
+        certs, port = await self._startWithCertificates("--chooser", "round-robin")
         context = verifyingContext(os.path.join(certs, "ca.crt"))
         answers = await self._answers(f"https://127.0.0.1:{port}/", context)
-        # The default chooser is random: both servers answer 20 requests
-        # unless it picked one 20 times in a row (p = 2 ** -19).
         self.assertEqual(set(answers), {SERVER_1, SERVER_2})
 
     async def test_curlVerifiesCertificate(self) -> None:
@@ -102,21 +110,7 @@ class BalancingTests(TestCase):
         curl = shutil.which("curl")
         if curl is None:
             self.skipTest("curl is not installed")
-        certs = os.path.join(self.directory, "certs")
-        await makeCertificates(certs)
-        port = freePort()
-        key = os.path.join(certs, "loadbalancer.key")
-        cert = os.path.join(certs, "loadbalancer.crt")
-        await startTwistd(
-            self,
-            [
-                "--backends",
-                self.backendsOption,
-                "--listen",
-                f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-            ],
-            self.directory,
-        )
+        certs, port = await self._startWithCertificates()
         out, err, code = await getProcessOutputAndValue(
             curl,
             [

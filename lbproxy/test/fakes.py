@@ -21,7 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from lbproxy.accesslog import AccessLog
@@ -305,4 +305,73 @@ def rawConnect(case: TestCase, portNumber: int) -> Generator[Any, Any, RawClient
     return client  # type: ignore[no-any-return]
 
 
-__all__ = ["NOT_DONE_YET"]
+class Scripted(Protocol):
+    """
+    A fake backend server connection that runs C{script(self)} on the
+    first bytes it receives; C{received} holds everything it was sent.
+    """
+
+    def __init__(self, script: Callable[[Scripted], None]) -> None:
+        self.script = script
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        first = not self.received
+        self.received += data
+        if first:
+            self.script(self)
+
+
+def answer(data: bytes, close: bool = True) -> Callable[[Scripted], None]:
+    """
+    A script that writes C{data} (anything, valid HTTP or not) and then
+    closes the connection, unless C{close} is false.
+    """
+
+    def script(protocol: Scripted) -> None:
+        transport: Any = protocol.transport
+        transport.write(data)
+        if close:
+            transport.loseConnection()
+
+    return script
+
+
+def reset(protocol: Scripted) -> None:
+    """
+    A script that resets the connection as soon as a request arrives.
+    """
+    transport: Any = protocol.transport
+    transport.abortConnection()
+
+
+@attrs.define
+class ScriptedBackend:
+    """
+    A scripted fake backend and the connections it accepted.
+    """
+
+    backend: Backend
+    connections: list[Scripted]
+
+
+@inlineCallbacks
+def startScripted(
+    case: TestCase, script: Callable[[Scripted], None]
+) -> Generator[Any, Any, ScriptedBackend]:
+    """
+    Start a backend on loopback port 0 whose every connection runs
+    C{script}; stopped at cleanup.
+    """
+    connections: list[Scripted] = []
+
+    def build() -> Scripted:
+        protocol = Scripted(script)
+        connections.append(protocol)
+        return protocol
+
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(build)  # type: ignore[arg-type]
+    )
+    case.addCleanup(port.stopListening)
+    return ScriptedBackend(Backend("127.0.0.1", port.getHost().port), connections)

@@ -11,15 +11,20 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.backends import Backend
 from lbproxy.edge import EdgeLimits
 from lbproxy.httpcheck import checkFraming, checkHost, checkRequestLine, validHost
-from lbproxy.test.fakes import get, rawConnect, reactor, startBackend, startProxy
+from lbproxy.test.fakes import (
+    answer,
+    get,
+    rawConnect,
+    reactor,
+    startBackend,
+    startProxy,
+    startScripted,
+)
 
 Gen = Generator[Any, Any, None]
 
@@ -257,20 +262,13 @@ class ConnectionLimitTests(TestCase):
         yield second.until(b"\r\n\r\nok")
 
 
-def _scriptedBackend(answer: bytes) -> Any:
-    class Answer(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            self.transport.write(answer)  # type: ignore[union-attr]
-
-    return Factory.forProtocol(Answer)
-
-
 class BackendFramingTests(TestCase):
-    timeout = 20
     """
     Backend answers with invalid framing become 502, and the connection is
     not reused.
     """
+
+    timeout = 20
 
     @inlineCallbacks
     def test_table(self) -> Gen:
@@ -291,12 +289,9 @@ class BackendFramingTests(TestCase):
                 b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\nContent-Length: 2\r\n\r\nok",
             ),
         ]
-        for name, answer in cases:
-            port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-                _scriptedBackend(answer)
-            )
-            self.addCleanup(port.stopListening)
-            proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
+        for name, data in cases:
+            scripted = yield startScripted(self, answer(data, close=False))
+            proxy = yield startProxy(self, [scripted.backend])
             response, _ = yield get(self, proxy.url(), method=b"POST")
             self.assertEqual(response.code, 502, name)
 

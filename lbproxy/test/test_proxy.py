@@ -11,9 +11,7 @@ from collections.abc import Generator
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -24,7 +22,16 @@ from zope.interface import implementer
 from lbproxy.backends import Backend
 from lbproxy.choosers import RandomChooser
 from lbproxy.proxy import ProxySettings
-from lbproxy.test.fakes import get, rawConnect, reactor, startBackend, startProxy
+from lbproxy.test.fakes import (
+    answer,
+    get,
+    rawConnect,
+    reactor,
+    reset,
+    startBackend,
+    startProxy,
+    startScripted,
+)
 from lbproxy.upstream import UpstreamSettings
 
 Gen = Generator[Any, Any, None]
@@ -427,16 +434,8 @@ class FailureTests(TestCase):
         before answering, gives 502.
         """
 
-        class Resets(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                assert self.transport is not None
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Resets)
-        )
-        self.addCleanup(port.stopListening)
-        proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
+        resets = yield startScripted(self, reset)
+        proxy = yield startProxy(self, [resets.backend])
         response, body = yield get(self, proxy.url())
         self.assertEqual(response.code, 502)
         self.assertIn(b"without a valid response", body)
@@ -538,17 +537,8 @@ class FailureTests(TestCase):
         A backend answering with something that is not HTTP gives 502.
         """
 
-        class Garbage(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                assert self.transport is not None
-                self.transport.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-                self.transport.loseConnection()
-
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Garbage)
-        )
-        self.addCleanup(port.stopListening)
-        proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
+        garbage = yield startScripted(self, answer(b"SSH-2.0-OpenSSH\r\n\r\n"))
+        proxy = yield startProxy(self, [garbage.backend])
         response, _body = yield get(self, proxy.url())
         self.assertEqual(response.code, 502)
 
@@ -559,17 +549,10 @@ class FailureTests(TestCase):
         connection: the client never sees a complete-looking response.
         """
 
-        class Dies(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                assert self.transport is not None
-                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
-                self.transport.loseConnection()
-
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Dies)
+        dies = yield startScripted(
+            self, answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
         )
-        self.addCleanup(port.stopListening)
-        proxy = yield startProxy(self, [Backend("127.0.0.1", port.getHost().port)])
+        proxy = yield startProxy(self, [dies.backend])
         client = yield rawConnect(self, proxy.portNumber)
         client.transport.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         yield client.closed

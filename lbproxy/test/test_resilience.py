@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
@@ -24,43 +22,21 @@ from lbproxy.retry import RetryBudget
 from lbproxy.test.fakes import (
     FirstAvailable,
     RunningBackend,
+    Scripted,
+    answer,
     get,
     rawConnect,
     reactor,
+    reset,
     startBackend,
     startProxy,
+    startScripted,
 )
 
 Gen = Generator[Any, Any, None]
 
 
-class _Scripted(Protocol):
-    """
-    A fake backend server that does C{script(self, data)} on the first
-    bytes of each request it receives.
-    """
-
-    def __init__(self, script: Callable[[_Scripted, bytes], None]) -> None:
-        self.script = script
-        self.received = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        first = not self.received
-        self.received += data
-        if first:
-            self.script(self, data)
-
-
-def _resetAfterReceiving(protocol: _Scripted, data: bytes) -> None:
-    protocol.transport.abortConnection()  # type: ignore[union-attr]
-
-
-def _garbageStatus(protocol: _Scripted, data: bytes) -> None:
-    protocol.transport.write(b"HTTP/1.1 OK-ish\r\n\r\n")  # type: ignore[union-attr]
-    protocol.transport.loseConnection()  # type: ignore[union-attr]
-
-
-def _resetAfterHeaders(protocol: _Scripted, data: bytes) -> None:
+def _resetAfterHeaders(protocol: Scripted) -> None:
     transport: Any = protocol.transport
     transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
     # Linger 0: once the data is flushed, closing sends RST, not FIN.
@@ -70,32 +46,8 @@ def _resetAfterHeaders(protocol: _Scripted, data: bytes) -> None:
 
 class ResilienceTestCase(TestCase):
     """
-    Helpers: scripted fake backends.
+    Helpers: dead backends.
     """
-
-    @inlineCallbacks
-    def scripted(self, script: Callable[[_Scripted, bytes], None]) -> Generator[Any, Any, Backend]:
-        """
-        A backend served by C{script}; its connections are in
-        C{self.connections[backend]}.
-        """
-        received: list[_Scripted] = []
-
-        def build() -> _Scripted:
-            protocol = _Scripted(script)
-            received.append(protocol)
-            return protocol
-
-        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(build)  # type: ignore[arg-type]
-        )
-        self.addCleanup(port.stopListening)
-        backend = Backend("127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
-        self.connections[id(backend)] = received
-        return backend
-
-    def setUp(self) -> None:
-        self.connections: dict[int, list[_Scripted]] = {}
 
     @inlineCallbacks
     def dead(self) -> Generator[Any, Any, Backend]:
@@ -136,20 +88,21 @@ class RetryTests(ResilienceTestCase):
         A POST whose backend reset the connection after receiving it is not
         retried: the client gets 502 and the other backend nothing.
         """
-        resets = yield self.scripted(_resetAfterReceiving)
+        scripted = yield startScripted(self, reset)
+        resets = scripted.backend
         alive = yield startBackend(self, b"stored")
         proxy = yield startProxy(self, [resets, alive.backend], chooser=FirstAvailable())
         response, _ = yield get(self, proxy.url(), method=b"POST")
         self.assertEqual(response.code, 502)
         self.assertEqual(alive.resource.received, [])
-        self.assertEqual(len(self.connections[id(resets)]), 1)
+        self.assertEqual(len(scripted.connections), 1)
 
     @inlineCallbacks
     def test_getRetriedAfterReset(self) -> Gen:
         """
         A GET whose backend reset before answering is retried elsewhere.
         """
-        resets = yield self.scripted(_resetAfterReceiving)
+        resets = (yield startScripted(self, reset)).backend
         alive = yield startBackend(self, b"fine")
         proxy = yield startProxy(self, [resets, alive.backend], chooser=FirstAvailable())
         response, body = yield get(self, proxy.url())
@@ -161,7 +114,7 @@ class RetryTests(ResilienceTestCase):
         """
         A garbage status line is retried for a GET, and is a 502 for a POST.
         """
-        garbage = yield self.scripted(_garbageStatus)
+        garbage = (yield startScripted(self, answer(b"HTTP/1.1 OK-ish\r\n\r\n"))).backend
         alive = yield startBackend(self, b"fine")
         proxy = yield startProxy(self, [garbage, alive.backend], chooser=FirstAvailable())
         response, body = yield get(self, proxy.url())
@@ -176,7 +129,7 @@ class RetryTests(ResilienceTestCase):
         A backend that resets after sending headers is not retried: the
         client sees a truncated response and the connection closes.
         """
-        breaks = yield self.scripted(_resetAfterHeaders)
+        breaks = (yield startScripted(self, _resetAfterHeaders)).backend
         alive = yield startBackend(self, b"fine")
         proxy = yield startProxy(self, [breaks, alive.backend], chooser=FirstAvailable())
         client = yield rawConnect(self, proxy.portNumber)
