@@ -48,6 +48,7 @@ from lbproxy.tls import (
     TLSConfigError,
     adhocCertificate,
 )
+from lbproxy.transport import writeThrough
 from lbproxy.upstream import Upstream, UpstreamSettings
 
 
@@ -114,6 +115,9 @@ class LoadBalancerService(MultiService):
         super().__init__()
         self._config = config
         self._bound = list(bound)
+        # Listen and connect with transports that send at once (see
+        # lbproxy.transport); a test's in-memory reactor is kept as it is.
+        reactor = writeThrough(reactor)
         self._reactor = reactor
         self._clock = clock
         self.pool = BackendPool(list(config.backends))

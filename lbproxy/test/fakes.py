@@ -31,6 +31,7 @@ from lbproxy.edge import EdgeLimits, ProxySite
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import OutcomeObserver, ProxySettings, ReverseProxyResource
 from lbproxy.retry import RetryBudget
+from lbproxy.transport import writeThrough
 from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
 
 reactor = _globalReactor
@@ -208,9 +209,10 @@ def startProxy(
     access log collected in C{lines}; stopped at cleanup.
     """
     timers = clock if clock is not None else reactor
+    network = writeThrough(reactor)  # the transports the service uses
     lines: list[str] = []
     pool = BackendPool(list(backends))
-    upstream = Upstream(reactor, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]
+    upstream = Upstream(network, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]
     case.addCleanup(upstream.close)
     resource = ReverseProxyResource(
         pool,
@@ -227,7 +229,7 @@ def startProxy(
         limits if limits is not None else EdgeLimits(maxBodySize=maxBodySize),
         reactor=timers,
     )
-    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    port = yield TCP4ServerEndpoint(network, 0, interface="127.0.0.1").listen(site)
     case.addCleanup(port.stopListening)
     return RunningProxy(port, pool, site, lines)
 

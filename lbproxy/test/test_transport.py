@@ -1,0 +1,193 @@
+"""
+Tests for L{lbproxy.transport}: TCP transports that send from C{write()}
+when nothing is buffered, over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbproxy.transport import (
+    WriteThroughClient,
+    WriteThroughReactor,
+    WriteThroughServer,
+    writeThrough,
+)
+
+
+class _Accepted(Protocol):
+    """
+    Fires C{made} with itself once connected, C{lost} with the reason once
+    disconnected; keeps what it received.
+    """
+
+    def __init__(self) -> None:
+        self.made: Deferred[_Accepted] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+        self.received: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.reason = reason
+        self.lost.callback(None)
+
+
+def _recvNow(sock: socket.socket) -> bytes:
+    """
+    What C{sock} has received already, without waiting (the reactor does
+    not run in between, so this is what the write sent by itself).
+    """
+    try:
+        return sock.recv(65536, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
+
+
+class WriteThroughTests(TestCase):
+    """
+    Data written to an idle write-through transport is on the wire when
+    C{write()} returns; what the kernel does not take goes through Twisted's
+    buffered path, in order; errors are reported as a lost connection, not
+    from C{write()}.
+    """
+
+    @inlineCallbacks
+    def _accept(self) -> Generator[Any, Any, tuple[_Accepted, socket.socket]]:
+        """
+        A server protocol on a write-through port and the plain client
+        socket connected to it.
+        """
+        accepted = _Accepted()
+        port = yield TCP4ServerEndpoint(writeThrough(reactor), 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted)
+        )
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        self.addCleanup(client.close)
+        yield accepted.made
+        return accepted, client
+
+    @inlineCallbacks
+    def test_writeSendsAtOnce(self) -> Generator[Any, Any, None]:
+        """
+        A write to an idle connection is sent before C{write()} returns, with
+        no reactor iteration; so is a C{writeSequence}, as one send.
+        """
+        accepted, client = yield self._accept()
+        assert accepted.transport is not None
+        self.assertIsInstance(accepted.transport, WriteThroughServer)
+        accepted.transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(_recvNow(client), b"HTTP/1.1 200 OK\r\n\r\n")
+        accepted.transport.writeSequence([b"a", b"b", b"c"])
+        self.assertEqual(_recvNow(client), b"abc")
+
+    @inlineCallbacks
+    def test_largeWriteArrivesWhole(self) -> Generator[Any, Any, None]:
+        """
+        A write larger than the kernel takes at once arrives whole and in
+        order, followed by later writes: the part not sent is buffered and
+        goes out before anything written after it.
+        """
+        accepted = _Accepted()
+        port = yield TCP4ServerEndpoint(writeThrough(reactor), 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted)
+        )
+        self.addCleanup(port.stopListening)
+        reader = _Accepted()
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: reader)
+        )
+        yield accepted.made
+        transport: Any = accepted.transport
+        big = bytes(range(256)) * (128 * 1024)  # 32 MiB: more than loopback buffers hold
+        transport.write(big)
+        self.assertTrue(transport.dataBuffer or transport._tempDataLen)
+        transport.write(b"tail")
+        transport.writeSequence([b"-", b"end"])
+        transport.loseConnection()
+        yield reader.lost
+        received = b"".join(reader.received)
+        self.assertEqual(len(received), len(big) + len(b"tail-end"))
+        self.assertTrue(received == big + b"tail-end")
+
+    @inlineCallbacks
+    def test_writeToResetPeer(self) -> Generator[Any, Any, None]:
+        """
+        Writing to a connection the peer has reset does not raise: the
+        protocol learns of it through C{connectionLost}, later.
+        """
+        accepted, client = yield self._accept()
+        assert accepted.transport is not None
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        lostDuringWrite = []
+        for _ in range(3):
+            accepted.transport.write(b"x" * 1024)
+            lostDuringWrite.append(accepted.lost.called)
+        self.assertEqual(lostDuringWrite, [False, False, False])
+        yield accepted.lost
+        self.assertIsInstance(accepted.reason, Failure)
+
+    @inlineCallbacks
+    def test_clientConnections(self) -> Generator[Any, Any, None]:
+        """
+        Outgoing connections made through the write-through reactor are
+        write-through too, and their writes arrive.
+        """
+        accepted = _Accepted()
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted)
+        )
+        self.addCleanup(port.stopListening)
+        client = yield TCP4ClientEndpoint(
+            writeThrough(reactor), "127.0.0.1", port.getHost().port
+        ).connect(Factory.forProtocol(Protocol))
+        self.assertIsInstance(client.transport, WriteThroughClient)
+        yield accepted.made
+        client.transport.write(b"ping")
+        client.transport.loseConnection()
+        yield accepted.lost
+        self.assertEqual(b"".join(accepted.received), b"ping")
+
+
+class WriteThroughReactorTests(SynchronousTestCase):
+    """
+    L{writeThrough} wraps socket reactors only, and the wrapper is the
+    reactor it wraps in every other respect.
+    """
+
+    def test_memoryReactorUnchanged(self) -> None:
+        """
+        An in-memory reactor (as tests use) is returned as it is.
+        """
+        memory = MemoryReactorClock()
+        self.assertIs(writeThrough(memory), memory)
+
+    def test_wrapperProvidesSameInterfaces(self) -> None:
+        """
+        The wrapper provides the wrapped reactor's interfaces and passes
+        everything but TCP listening and connecting through to it.
+        """
+        wrapped = writeThrough(reactor)
+        self.assertIsInstance(wrapped, WriteThroughReactor)
+        self.assertTrue(IReactorTCP.providedBy(wrapped))
+        self.assertTrue(IReactorTime.providedBy(wrapped))
+        self.assertIs(wrapped.callLater.__self__, reactor)
