@@ -5,6 +5,7 @@ starts, and L{makeService}.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import signal
 import sys
@@ -598,6 +599,17 @@ class _TwistdRoot(MultiService):
     def startService(self) -> None:
         super().startService()
         self._reactor.callWhenRunning(self._installSignalHandlers)
+        self._reactor.callWhenRunning(self._settleHeap)
+
+    def _settleHeap(self) -> None:
+        """
+        Hide what start-up built (modules, classes, the service) from the
+        cyclic garbage collector: it lives as long as the process, and
+        every full collection would otherwise walk all of it again while
+        requests wait (C{gc.freeze}, as Instagram's Django servers do).
+        """
+        gc.collect()
+        gc.freeze()
 
     def _installSignalHandlers(self) -> None:
         def stop(signum: int, frame: object) -> None:

@@ -4,16 +4,20 @@ Tests for L{lbproxy.tap}: the command line, checked before anything starts.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
+import signal
 import sys
 
+from twisted.application.service import Service
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
 from lbproxy.choosers import RandomChooser, RoundRobinChooser
 from lbproxy.listen import DEFAULT_LISTEN
-from lbproxy.tap import Options, parseSize
+from lbproxy.tap import Options, _TwistdRoot, parseSize
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -237,3 +241,35 @@ class SizeTests(SynchronousTestCase):
             self.assertEqual(parseSize(text), size, text)
         for text in ("", "M", "1.5M", "-1", "1T", "ten"):
             self.assertRaises(ValueError, parseSize, text)
+
+
+class HeapTests(SynchronousTestCase):
+    """
+    Once the reactor runs, the twistd root hides the start-up heap from the
+    cyclic garbage collector.
+    """
+
+    def test_startUpObjectsFrozen(self) -> None:
+        """
+        Objects that exist when the reactor starts are frozen (out of every
+        collection); objects made later are not.
+        """
+        self.addCleanup(gc.unfreeze)
+        for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        reactor = MemoryReactor()
+        root = _TwistdRoot(Service(), reactor)
+        before = object.__new__(_Node)
+        root.startService()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        reactor.run()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertNotIn(before, gc.get_objects())
+        after = object.__new__(_Node)
+        self.assertIn(after, gc.get_objects())
+
+
+class _Node:
+    """
+    A container object the collector tracks.
+    """
