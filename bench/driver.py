@@ -164,6 +164,36 @@ def stopAll() -> None:
     STARTED.clear()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpuSeconds(pid: int) -> float:
+    """
+    User plus system CPU time of C{pid} and all its live descendants (a
+    contender's workers), in seconds.
+    """
+    total = 0.0
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces: split after its ')'.
+                fields = f.read().rpartition(")")[2].split()
+            stats[int(entry)] = fields
+            children[int(fields[1])].append(int(entry))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        fields = stats.get(current)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+        todo.extend(children.get(current, ()))
+    return total
+
+
 def rssKiB(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -369,6 +399,9 @@ class Running:
 
     def rss(self) -> int:
         return sum(rssKiB(p.pid) for p in self.procs if p.alive())
+
+    def cpu(self) -> float:
+        return sum(cpuSeconds(p.pid) for p in self.procs if p.alive())
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -767,15 +800,27 @@ def runAll(args: argparse.Namespace, world: World, record: dict[str, object]) ->
                 for s in scenarios:
                     warmUp(s, args.warmup)
                     try:
+                        cpuBefore = running.cpu()
                         result = runWrk(s, args.duration)
+                        cpuUsed = running.cpu() - cpuBefore
                     except (BenchError, subprocess.TimeoutExpired) as e:
                         failures.append(f"round {r} {name} {s}: {e}")
                         log(f"  {s}: {e}")
                         continue
-                    rows.append({"round": r, "scenario": s, "contender": name, **result.asDict()})
+                    cpuPerRequest = cpuUsed / result.requests * 1e6 if result.requests else 0.0
+                    rows.append(
+                        {
+                            "round": r,
+                            "scenario": s,
+                            "contender": name,
+                            **result.asDict(),
+                            "cpuUsPerRequest": cpuPerRequest,
+                        }
+                    )
                     log(
                         f"  {s}: {result.rps:9.0f} req/s  p50 {result.p50:7.2f} ms  "
-                        f"p99 {result.p99:7.2f} ms  errors {result.errors} non2xx {result.non2xx}"
+                        f"p99 {result.p99:7.2f} ms  CPU {cpuPerRequest:6.1f} us/req  "
+                        f"errors {result.errors} non2xx {result.non2xx}"
                     )
                     if not running.main.alive():
                         raise BenchError(f"{name} died during {s}")
@@ -837,6 +882,8 @@ def summarise(rows: list[dict[str, object]]) -> dict[tuple[str, str], dict[str, 
             "p99": statistics.median(float(i["p99"]) for i in items),  # type: ignore[arg-type]
             "errors": sum(int(i["errors"]) + int(i["non2xx"]) for i in items),  # type: ignore[call-overload]
             "requests": sum(int(i["requests"]) for i in items),  # type: ignore[call-overload]
+            # Rows from runs before this column existed have none.
+            "cpu": statistics.median(float(i.get("cpuUsPerRequest", 0.0)) for i in items),  # type: ignore[arg-type]
         }
     return summary
 
@@ -863,7 +910,10 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
         f"contenders on CPU {CONTENDER_CPU}, wrk and backends on CPU {LOAD_CPU}",
         "- req/s is the median over rounds, spread is min-max, p50/p99 are medians of "
         "each round's wrk latency percentiles; ratios are this row's median over the "
-        "baseline's median in the same run.",
+        "baseline's median in the same run. CPU µs/req is the contender's CPU time "
+        "(user + system, all its processes) during the measurement over the requests "
+        "wrk completed, median over rounds: the cost per request, less sensitive to "
+        "the machine's noise than req/s.",
         "",
     ]
     for s in WRK_SCENARIOS:
@@ -871,14 +921,15 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
         if not present:
             continue
         lines += [f"## {s}: {SCENARIOS[s]}", ""]
-        head = "| contender | req/s | spread | p50 ms | p99 ms | errors |"
+        head = "| contender | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |"
         head += "".join(f" vs {b} |" for b in BASELINES)
-        lines += [head, "|" + " --- |" * (6 + len(BASELINES))]
+        lines += [head, "|" + " --- |" * (7 + len(BASELINES))]
         for c in present:
             m = summary[(s, c)]
             row = (
                 f"| {c} | {_fmt(m['median'])} | {_fmt(m['min'])}-{_fmt(m['max'])} "
-                f"| {m['p50']:.2f} | {m['p99']:.2f} | {int(m['errors'])} |"
+                f"| {m['p50']:.2f} | {m['p99']:.2f} | {_fmt(m['cpu'] or None, 1)} "
+                f"| {int(m['errors'])} |"
             )
             for b in BASELINES:
                 base = summary.get((s, b), {}).get("median")
