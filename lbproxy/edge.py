@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import datetimeToString
@@ -20,7 +21,15 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from lbproxy.accesslog import AccessLog
-from lbproxy.httpcheck import Rejection, badRequest, checkFraming, checkHost, checkRequestLine
+from lbproxy.httpcheck import (
+    PlainHead,
+    Rejection,
+    badRequest,
+    checkFraming,
+    checkHost,
+    checkRequestLine,
+    parsePlainHead,
+)
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
@@ -72,8 +81,16 @@ class ProxyRequest(Request):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        if self.onConnectionLost is not None and not self.finished:
-            self.onConnectionLost(reason)
+        onConnectionLost, self.onConnectionLost = self.onConnectionLost, None
+        if onConnectionLost is not None and not self.finished:
+            onConnectionLost(reason)
+
+    def finish(self) -> None:
+        # The hook is the proxy's bound method, which holds this request:
+        # dropping it here leaves no reference cycle, so a finished request
+        # is freed at once, not by the cyclic garbage collector.
+        self.onConnectionLost = None
+        super().finish()
 
     def process(self) -> None:
         """
@@ -90,6 +107,21 @@ class ProxyRequest(Request):
             self.render(site.resource)
         except BaseException:  # noqa: BLE001 - as twisted.web does: answer 500, log
             self.processingFailed(Failure())
+
+    def write(self, data: bytes) -> None:
+        """
+        Write response data; the first write sends the response head and
+        C{data} in one transport write (one C{send} for a small answer).
+        """
+        if self.startedWriting or not data:
+            super().write(data)
+            return
+        channel: ProxyChannel = self.channel  # type: ignore[assignment]
+        channel.holdHead()
+        try:
+            super().write(data)
+        finally:
+            channel.releaseHead()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.rejected:
@@ -153,22 +185,149 @@ class ProxyChannel(http.HTTPChannel):
             headers.setRawHeaders(b"Connection", [b"close"])
         if self.site.hsts is not None and self.isSecure():
             headers.setRawHeaders(b"Strict-Transport-Security", [self.site.hsts])
-        super().writeHeaders(version, code, reason, headers)
+        if not self._holdingHead:
+            super().writeHeaders(version, code, reason, headers)
+            return
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._heldHead = b"".join(head)
+
+    # Writing the response head together with the first data.
+
+    _holdingHead = False
+    _heldHead: bytes | None = None
+
+    def holdHead(self) -> None:
+        """
+        Keep the next response head back until the next write, which sends
+        both at once (see L{ProxyRequest.write}).
+        """
+        self._holdingHead = True
+
+    def releaseHead(self) -> None:
+        """
+        Stop holding response heads; send one still held.
+        """
+        self._holdingHead = False
+        if self._heldHead is not None:
+            held, self._heldHead = self._heldHead, None
+            assert self.transport is not None
+            self.transport.write(held)
+
+    def write(self, data: bytes) -> None:
+        if self._heldHead is not None:
+            data, self._heldHead = self._heldHead + data, None
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if self._heldHead is not None:
+            iovec, self._heldHead = [self._heldHead, *iovec], None
+        assert self.transport is not None
+        self.transport.writeSequence(iovec)
 
     # Reading the request head.
+
+    fastHeads = True
+    """
+    Whether a plain request head that arrives whole on an idle connection
+    is parsed in one pass (L{_receivePlainHead}) rather than line by line.
+    Either way the request and the answer are the same; tests and
+    benchmarks turn it off to compare the two.
+    """
 
     def dataReceived(self, data: bytes) -> None:
         if self._rejected:
             return
         if not self._busy and self._phase != "body" and data:
+            if self.fastHeads and self._receivePlainHead(data):
+                return
             self._startHeaderTimer()
             window = self._lastByte + data
             end = window.find(b"\r\n\r\n")
             if _bareLF(window if end < 0 else window[: end + 4]):
                 self.reject(badRequest("line ending without CR"))
                 return
-            self._lastByte = data[-1:]
+            # A CR that a LF may complete in the next data; a LF ends a line.
+            self._lastByte = b"\r" if data.endswith(b"\r") else b""
         super().dataReceived(data)
+
+    def _receivePlainHead(self, data: bytes) -> bool:
+        """
+        Take a whole plain request head (see L{parsePlainHead}) at the
+        start of C{data} in one pass, if nothing of an earlier head is
+        pending, and hand the request over as twisted.web's line by line
+        path would; what follows the head is read as that path reads it.
+
+        @return: Whether the head was taken; if not, nothing has changed.
+        """
+        # Nothing of an earlier head or request pending, and not inside
+        # LineReceiver's own loop:
+        if (
+            self._lastByte
+            or self._headerTimer is not None
+            or self._phase != "line"
+            or self._buffer
+            or self._busyReceiving
+            or not self.line_mode
+            or self.paused
+            or not self.persistent
+        ):
+            return False
+        end = data.find(b"\r\n\r\n")
+        # Within both of twisted.web's limits: the longest line and the
+        # total of the request line and the header lines.
+        if end < 0 or end + 4 > min(self.MAX_LENGTH, self.totalHeadersSize):
+            return False
+        limits = self.site.limits
+        head = parsePlainHead(
+            data[: end + 2],
+            limits.maxTarget,
+            limits.maxHeaderBytes,
+            min(limits.maxFields, self.maxHeaders),
+        )
+        if head is None:
+            return False
+        self._handOver(head, data[: data.index(b"\r\n")], data[end + 4 :])
+        return True
+
+    def _handOver(self, head: PlainHead, requestLine: bytes, rest: bytes) -> None:
+        """
+        Make the request for C{head} and hand it to the site, leaving this
+        channel as twisted.web's C{lineReceived}, C{allHeadersReceived} and
+        C{allContentReceived} (and ours) leave it after a bodiless request;
+        then read C{rest} as C{LineReceiver.dataReceived} would read what
+        follows the head in the same data.
+        """
+        # lineReceived, for the request line and the end of the head:
+        request = self.requestFactory(self, len(self.requests))  # type: ignore[call-arg]
+        request.requestHeaders = head.headers
+        self.requests.append(request)
+        self._requestLine = requestLine
+        # allHeadersReceived, with no body to wait for:
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, head.version)
+        request.gotLength(0)
+        # allContentReceived: what follows waits until this request is done.
+        self._busy = True
+        setattr(self, "_HTTPChannel__first_line", 1)  # noqa: B010 - twisted.web's private name
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        # As inside LineReceiver.dataReceived: the rest is already buffered
+        # while the request is received, then read on unless it closed.
+        self._buffer = rest
+        self._busyReceiving = True
+        try:
+            request.requestReceived(head.method, head.target, head.version)
+        finally:
+            self._busyReceiving = False
+        if self._buffer and not getattr(self.transport, "disconnecting", False):
+            basic.LineReceiver.dataReceived(self, self.clearLineBuffer())
 
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:

@@ -2,14 +2,18 @@
 Strict checks of what a client sends, beyond what twisted.web's parser
 enforces: the request line, the Host header, Content-Length and
 Transfer-Encoding. Pure functions: each returns L{None} for acceptable
-input or the L{Rejection} to answer with.
+input or the L{Rejection} to answer with; L{parsePlainHead} parses the
+common request head, one that passes every check, in one pass.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import attrs
+from twisted.web.http_headers import Headers
 
 MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -33,7 +37,8 @@ def badRequest(message: str) -> Rejection:
     return Rejection(400, "Bad Request", message)
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(_TCHAR + rb"+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 # Visible ASCII only: no controls, no DEL, no 8-bit bytes, no spaces.
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
@@ -71,7 +76,7 @@ def checkRequestLine(line: bytes, maxTarget: int) -> Rejection | None:
     return None
 
 
-def checkHost(hosts: list[bytes], version: bytes) -> Rejection | None:
+def checkHost(hosts: Sequence[bytes], version: bytes) -> Rejection | None:
     """
     Check the Host header values: exactly one on HTTP/1.1 (at most one on
     HTTP/1.0), and each a valid C{host[:port]} (RFC 9112 3.2, RFC 3986).
@@ -126,3 +131,65 @@ def checkFraming(contentLengths: list[bytes], transferEncodings: list[bytes]) ->
         if int(value) > MAX_CONTENT_LENGTH:
             return badRequest("Content-Length too large")
     return None
+
+
+# Field lines as twisted.web accepts them and lbproxy lets through: a token
+# name, a colon, a value without NUL, CR or LF (so no obs-fold, no bare LF,
+# no space before the colon), each line ending in CRLF.
+_FIELD_LINES = re.compile(rb"(?:" + _TCHAR + rb"+:[^\x00\r\n]*\r\n)*\Z")
+
+
+class PlainHead(NamedTuple):
+    """
+    A request head that passed every check and announces no body: the
+    request line's parts and the header fields as twisted.web stores them.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Headers
+
+
+def parsePlainHead(
+    head: bytes, maxTarget: int, maxHeaderBytes: int, maxFields: int
+) -> PlainHead | None:
+    """
+    Parse a request head in one pass, if it is the common case: a request
+    line that L{checkRequestLine} accepts, at most C{maxFields} well-formed
+    header lines in at most C{maxHeaderBytes}, a Host that L{checkHost}
+    accepts, no Transfer-Encoding, no Expect, and no Content-Length but
+    C{0}.
+
+    The headers are what twisted.web's C{HTTPChannel.headerReceived} makes
+    of the same lines: names canonicalised, values stripped of spaces and
+    tabs, in the order received.
+
+    @param head: The request line and the header lines, each with its CRLF;
+        not the empty line that ends the head.
+    @return: The parsed head, or L{None} for anything else (the line by
+        line parser then decides what to answer).
+    """
+    requestLine, _, block = head.partition(b"\r\n")
+    if len(block) > maxHeaderBytes or checkRequestLine(requestLine, maxTarget) is not None:
+        return None
+    # A field name is followed at once by its colon, so a field not found
+    # here is surely absent; a value that merely mentions one sends the
+    # head the line by line way, which is only slower.
+    named = block.lower()
+    if b"transfer-encoding:" in named or b"expect:" in named or not _FIELD_LINES.match(block):
+        return None
+    lines = block.split(b"\r\n")
+    del lines[-1]  # what follows the last CRLF: nothing
+    if len(lines) > maxFields:
+        return None
+    headers = Headers()
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers.addRawHeader(name, value.strip(b" \t"))
+    method, target, version = requestLine.split(b" ")
+    if b"content-length:" in named and headers.getRawHeaders(b"content-length") != [b"0"]:
+        return None
+    if checkHost(headers.getRawHeaders(b"host", []), version) is not None:
+        return None
+    return PlainHead(method, target, version, headers)

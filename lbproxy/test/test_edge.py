@@ -1,7 +1,9 @@
 """
 Tests for L{lbproxy.edge}: strict parsing at the edge, as a table of raw
 requests sent over real sockets to a proxy in front of a recording backend,
-plus the header timeout, the connection limit and backend framing errors.
+plus the header timeout, the connection limit and backend framing errors;
+and request heads parsed in one pass against the same heads parsed line by
+line, as conversations over an in-memory transport.
 """
 
 from __future__ import annotations
@@ -10,12 +12,24 @@ from collections.abc import Generator
 from typing import Any
 
 import attrs
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
-from lbproxy.edge import EdgeLimits
-from lbproxy.httpcheck import checkFraming, checkHost, checkRequestLine, validHost
+from lbproxy.accesslog import AccessLog
+from lbproxy.edge import EdgeLimits, ProxyChannel, ProxySite
+from lbproxy.httpcheck import (
+    PlainHead,
+    checkFraming,
+    checkHost,
+    checkRequestLine,
+    parsePlainHead,
+    validHost,
+)
 from lbproxy.test.fakes import (
     answer,
     get,
@@ -333,6 +347,50 @@ class ChecksTests(SynchronousTestCase):
         assert rejection is not None
         self.assertEqual(rejection.code, 400)
 
+    def test_plainHead(self) -> None:
+        """
+        A plain head is parsed into its request line's parts and its
+        headers as twisted.web stores them; anything else is left to the
+        line by line parser.
+        """
+        line = b"GET /a HTTP/1.1\r\n"
+        head = parsePlainHead(line + b"host: a\r\nX-A: 1\r\nx-a: \t2 \r\n", 64, 1024, 10)
+        assert head is not None
+        self.assertEqual(head[:3], (b"GET", b"/a", b"HTTP/1.1"))
+        self.assertEqual(
+            list(head.headers.getAllRawHeaders()), [(b"Host", [b"a"]), (b"X-A", [b"1", b"2"])]
+        )
+        fields = b"Host: a\r\n" + b"X: 1\r\n" * 9
+        for plain in [
+            b"GET / HTTP/1.0\r\n",
+            line + b"Host: a\r\nContent-Length: 0\r\n",
+            line + fields,
+            line + b"Host: a\r\nX: " + b"a" * (1024 - 14) + b"\r\n",
+            b"GET /" + b"a" * 63 + b" HTTP/1.1\r\nHost: a\r\n",
+        ]:
+            self.assertIsNotNone(parsePlainHead(plain, 64, 1024, 10), plain)
+        for other in [
+            b"\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n",
+            b"GET /" + b"a" * 64 + b" HTTP/1.1\r\nHost: a\r\n",
+            line + fields + b"X: 1\r\n",
+            line + b"Host: a\r\nX: " + b"a" * (1024 - 13) + b"\r\n",
+            line,
+            line + b"Host: a\r\nHost: a\r\n",
+            line + b"Host: a b\r\n",
+            line + b"Host: a\r\nContent-Length: 1\r\n",
+            line + b"Host: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n",
+            line + b"Host: a\r\nTransfer-Encoding: chunked\r\n",
+            line + b"Host: a\r\nexpect: 100-continue\r\n",
+            line + b"Host: a\r\nX: a\r\n b\r\n",
+            line + b"Host: a\nX: a\r\n",
+            line + b"Host: a\r\nX: a\rb\r\n",
+            line + b"Host: a\r\nX: a\x00b\r\n",
+            line + b"Host: a\r\nX : a\r\n",
+            line + b"Host: a\r\nX\r\n",
+        ]:
+            self.assertIsNone(parsePlainHead(other, 64, 1024, 10), other)
+
     def test_framing(self) -> None:
         """
         Framing headers are accepted or refused with the right status.
@@ -354,6 +412,413 @@ class ChecksTests(SynchronousTestCase):
             self.assertEqual(
                 None if rejection is None else rejection.code, code, (lengths, encodings)
             )
+
+
+class _Counting(ProxyChannel):
+    """
+    A channel that counts the request heads it takes in one pass.
+    """
+
+    onePass = 0
+
+    def _handOver(self, head: PlainHead, requestLine: bytes, rest: bytes) -> None:
+        self.onePass += 1
+        super()._handOver(head, requestLine, rest)
+
+
+class _LineByLine(_Counting):
+    """
+    The same channel with the one-pass parser off.
+    """
+
+    fastHeads = False
+
+
+class _Recorder(Resource):
+    """
+    Records what each request looks like when it reaches the site, and
+    answers it at once (inside C{render}) or when the test says.
+    """
+
+    isLeaf = True
+
+    def __init__(self, atOnce: bool) -> None:
+        super().__init__()
+        self.atOnce = atOnce
+        self.seen: list[tuple[Any, ...]] = []
+        self.held: list[Request] = []
+
+    def render(self, request: Request) -> int:  # type: ignore[override]
+        self.seen.append(
+            (
+                request.method,
+                request.uri,
+                request.path,
+                request.args,
+                request.clientproto,
+                [
+                    (name, list(values))
+                    for name, values in request.requestHeaders.getAllRawHeaders()
+                ],
+                request.received_cookies,
+                request.content.read(),  # type: ignore[union-attr]
+                request.channel.persistent,
+                request.responseHeaders.getRawHeaders(b"connection"),
+            )
+        )
+        if self.atOnce:
+            _answerHeld(request)
+        else:
+            self.held.append(request)
+        return NOT_DONE_YET
+
+
+def _answerHeld(request: Request) -> None:
+    request.write(b"answer to " + request.uri)
+    request.finish()
+
+
+@attrs.frozen
+class Transcript:
+    """
+    Everything a client, the site and the operator can see of one
+    conversation: the requests as the site got them, the bytes written
+    back, whether the connection was closed, the access log and the
+    timers left running.
+    """
+
+    seen: list[tuple[Any, ...]]
+    written: bytes
+    closed: bool
+    log: list[str]
+    timers: list[float]
+
+
+def converse(
+    reads: tuple[bytes, ...], lineByLine: bool = False, atOnce: bool = False
+) -> tuple[Transcript, int]:
+    """
+    Feed C{reads} to a fresh channel, one C{dataReceived} each, answering
+    each request at once (inside C{render}) or after each read.
+
+    @return: What could be seen, and how many heads were taken in one pass.
+    """
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    lines: list[str] = []
+    resource = _Recorder(atOnce)
+    site = ProxySite(resource, AccessLog(lines.append), reactor=clock)
+    site.protocol = _LineByLine if lineByLine else _Counting  # type: ignore[assignment]
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
+    channel.makeConnection(transport)
+    for data in reads:
+        channel.dataReceived(data)
+        clock.advance(1)
+        while resource.held:
+            _answerHeld(resource.held.pop(0))
+    timers = sorted(call.getTime() for call in clock.getDelayedCalls())
+    seen = Transcript(resource.seen, transport.value(), transport.disconnecting, lines, timers)
+    return seen, channel.onePass
+
+
+P = b"GET /a?b=1&b=2 HTTP/1.1\r\n" + H + b"\r\n"
+BROWSER = (
+    b"GET /static/app.js?v=3 HTTP/1.1\r\n"
+    b"Host: www.example.com\r\n"
+    b"Connection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\n'
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0.0.0\r\n"
+    b"Accept: */*\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Referer: https://www.example.com/\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Cookie: session=abc123; theme=dark\r\n"
+    b"\r\n"
+)
+
+
+@attrs.frozen
+class Conversation:
+    """
+    One row: what the client sends, in which reads, and how many heads the
+    one-pass parser takes when each request is answered at once and when
+    answered later (pipelined requests then wait, and are read again).
+    """
+
+    name: str
+    reads: tuple[bytes, ...]
+    onePassAtOnce: int
+    onePassLater: int
+
+
+CONVERSATIONS = [
+    Conversation("wrk's request", (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",), 1, 1),
+    Conversation("a browser's request", (BROWSER,), 1, 1),
+    Conversation("keep-alive: three requests in three reads", (P, P, BROWSER), 3, 3),
+    Conversation("pipelined: three requests in one read", (P + BROWSER + P,), 1, 3),
+    Conversation("a head split in two reads", (b"GET / HTTP/1.1\r\nHo", b"st: a\r\n\r\n", P), 1, 1),
+    Conversation("the request line alone first", (b"GET / HTTP/1.1\r\n", H + b"\r\n", P), 1, 1),
+    Conversation("HTTP/1.0 without Host", (b"GET /x HTTP/1.0\r\n\r\n",), 1, 1),
+    Conversation("HTTP/1.0, then more", (b"GET /x HTTP/1.0\r\n\r\n" + P, P), 1, 1),
+    Conversation(
+        "Connection: close, then more",
+        (b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n" + P, P),
+        1,
+        1,
+    ),
+    Conversation(
+        "Connection: keep-alive on HTTP/1.0",
+        (b"GET / HTTP/1.0\r\n" + H + b"Connection: keep-alive\r\n\r\n", P),
+        1,
+        1,
+    ),
+    Conversation(
+        "repeated fields, in order",
+        (b"GET / HTTP/1.1\r\n" + H + b"Accept: a\r\nx-a: 1\r\nACCEPT: b\r\nX-A: 2\r\n\r\n",),
+        1,
+        1,
+    ),
+    Conversation(
+        "spaces and tabs around values, an empty value, odd case",
+        (b"GET / HTTP/1.1\r\nhOST: \t a:80 \t\r\nX-Empty:\r\nx-tAb:\tv w\t\r\nDnt: 1\r\n\r\n",),
+        1,
+        1,
+    ),
+    Conversation(
+        "8-bit and control bytes in a value", (P[:-2] + b"X: \xc3\xa9\x01\x7f\r\n\r\n",), 1, 1
+    ),
+    Conversation(
+        "Content-Length: 0", (b"POST /f HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n",), 1, 1
+    ),
+    Conversation(
+        "a body, then a request",
+        (b"POST /f HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc" + P,),
+        0,
+        1,
+    ),
+    Conversation(
+        "a chunked body, then a request",
+        (
+            b"POST /f HTTP/1.1\r\n"
+            + H
+            + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            + P,
+        ),
+        0,
+        1,
+    ),
+    Conversation(
+        "a body in the next read",
+        (b"PUT /f HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\n", b"abc", P),
+        1,
+        1,
+    ),
+    Conversation(
+        "Expect: 100-continue",
+        (b"POST /f HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nContent-Length: 0\r\n\r\n",),
+        0,
+        0,
+    ),
+    Conversation(
+        "a value that mentions Transfer-Encoding",
+        (P[:-2] + b"X-Note: transfer-encoding: none\r\n\r\n",),
+        0,
+        0,
+    ),
+    Conversation("an empty line before the request", (b"\r\n" + P, P), 1, 1),
+    Conversation("an empty line after each request", (P + b"\r\n", P, b"\r\n" + P), 2, 1),
+    Conversation(
+        "absolute form, then OPTIONS *",
+        (
+            b"GET http://other.example/p?q HTTP/1.1\r\n"
+            + H
+            + b"\r\nOPTIONS * HTTP/1.1\r\n"
+            + H
+            + b"\r\n",
+        ),
+        1,
+        2,
+    ),
+    Conversation("a whole head, then part of one", (P + b"GET /next HTTP/1.1\r\nHo",), 1, 1),
+    Conversation(
+        "a whole head, then a malformed one",
+        (P + b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n",),
+        1,
+        1,
+    ),
+    Conversation("HTTP/1.1 without Host", (b"GET / HTTP/1.1\r\n\r\n",), 0, 0),
+    Conversation("two Hosts", (b"GET / HTTP/1.1\r\n" + H + H + b"\r\n", P), 0, 0),
+    Conversation("an invalid Host", (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", P), 0, 0),
+    Conversation(
+        "two Content-Lengths of 0", (P[:-2] + b"Content-Length: 0\r\n" * 2 + b"\r\n",), 0, 0
+    ),
+    Conversation("obs-fold", (P[:-2] + b"X: a\r\n b\r\n\r\n",), 0, 0),
+    Conversation("bare LF", (b"GET / HTTP/1.1\n" + H + b"\r\n",), 0, 0),
+    Conversation("NUL in a value", (P[:-2] + b"X: a\x00b\r\n\r\n",), 0, 0),
+    Conversation("space before a colon", (P[:-2] + b"X : a\r\n\r\n",), 0, 0),
+    Conversation(
+        "a target too long", (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n",), 0, 0
+    ),
+    Conversation("too many fields", (P[:-2] + b"X-A: 1\r\n" * 100 + b"\r\n",), 0, 0),
+    Conversation(
+        "a refused request, then more", (b"GET admin HTTP/1.1\r\n" + H + b"\r\n" + P, P), 0, 0
+    ),
+]
+
+
+class OnePassTests(SynchronousTestCase):
+    """
+    Request heads parsed in one pass and line by line make the same
+    requests and the same answers.
+    """
+
+    def test_sameConversations(self) -> None:
+        """
+        For every conversation, answered at once or later, the site gets
+        requests of the same method, target, path, arguments, version,
+        headers (in order), cookies, body and persistence, and the client
+        gets the same bytes, closing, access log lines and timers, whether
+        heads are parsed in one pass or line by line; the one-pass parser
+        takes the plain heads and leaves the rest.
+        """
+        for case in CONVERSATIONS:
+            for atOnce, expected in ((True, case.onePassAtOnce), (False, case.onePassLater)):
+                name = f"{case.name} (answered {'at once' if atOnce else 'later'})"
+                slow, slowOnePass = converse(case.reads, lineByLine=True, atOnce=atOnce)
+                fast, onePass = converse(case.reads, atOnce=atOnce)
+                self.assertEqual(fast, slow, name)
+                self.assertEqual((onePass, slowOnePass), (expected, 0), name)
+
+    def test_servedAndRefused(self) -> None:
+        """
+        The conversations' answers are what the table's rows say: plain
+        requests are served and the connection kept, HTTP/1.0 and
+        C{Connection: close} end it, invalid heads are refused with 400.
+        """
+        fast, _ = converse((P, BROWSER))
+        self.assertEqual(fast.written.count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(
+            [seen[:5] for seen in fast.seen],
+            [
+                (b"GET", b"/a?b=1&b=2", b"/a", {b"b": [b"1", b"2"]}, b"HTTP/1.1"),
+                (b"GET", b"/static/app.js?v=3", b"/static/app.js", {b"v": [b"3"]}, b"HTTP/1.1"),
+            ],
+        )
+        self.assertEqual(fast.seen[1][6], {b"session": b"abc123", b"theme": b"dark"})
+        self.assertFalse(fast.closed)
+        for closing in [b"GET /x HTTP/1.0\r\n\r\n", P[:-2] + b"Connection: close\r\n\r\n"]:
+            closed, _ = converse((closing + P,))
+            self.assertEqual(len(closed.seen), 1, closing)
+            self.assertIn(b"\r\nConnection: close\r\n", closed.written, closing)
+            self.assertTrue(closed.closed, closing)
+        refused, _ = converse((b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",))
+        self.assertTrue(refused.written.startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(refused.seen, [])
+        self.assertIn('error="invalid Host header"', refused.log[0])
+
+    def test_headSplitAfterALine(self) -> None:
+        """
+        A head that arrives in pieces each ending right after a line's CRLF
+        is served (that LF is no bare LF); a LF alone at the start of the
+        next piece is one.
+        """
+        served, _ = converse((b"GET / HTTP/1.1\r\n", b"Host: a\r\n", b"\r\n"))
+        self.assertTrue(served.written.startswith(b"HTTP/1.1 200 "), served.written)
+        self.assertEqual(len(served.seen), 1)
+        refused, _ = converse((b"GET / HTTP/1.1\r\nHost: a\r\n", b"\n"))
+        self.assertTrue(refused.written.startswith(b"HTTP/1.1 400 "), refused.written)
+        self.assertIn("line ending without CR", refused.log[0])
+
+    def test_headersAsTwistedStoresThem(self) -> None:
+        """
+        Header names are canonicalised, values stripped of spaces and tabs,
+        and repeated fields kept in the order sent.
+        """
+        head = b"GET / HTTP/1.1\r\nhOST: \t a:80 \t\r\nx-a: 1\r\nX-Empty:\r\nX-A: 2\r\nDnt: 1\r\n"
+        fast, _ = converse((head + b"\r\n",))
+        [seen] = fast.seen
+        self.assertEqual(
+            seen[5],
+            [
+                (b"Host", [b"a:80"]),
+                (b"X-A", [b"1", b"2"]),
+                (b"X-Empty", [b""]),
+                (b"DNT", [b"1"]),
+            ],
+        )
+
+
+class _CountingWrites(StringTransport):
+    """
+    A transport that keeps each write (or write of a sequence) apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+
+class _Sized(Resource):
+    """
+    Answers with a body of a declared length, or chunked if C{length} is
+    false, in one write.
+    """
+
+    isLeaf = True
+
+    def __init__(self, length: bool) -> None:
+        super().__init__()
+        self.length = length
+
+    def render(self, request: Request) -> int:  # type: ignore[override]
+        if self.length:
+            request.setHeader(b"Content-Length", b"5")
+        request.write(b"hello")
+        request.finish()
+        return NOT_DONE_YET
+
+
+class ResponseWriteTests(SynchronousTestCase):
+    """
+    The response head goes to the client together with the first body
+    data: one write (so one send, one TCP segment) for a small answer.
+    """
+
+    def _answer(self, resource: Resource) -> list[bytes]:
+        site = ProxySite(resource, AccessLog(lambda line: None), reactor=Clock())
+        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
+        transport = _CountingWrites()
+        channel.makeConnection(transport)
+        channel.dataReceived(P)
+        return transport.writes
+
+    def test_headWithBody(self) -> None:
+        """
+        A response with a Content-Length is written in one write, head and
+        body.
+        """
+        [written] = self._answer(_Sized(length=True))
+        self.assertTrue(written.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(written.endswith(b"\r\n\r\nhello"))
+
+    def test_chunkedHeadWithFirstChunk(self) -> None:
+        """
+        A chunked response's head goes with its first chunk; the last chunk
+        follows when the response finishes.
+        """
+        first, last = self._answer(_Sized(length=False))
+        self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(first.endswith(b"\r\n\r\n5\r\nhello\r\n"))
+        self.assertEqual(last, b"0\r\n\r\n")
 
 
 def _turn() -> Any:

@@ -5,9 +5,11 @@ sockets, with real TLS.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -227,6 +229,9 @@ class DemoTests(ServiceTestCase):
             ["--demo", "--chooser", "round-robin", "--listen", "tcp:0:interface=127.0.0.1"]
         )
         wrapper = makeService(options, reactor)
+        for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        self.addCleanup(gc.unfreeze)  # the root freezes the heap once running
         wrapper.startService()
         self.addCleanup(wrapper.stopService)
         [service] = list(wrapper)  # type: ignore[call-overload]

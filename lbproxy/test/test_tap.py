@@ -254,6 +254,7 @@ class HeapTests(SynchronousTestCase):
         Objects that exist when the reactor starts are frozen (out of every
         collection); objects made later are not.
         """
+        gc.unfreeze()
         self.addCleanup(gc.unfreeze)
         for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
             self.addCleanup(signal.signal, number, signal.getsignal(number))
