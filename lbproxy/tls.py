@@ -651,13 +651,7 @@ class TLSServerEndpoint:
         Listen on the wrapped endpoint; every connection does a TLS server
         handshake and then carries the protocols of C{protocolFactory}.
         """
-        factory = TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory)
-        # Encrypt and send each write at once. Twisted's default TLS protocol
-        # holds small writes until the next reactor turn (a timer per
-        # response) to send them together; lbproxy's edge already writes a
-        # response head with its first data in one write.
-        factory.protocol = TLSMemoryBIOProtocol
-        return self.wrapped.listen(factory)
+        return self.wrapped.listen(TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))
 
 
 @attrs.frozen
