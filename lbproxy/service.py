@@ -48,7 +48,7 @@ from lbproxy.tls import (
     TLSConfigError,
     adhocCertificate,
 )
-from lbproxy.transport import writeThrough
+from lbproxy.transport import batchingSends
 from lbproxy.upstream import Upstream, UpstreamSettings
 
 
@@ -117,7 +117,7 @@ class LoadBalancerService(MultiService):
         self._bound = list(bound)
         # Listen and connect with transports that send at once (see
         # lbproxy.transport); a test's in-memory reactor is kept as it is.
-        reactor = writeThrough(reactor)
+        reactor = batchingSends(reactor)
         self._reactor = reactor
         self._clock = clock
         self.pool = BackendPool(list(config.backends))

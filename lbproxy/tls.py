@@ -651,7 +651,14 @@ class TLSServerEndpoint:
         Listen on the wrapped endpoint; every connection does a TLS server
         handshake and then carries the protocols of C{protocolFactory}.
         """
-        return self.wrapped.listen(TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))
+        factory = TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory)
+        # Encrypt each write at once, not at the next reactor turn as
+        # Twisted's default BufferingTLSTransport does (a timer per
+        # response): lbproxy's edge writes a response head with its first
+        # data, and lbproxy's TCP transports batch the sends of a turn (see
+        # lbproxy.transport). Benchmark A: 110 to 105 µs of CPU per request.
+        factory.protocol = TLSMemoryBIOProtocol
+        return self.wrapped.listen(factory)
 
 
 @attrs.frozen

@@ -1,22 +1,29 @@
 """
-TCP transports that send at once.
+TCP transports that send what was written during a reactor turn at the end
+of that turn, all connections back to back, without asking the reactor.
 
 Twisted's TCP transport never sends from C{write()}: it appends to a buffer
-and asks the reactor to watch the socket for writability; the next reactor
-iteration sends, and then stops watching. For a proxy that writes one small
-message per read on each side, that is two C{epoll_ctl} calls and one extra
-event dispatch per write, and the profile of lbproxy shows the reactor's
-share of each request at 40 %.
+and asks the reactor to watch the socket for room (C{epoll_ctl}); the next
+reactor turn dispatches the writable event, sends, and stops watching
+(C{epoll_ctl} again). A proxy writes one small message per read on each
+side, so that was two system calls and one event dispatch per write, and
+the reactor's share of each request was 40 % in the profile.
 
-The transports here try C{send()} first when nothing is buffered, and fall
-back to Twisted's buffered path for what the kernel does not take at once.
-Errors are never raised or reported from C{write()}: a failed C{send()}
-leaves the data to the buffered path, whose next C{doWrite} finds the error
-and reports the connection lost the usual way, so no protocol sees a
-callback from inside its own C{write()} call.
+Here a write to a connection with nothing waiting for the socket is queued,
+and one timer per turn (L{SendQueue}) sends every queued connection's data
+with one C{send()} each. Sending at the end of the turn rather than at once
+keeps a response's pieces in one C{send()} and puts the sends of many
+connections back to back, which costs the kernel less (measured: 104 to
+89 µs of CPU per proxied request in benchmark B; sending at once saved
+less). What the kernel does not take goes through Twisted's buffered path,
+as does everything written while the socket is full; more than L{SEND_NOW}
+bytes in a turn are sent at once, so producers meet Twisted's backpressure
+as before. Errors are never raised or reported from C{write()} or the
+timer: a failed C{send()} leaves the data to the buffered path, whose
+C{doWrite} finds the error and reports the connection lost the usual way.
 
-L{WriteThroughReactor} hands these transports to code that takes a
-reactor: endpoints built on it (C{TCP4ServerEndpoint}, C{HostnameEndpoint},
+L{BatchingReactor} hands these transports to code that takes a reactor:
+endpoints built on it (C{TCP4ServerEndpoint}, C{HostnameEndpoint},
 C{AdoptedStreamServerEndpoint}) listen and connect with them.
 """
 
@@ -31,10 +38,42 @@ from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import directlyProvides, providedBy
 
 
-class _WriteThrough:
+class SendQueue:
     """
-    Mixed into a L{tcp.Connection}: C{write} sends directly while the
-    write buffer is empty.
+    The transports with data to send at the end of this reactor turn: one
+    timer per turn sends it all, back to back.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._waiting: list[_BatchedSends] = []
+
+    def add(self, transport: _BatchedSends) -> None:
+        """
+        Send C{transport}'s queued data at the end of this turn.
+        """
+        if not self._waiting:
+            self._clock.callLater(0, self._sendAll)
+        self._waiting.append(transport)
+
+    def _sendAll(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for transport in waiting:
+            transport.sendQueued()
+
+
+SEND_NOW = 64 * 1024
+"""
+Queued bytes above which a transport sends at once rather than at the end
+of the turn (so a fast producer meets Twisted's backpressure as usual).
+"""
+
+
+class _BatchedSends:
+    """
+    Mixed into a L{tcp.Connection}: C{write} queues data for the end of the
+    reactor turn while nothing waits for the socket, and L{SendQueue} then
+    sends it directly.
     """
 
     socket: socket.socket
@@ -43,73 +82,121 @@ class _WriteThrough:
     dataBuffer: bytes
     _tempDataLen: int
     _writeDisconnected: bool
+    _queued: list[bytes] | None = None
+    _queuedBytes = 0
+
+    def _sendQueue(self) -> SendQueue:
+        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
-        if (
-            data
-            and not self._tempDataLen
-            and not self.dataBuffer
-            and self.connected
-            and not self.disconnecting
-            and not self._writeDisconnected
-        ):
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                # EAGAIN and the like: the buffered path waits for room.
-                # Anything else: the buffered path's send fails the same
-                # way and reports the connection lost from doWrite.
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super().write(data)  # type: ignore[misc]
+        if not data or not self.connected or self.disconnecting or self._writeDisconnected:
+            super().write(data)  # type: ignore[misc]
+            return
+        queued = self._queued
+        if queued is not None:
+            queued.append(data)
+            self._queuedBytes += len(data)
+            if self._queuedBytes > SEND_NOW:
+                self.sendQueued()
+            return
+        if self._tempDataLen or self.dataBuffer:
+            # Waiting for the socket to take earlier data: Twisted's path.
+            super().write(data)  # type: ignore[misc]
+            return
+        self._queued = [data]
+        self._queuedBytes = len(data)
+        if len(data) > SEND_NOW:
+            self.sendQueued()
+        else:
+            self._sendQueue().add(self)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        if not self._tempDataLen and not self.dataBuffer:
-            self.write(b"".join(iovec))
-        else:
-            super().writeSequence(iovec)  # type: ignore[misc]
+        self.write(b"".join(iovec))
+
+    def sendQueued(self) -> None:
+        """
+        Send the queued data now: what the kernel takes at once directly,
+        the rest through Twisted's buffered path.
+        """
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        if not self.connected or self._tempDataLen or self.dataBuffer:
+            super().write(data)  # type: ignore[misc]
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            # EAGAIN and the like: the buffered path waits for room.
+            # Anything else: the buffered path's send fails the same
+            # way and reports the connection lost from doWrite.
+            sent = 0
+        if sent < len(data):
+            super().write(data[sent:])  # type: ignore[misc]
+
+    def loseConnection(self, *args: Any, **kwargs: Any) -> None:
+        self.sendQueued()
+        super().loseConnection(*args, **kwargs)  # type: ignore[misc]
+
+    def loseWriteConnection(self) -> None:
+        self.sendQueued()
+        super().loseWriteConnection()  # type: ignore[misc]
+
+    def connectionLost(self, reason: Any) -> None:
+        self._queued = None
+        super().connectionLost(reason)  # type: ignore[misc]
 
 
-class WriteThroughServer(_WriteThrough, tcp.Server):
+class BatchingServer(_BatchedSends, tcp.Server):
     """
-    An accepted TCP connection that sends at once when it can.
+    An accepted TCP connection that sends at the end of the reactor turn.
     """
 
-
-class WriteThroughClient(_WriteThrough, tcp.Client):
-    """
-    An outgoing TCP connection that sends at once when it can.
-    """
+    def _sendQueue(self) -> SendQueue:
+        return self.server.sendQueue  # type: ignore[attr-defined,no-any-return]
 
 
-class WriteThroughPort(tcp.Port):
+class BatchingClient(_BatchedSends, tcp.Client):
     """
-    A listening TCP port whose connections are L{WriteThroughServer}s.
+    An outgoing TCP connection that sends at the end of the reactor turn.
     """
 
-    transport = WriteThroughServer
+    def _sendQueue(self) -> SendQueue:
+        return self.connector.sendQueue  # type: ignore[attr-defined,no-any-return]
 
 
-class WriteThroughConnector(tcp.Connector):
+class BatchingPort(tcp.Port):
     """
-    A TCP connector whose connections are L{WriteThroughClient}s.
+    A listening TCP port whose connections are L{BatchingServer}s.
     """
 
-    def _makeTransport(self) -> WriteThroughClient:
-        return WriteThroughClient(self.host, self.port, self.bindAddress, self, self.reactor)
+    transport = BatchingServer
+    sendQueue: SendQueue
 
 
-class WriteThroughReactor:
+class BatchingConnector(tcp.Connector):
+    """
+    A TCP connector whose connections are L{BatchingClient}s.
+    """
+
+    sendQueue: SendQueue
+
+    def _makeTransport(self) -> BatchingClient:
+        return BatchingClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class BatchingReactor:
     """
     A reactor that is the given one, except that its TCP ports and
-    connections use the write-through transports. Provides every interface
+    connections batch their sends (see the module docstring). Provides every interface
     the wrapped reactor provides.
     """
 
     def __init__(self, reactor: PosixReactorBase) -> None:
         self._reactor = reactor
+        self._sendQueue = SendQueue(reactor)
         directlyProvides(self, *providedBy(reactor))
 
     def __getattr__(self, name: str) -> Any:
@@ -117,8 +204,9 @@ class WriteThroughReactor:
 
     def listenTCP(
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
-    ) -> WriteThroughPort:
-        listening = WriteThroughPort(port, factory, backlog, interface, self._reactor)
+    ) -> BatchingPort:
+        listening = BatchingPort(port, factory, backlog, interface, self._reactor)
+        listening.sendQueue = self._sendQueue
         listening.startListening()
         return listening
 
@@ -129,37 +217,39 @@ class WriteThroughReactor:
         factory: Any,
         timeout: float = 30.0,
         bindAddress: Any = None,
-    ) -> WriteThroughConnector:
-        connector = WriteThroughConnector(host, port, factory, timeout, bindAddress, self._reactor)
+    ) -> BatchingConnector:
+        connector = BatchingConnector(host, port, factory, timeout, bindAddress, self._reactor)
+        connector.sendQueue = self._sendQueue
         connector.connect()
         return connector
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
         if addressFamily not in (socket.AF_INET, socket.AF_INET6):
             return self._reactor.adoptStreamPort(fileDescriptor, addressFamily, factory)
-        listening = WriteThroughPort._fromListeningDescriptor(
+        listening = BatchingPort._fromListeningDescriptor(
             self._reactor, fileDescriptor, addressFamily, factory
         )
+        listening.sendQueue = self._sendQueue
         listening.startListening()
         return listening
 
 
-def writeThrough(reactor: Any) -> Any:
+def batchingSends(reactor: Any) -> Any:
     """
-    C{reactor} with write-through TCP transports if it is one of Twisted's
+    C{reactor} with sends batched per turn if it is one of Twisted's
     socket reactors (epoll, poll, select); any other (a test's
     C{MemoryReactor}, say) is returned unchanged.
     """
     if isinstance(reactor, PosixReactorBase):
-        return WriteThroughReactor(reactor)
+        return BatchingReactor(reactor)
     return reactor
 
 
 __all__ = [
-    "WriteThroughClient",
-    "WriteThroughConnector",
-    "WriteThroughPort",
-    "WriteThroughReactor",
-    "WriteThroughServer",
-    "writeThrough",
+    "BatchingClient",
+    "BatchingConnector",
+    "BatchingPort",
+    "BatchingReactor",
+    "BatchingServer",
+    "batchingSends",
 ]

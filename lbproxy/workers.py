@@ -62,7 +62,7 @@ from zope.interface import implementer
 
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
-from lbproxy.transport import writeThrough
+from lbproxy.transport import batchingSends
 
 __all__ = [
     "KILL_GRACE",
@@ -555,7 +555,7 @@ def _adopted(reactor: Any, fd: int) -> AdoptedStreamServerEndpoint:
     with socket.socket(fileno=fd) as s:
         family = s.family
         s.detach()
-    return AdoptedStreamServerEndpoint(writeThrough(reactor), fd, family)  # type: ignore[no-untyped-call]
+    return AdoptedStreamServerEndpoint(batchingSends(reactor), fd, family)  # type: ignore[no-untyped-call]
 
 
 def workerMain(argv: Sequence[str] | None = None) -> int:

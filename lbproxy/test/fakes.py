@@ -31,7 +31,7 @@ from lbproxy.edge import EdgeLimits, ProxySite
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import OutcomeObserver, ProxySettings, ReverseProxyResource
 from lbproxy.retry import RetryBudget
-from lbproxy.transport import writeThrough
+from lbproxy.transport import batchingSends
 from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
 
 reactor = _globalReactor
@@ -209,7 +209,7 @@ def startProxy(
     access log collected in C{lines}; stopped at cleanup.
     """
     timers = clock if clock is not None else reactor
-    network = writeThrough(reactor)  # the transports the service uses
+    network = batchingSends(reactor)  # the transports the service uses
     lines: list[str] = []
     pool = BackendPool(list(backends))
     upstream = Upstream(network, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]

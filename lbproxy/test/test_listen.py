@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -13,7 +14,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.listen import (
@@ -207,6 +208,11 @@ class ServerEndpointForListenTests(SynchronousTestCase):
         port, factory, backlog, interface = self.listen(endpoint)
         self.assertEqual((port, backlog, interface), (8443, 7, "127.0.0.1"))
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
+        # Each write is encrypted and sent at once, not held for a timer
+        # (Twisted's default BufferingTLSTransport): no timer per response.
+        assert isinstance(factory, TLSMemoryBIOFactory)
+        connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        self.assertNotIsInstance(connection, BufferingTLSTransport)
 
     def test_sslIPv6Interface(self) -> None:
         """

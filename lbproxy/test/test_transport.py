@@ -1,6 +1,6 @@
 """
-Tests for L{lbproxy.transport}: TCP transports that send from C{write()}
-when nothing is buffered, over real loopback sockets.
+Tests for L{lbproxy.transport}: TCP transports that send what was written
+during a reactor turn at its end, over real loopback sockets.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.transport import (
-    WriteThroughClient,
-    WriteThroughReactor,
-    WriteThroughServer,
-    writeThrough,
+    BatchingClient,
+    BatchingReactor,
+    BatchingServer,
+    batchingSends,
 )
 
 
@@ -55,16 +56,20 @@ def _recvNow(sock: socket.socket) -> bytes:
     What C{sock} has received already, without waiting (the reactor does
     not run in between, so this is what the write sent by itself).
     """
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
     try:
-        return sock.recv(65536, socket.MSG_DONTWAIT)
+        return sock.recv(65536)
     except BlockingIOError:
         return b""
+    finally:
+        sock.settimeout(timeout)
 
 
-class WriteThroughTests(TestCase):
+class BatchedSendTests(TestCase):
     """
-    Data written to an idle write-through transport is on the wire when
-    C{write()} returns; what the kernel does not take goes through Twisted's
+    Data written to an idle transport is on the wire at the end of the
+    reactor turn; what the kernel does not take goes through Twisted's
     buffered path, in order; errors are reported as a lost connection, not
     from C{write()}.
     """
@@ -72,11 +77,11 @@ class WriteThroughTests(TestCase):
     @inlineCallbacks
     def _accept(self) -> Generator[Any, Any, tuple[_Accepted, socket.socket]]:
         """
-        A server protocol on a write-through port and the plain client
+        A server protocol on a batching port and the plain client
         socket connected to it.
         """
         accepted = _Accepted()
-        port = yield TCP4ServerEndpoint(writeThrough(reactor), 0, interface="127.0.0.1").listen(
+        port = yield TCP4ServerEndpoint(batchingSends(reactor), 0, interface="127.0.0.1").listen(
             Factory.forProtocol(lambda: accepted)
         )
         self.addCleanup(port.stopListening)
@@ -86,18 +91,40 @@ class WriteThroughTests(TestCase):
         return accepted, client
 
     @inlineCallbacks
-    def test_writeSendsAtOnce(self) -> Generator[Any, Any, None]:
+    def test_sentAtEndOfTurn(self) -> Generator[Any, Any, None]:
         """
-        A write to an idle connection is sent before C{write()} returns, with
-        no reactor iteration; so is a C{writeSequence}, as one send.
+        What is written during a reactor turn is sent, all of it, when the
+        turn ends, without the reactor watching the socket for room: the
+        client receives it while the reactor is blocked.
         """
         accepted, client = yield self._accept()
-        assert accepted.transport is not None
-        self.assertIsInstance(accepted.transport, WriteThroughServer)
-        accepted.transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        self.assertEqual(_recvNow(client), b"HTTP/1.1 200 OK\r\n\r\n")
-        accepted.transport.writeSequence([b"a", b"b", b"c"])
-        self.assertEqual(_recvNow(client), b"abc")
+        transport: Any = accepted.transport
+        self.assertIsInstance(transport, BatchingServer)
+        transport.write(b"HTTP/1.1 200 OK\r\n")
+        transport.writeSequence([b"a", b"b"])
+        self.assertEqual(_recvNow(client), b"")
+        self.assertFalse(transport.dataBuffer or transport._tempDataLen)
+        yield deferLater(reactor, 0, lambda: None)
+        received = b""
+        while len(received) < len(b"HTTP/1.1 200 OK\r\nab"):
+            received += client.recv(65536)  # blocking: the reactor cannot help
+        self.assertEqual(received, b"HTTP/1.1 200 OK\r\nab")
+
+    @inlineCallbacks
+    def test_loseConnectionSendsQueued(self) -> Generator[Any, Any, None]:
+        """
+        Closing the connection right after a write sends what was written
+        first, then closes.
+        """
+        accepted, client = yield self._accept()
+        transport: Any = accepted.transport
+        transport.write(b"last words")
+        transport.loseConnection()
+        yield accepted.lost
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        self.assertEqual(received, b"last words")
 
     @inlineCallbacks
     def test_largeWriteArrivesWhole(self) -> Generator[Any, Any, None]:
@@ -107,7 +134,7 @@ class WriteThroughTests(TestCase):
         goes out before anything written after it.
         """
         accepted = _Accepted()
-        port = yield TCP4ServerEndpoint(writeThrough(reactor), 0, interface="127.0.0.1").listen(
+        port = yield TCP4ServerEndpoint(batchingSends(reactor), 0, interface="127.0.0.1").listen(
             Factory.forProtocol(lambda: accepted)
         )
         self.addCleanup(port.stopListening)
@@ -149,8 +176,8 @@ class WriteThroughTests(TestCase):
     @inlineCallbacks
     def test_clientConnections(self) -> Generator[Any, Any, None]:
         """
-        Outgoing connections made through the write-through reactor are
-        write-through too, and their writes arrive.
+        Outgoing connections made through the batching reactor batch their
+        sends too, and their writes arrive.
         """
         accepted = _Accepted()
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -158,9 +185,9 @@ class WriteThroughTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         client = yield TCP4ClientEndpoint(
-            writeThrough(reactor), "127.0.0.1", port.getHost().port
+            batchingSends(reactor), "127.0.0.1", port.getHost().port
         ).connect(Factory.forProtocol(Protocol))
-        self.assertIsInstance(client.transport, WriteThroughClient)
+        self.assertIsInstance(client.transport, BatchingClient)
         yield accepted.made
         client.transport.write(b"ping")
         client.transport.loseConnection()
@@ -168,9 +195,9 @@ class WriteThroughTests(TestCase):
         self.assertEqual(b"".join(accepted.received), b"ping")
 
 
-class WriteThroughReactorTests(SynchronousTestCase):
+class BatchingReactorTests(SynchronousTestCase):
     """
-    L{writeThrough} wraps socket reactors only, and the wrapper is the
+    L{batchingSends} wraps socket reactors only, and the wrapper is the
     reactor it wraps in every other respect.
     """
 
@@ -179,15 +206,15 @@ class WriteThroughReactorTests(SynchronousTestCase):
         An in-memory reactor (as tests use) is returned as it is.
         """
         memory = MemoryReactorClock()
-        self.assertIs(writeThrough(memory), memory)
+        self.assertIs(batchingSends(memory), memory)
 
     def test_wrapperProvidesSameInterfaces(self) -> None:
         """
         The wrapper provides the wrapped reactor's interfaces and passes
         everything but TCP listening and connecting through to it.
         """
-        wrapped = writeThrough(reactor)
-        self.assertIsInstance(wrapped, WriteThroughReactor)
+        wrapped = batchingSends(reactor)
+        self.assertIsInstance(wrapped, BatchingReactor)
         self.assertTrue(IReactorTCP.providedBy(wrapped))
         self.assertTrue(IReactorTime.providedBy(wrapped))
         self.assertIs(wrapped.callLater.__self__, reactor)
