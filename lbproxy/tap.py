@@ -581,6 +581,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     return _TwistdRoot(makeLoadBalancer(config, network, clock), reactor)
 
 
+YOUNG_COLLECTION = 50_000
+"""
+Allocations between two collections of the youngest generation, once
+lbproxy runs (see L{_TwistdRoot._settleHeap}).
+"""
+
+
 class _TwistdRoot(MultiService):
     """
     Runs the load balancer under twistd: a L{StartupError} becomes one line
@@ -603,13 +610,25 @@ class _TwistdRoot(MultiService):
 
     def _settleHeap(self) -> None:
         """
-        Hide what start-up built (modules, classes, the service) from the
-        cyclic garbage collector: it lives as long as the process, and
-        every full collection would otherwise walk all of it again while
-        requests wait (C{gc.freeze}, as Instagram's Django servers do).
+        Keep the cyclic garbage collector's pauses short:
+
+          - Hide what start-up built (modules, classes, the service) from
+            it: that lives as long as the process, and every full
+            collection would otherwise walk all of it again while requests
+            wait (C{gc.freeze}, as Instagram's Django servers do).
+          - Collect the young generation every L{YOUNG_COLLECTION}
+            allocations instead of CPython's 700. Each young collection
+            promotes the objects of the requests in flight at that moment;
+            promoted objects count toward the next full collection, which
+            walks every connection's objects (10 000 idle TLS connections
+            are 200 000 objects: 40-60 ms). Fewer young collections, far
+            fewer full ones: A's p99 with 10 000 idle connections open went
+            from 64 to 18 ms in benchmark E.
         """
         gc.collect()
         gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(YOUNG_COLLECTION, older, oldest)
 
     def _installSignalHandlers(self) -> None:
         def stop(signum: int, frame: object) -> None:

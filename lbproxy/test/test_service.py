@@ -231,7 +231,9 @@ class DemoTests(ServiceTestCase):
         wrapper = makeService(options, reactor)
         for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
             self.addCleanup(signal.signal, number, signal.getsignal(number))
-        self.addCleanup(gc.unfreeze)  # the root freezes the heap once running
+        # Once running, the root freezes the heap and sets GC thresholds.
+        self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         wrapper.startService()
         self.addCleanup(wrapper.stopService)
         [service] = list(wrapper)  # type: ignore[call-overload]

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbproxy import certs
 from lbproxy.choosers import RandomChooser, RoundRobinChooser
 from lbproxy.listen import DEFAULT_LISTEN
-from lbproxy.tap import Options, _TwistdRoot, parseSize
+from lbproxy.tap import YOUNG_COLLECTION, Options, _TwistdRoot, parseSize
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -246,7 +246,7 @@ class SizeTests(SynchronousTestCase):
 class HeapTests(SynchronousTestCase):
     """
     Once the reactor runs, the twistd root hides the start-up heap from the
-    cyclic garbage collector.
+    cyclic garbage collector and makes young collections rarer.
     """
 
     def test_startUpObjectsFrozen(self) -> None:
@@ -256,6 +256,7 @@ class HeapTests(SynchronousTestCase):
         """
         gc.unfreeze()
         self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
             self.addCleanup(signal.signal, number, signal.getsignal(number))
         reactor = MemoryReactor()
@@ -265,6 +266,7 @@ class HeapTests(SynchronousTestCase):
         self.assertEqual(gc.get_freeze_count(), 0)
         reactor.run()
         self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(gc.get_threshold()[0], YOUNG_COLLECTION)
         self.assertNotIn(before, gc.get_objects())
         after = object.__new__(_Node)
         self.assertIn(after, gc.get_objects())
