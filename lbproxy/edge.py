@@ -314,8 +314,10 @@ class ProxyChannel(http.HTTPChannel):
         # allContentReceived: what follows waits until this request is done.
         self._busy = True
         setattr(self, "_HTTPChannel__first_line", 1)  # noqa: B010 - twisted.web's private name
-        if self.timeOut:
-            self._savedTimeOut = self.setTimeout(None)
+        # twisted.web cancels the idle timer here and makes a new one when
+        # the request is done; here it keeps running (see timeoutConnection)
+        # and requestDone pushes it back: no timer object per request.
+        self._savedTimeOut = None
         self._handlingRequest = True
         self.setRawMode()
         # As inside LineReceiver.dataReceived: the rest is already buffered
@@ -403,6 +405,21 @@ class ProxyChannel(http.HTTPChannel):
     def requestDone(self, request: Request) -> None:
         self._busy = False
         super().requestDone(request)
+        if self._savedTimeOut is None:
+            # The idle timer ran on during the request: idle from now, or
+            # no timer at all once the connection is closing.
+            if self.persistent:
+                self.resetTimeout()
+            else:
+                self.setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        if self.requests:
+            # Not idle: a request is in progress (the idle timer runs on
+            # while requests taken in one pass are handled). Wait again.
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web's own refusals (bad header syntax, CL+TE and the like)

@@ -787,6 +787,37 @@ class _Sized(Resource):
         return NOT_DONE_YET
 
 
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    The idle timeout of a keep-alive connection counts from the end of the
+    last response, never while a request is in progress.
+    """
+
+    def test_slowAnswerNotIdle(self) -> None:
+        """
+        A request whose answer takes longer than the idle timeout is not cut
+        off; once answered, the connection is closed after the idle timeout
+        and not before.
+        """
+        clock = Clock()
+        resource = _Recorder(atOnce=False)
+        site = ProxySite(
+            resource, AccessLog(lambda line: None), EdgeLimits(idleTimeout=60), reactor=clock
+        )
+        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
+        channel.makeConnection(transport)
+        channel.dataReceived(P)
+        clock.advance(150)
+        self.assertFalse(transport.disconnecting)
+        _answerHeld(resource.held.pop())
+        self.assertIn(b"answer to /a?b=1&b=2", transport.value())
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+
 class ResponseWriteTests(SynchronousTestCase):
     """
     The response head goes to the client together with the first body
