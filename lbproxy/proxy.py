@@ -17,7 +17,7 @@ from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionRefusedError
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy.backends import Backend, BackendPool
 from lbproxy.client import BackendResponse, InvalidResponse
+from lbproxy.deadlines import Deadlines
 from lbproxy.headers import (
     ClientInfo,
     originalClient,
@@ -156,6 +157,7 @@ class ReverseProxyResource(Resource):
         self.outcomes = outcomes
         self.budget = budget
         self.log = self._log
+        self.deadlines = Deadlines(clock, self.settings.responseTimeout)
 
     def render(self, request: Request) -> int | bytes:  # type: ignore[override]
         """
@@ -295,7 +297,6 @@ class _Exchange:
         self._headers: list[tuple[bytes, bytes]] = []
         self._needsHost = False
         self._pending: Deferred[BackendResponse] | None = None
-        self._timer: IDelayedCall | None = None
         self._timedOut = False
         self._clientGone = False
         self._done = False
@@ -325,7 +326,7 @@ class _Exchange:
         body = self._requestBody()
         backend.requestStarted()
         self._started = self._clock.seconds()
-        self._timer = self._clock.callLater(self._proxy.settings.responseTimeout, self._timeUp)
+        self._proxy.deadlines.add(self, self._timeUp, self._started)
         headers = self._headers
         if self._needsHost:
             # An HTTP/1.0 request without Host: name the backend.
@@ -349,15 +350,12 @@ class _Exchange:
         return self._proxy.upstream.bodyFromFile(content, length)
 
     def _timeUp(self) -> None:
-        self._timer = None
         self._timedOut = True
         if self._pending is not None:
             self._pending.cancel()
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._proxy.deadlines.remove(self)
 
     def _finish(self, failed: bool) -> None:
         if not self._done:
