@@ -144,6 +144,11 @@ class _BatchedSends:
         self.sendQueued()
         super().loseWriteConnection()  # type: ignore[misc]
 
+    def abortConnection(self) -> None:
+        # Aborting discards what was not sent yet, queued data included.
+        self._queued = None
+        super().abortConnection()  # type: ignore[misc]
+
     def connectionLost(self, reason: Any) -> None:
         self._queued = None
         super().connectionLost(reason)  # type: ignore[misc]

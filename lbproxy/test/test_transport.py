@@ -127,6 +127,25 @@ class BatchedSendTests(TestCase):
         self.assertEqual(received, b"last words")
 
     @inlineCallbacks
+    def test_abortDiscardsQueued(self) -> Generator[Any, Any, None]:
+        """
+        Aborting a connection right after a write sends nothing of it: the
+        client sees the connection end with no data.
+        """
+        accepted, client = yield self._accept()
+        transport: Any = accepted.transport
+        transport.write(b"never sent")
+        transport.abortConnection()
+        yield accepted.lost
+        received = b""
+        try:
+            while chunk := client.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        self.assertEqual(received, b"")
+
+    @inlineCallbacks
     def test_largeWriteArrivesWhole(self) -> Generator[Any, Any, None]:
         """
         A write larger than the kernel takes at once arrives whole and in
