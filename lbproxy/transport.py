@@ -35,6 +35,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
 from zope.interface import directlyProvides, providedBy
 
 
@@ -43,6 +44,8 @@ class SendQueue:
     The transports with data to send at the end of this reactor turn: one
     timer per turn sends it all, back to back.
     """
+
+    _log = Logger()
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
@@ -59,7 +62,10 @@ class SendQueue:
     def _sendAll(self) -> None:
         waiting, self._waiting = self._waiting, []
         for transport in waiting:
-            transport.sendQueued()
+            try:
+                transport.sendQueued()
+            except Exception:  # noqa: BLE001 - one broken connection must not stall the others
+                self._log.failure("sending queued data to {transport}", transport=transport)
 
 
 SEND_NOW = 64 * 1024
@@ -89,6 +95,10 @@ class _BatchedSends:
         raise NotImplementedError
 
     def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            # As Twisted's write does, at the caller, not later at the end
+            # of the turn.
+            raise TypeError(f"Data must be bytes, not {type(data).__name__}")
         if not data or not self.connected or self.disconnecting or self._writeDisconnected:
             super().write(data)  # type: ignore[misc]
             return

@@ -127,6 +127,19 @@ class BatchedSendTests(TestCase):
         self.assertEqual(received, b"last words")
 
     @inlineCallbacks
+    def test_writeNotBytes(self) -> Generator[Any, Any, None]:
+        """
+        Writing something other than bytes fails at once, in the caller, as
+        with Twisted's transport, and the connection goes on working.
+        """
+        accepted, client = yield self._accept()
+        transport: Any = accepted.transport
+        self.assertRaises(TypeError, transport.write, "text")
+        transport.write(b"bytes")
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(client.recv(65536), b"bytes")
+
+    @inlineCallbacks
     def test_abortDiscardsQueued(self) -> Generator[Any, Any, None]:
         """
         Aborting a connection right after a write sends nothing of it: the
