@@ -529,11 +529,14 @@ class ServerTLS:
         version = self.settings.minimumVersion
         defaultCertificate = self.default.load()
         default = _serverContext(version, defaultCertificate)
-        default.set_tlsext_servername_callback(self._chooseByName)
         byName = {
             name: _serverContext(version, certificate)
             for name, certificate in loadSNICertificates(self.settings).items()
         }
+        if byName:
+            # Only with certificates to choose from: the callback is Python
+            # code run inside every handshake.
+            default.set_tlsext_servername_callback(self._chooseByName)
         return _Contexts(default, defaultCertificate, byName)
 
     @property
