@@ -13,9 +13,10 @@ from twisted.internet.endpoints import (
     UNIXServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvidedBy
 
 from lbproxy.listen import (
     DEFAULT_LISTEN,
@@ -213,6 +214,21 @@ class ServerEndpointForListenTests(SynchronousTestCase):
         assert isinstance(factory, TLSMemoryBIOFactory)
         connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.assertNotIsInstance(connection, BufferingTLSTransport)
+        # Its cheaper start leaves the protocol declaring what Twisted's
+        # makeConnection leaves it declaring, for two connections in a row.
+        twistedFactory = TLSMemoryBIOFactory(
+            endpoint.contextFactory,
+            False,
+            Factory.forProtocol(Protocol),
+        )
+        twistedFactory.protocol = TLSMemoryBIOProtocol
+        for _ in range(2):
+            ours = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+            theirs = twistedFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+            ours.makeConnection(StringTransport())
+            theirs.makeConnection(StringTransport())
+            self.assertEqual(list(directlyProvidedBy(ours)), list(directlyProvidedBy(theirs)))
+            self.assertTrue(list(directlyProvidedBy(ours)))
 
     def test_sslIPv6Interface(self) -> None:
         """
