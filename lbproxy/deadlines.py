@@ -53,9 +53,6 @@ class Deadlines:
         if not waiting:
             self.stop()
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
     def _expire(self) -> None:
         self._timer = None
         now = self._clock.seconds()

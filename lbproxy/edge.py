@@ -185,15 +185,19 @@ class ProxyChannel(http.HTTPChannel):
             headers.setRawHeaders(b"Connection", [b"close"])
         if self.site.hsts is not None and self.isSecure():
             headers.setRawHeaders(b"Strict-Transport-Security", [self.site.hsts])
-        if not self._holdingHead:
-            super().writeHeaders(version, code, reason, headers)
-            return
-        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        # As twisted.web writes a head, from the request's Headers; held
+        # back while the first body data is on its way (see holdHead).
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
-                head.extend((name, b": ", value, b"\r\n"))
-        head.append(b"\r\n")
-        self._heldHead = b"".join(head)
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        if self._holdingHead:
+            self._heldHead = head
+        else:
+            assert self.transport is not None
+            self.transport.write(head)
 
     # Writing the response head together with the first data.
 
@@ -291,10 +295,10 @@ class ProxyChannel(http.HTTPChannel):
         )
         if head is None:
             return False
-        self._handOver(head, data[: data.index(b"\r\n")], data[end + 4 :])
+        self._handOver(head, data[end + 4 :])
         return True
 
-    def _handOver(self, head: PlainHead, requestLine: bytes, rest: bytes) -> None:
+    def _handOver(self, head: PlainHead, rest: bytes) -> None:
         """
         Make the request for C{head} and hand it to the site, leaving this
         channel as twisted.web's C{lineReceived}, C{allHeadersReceived} and
@@ -306,7 +310,7 @@ class ProxyChannel(http.HTTPChannel):
         request = self.requestFactory(self, len(self.requests))  # type: ignore[call-arg]
         request.requestHeaders = head.headers
         self.requests.append(request)
-        self._requestLine = requestLine
+        self._requestLine = head.requestLine
         # allHeadersReceived, with no body to wait for:
         request.parseCookies()
         self.persistent = self.checkPersistence(request, head.version)

@@ -142,13 +142,15 @@ _FIELD_LINES = re.compile(rb"(?:" + _TCHAR + rb"+:[^\x00\r\n]*\r\n)*\Z")
 class PlainHead(NamedTuple):
     """
     A request head that passed every check and announces no body: the
-    request line's parts and the header fields as twisted.web stores them.
+    request line's parts and the header fields as twisted.web stores them,
+    and the request line itself (for the access log).
     """
 
     method: bytes
     target: bytes
     version: bytes
     headers: Headers
+    requestLine: bytes
 
 
 def parsePlainHead(
@@ -192,4 +194,4 @@ def parsePlainHead(
         return None
     if checkHost(headers.getRawHeaders(b"host", []), version) is not None:
         return None
-    return PlainHead(method, target, version, headers)
+    return PlainHead(method, target, version, headers, requestLine)

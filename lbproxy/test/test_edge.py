@@ -421,9 +421,9 @@ class _Counting(ProxyChannel):
 
     onePass = 0
 
-    def _handOver(self, head: PlainHead, requestLine: bytes, rest: bytes) -> None:
+    def _handOver(self, head: PlainHead, rest: bytes) -> None:
         self.onePass += 1
-        super()._handOver(head, requestLine, rest)
+        super()._handOver(head, rest)
 
 
 class _LineByLine(_Counting):
@@ -494,6 +494,23 @@ class Transcript:
     timers: list[float]
 
 
+_CLIENT = IPv4Address("TCP", "192.0.2.7", 50000)
+
+
+def _connected(
+    site: ProxySite, transport: StringTransport | None = None
+) -> tuple[Any, StringTransport]:
+    """
+    A channel of C{site} connected to C{transport} (by default a new
+    in-memory one) from L{_CLIENT}.
+    """
+    if transport is None:
+        transport = StringTransport(peerAddress=_CLIENT)
+    channel = site.buildProtocol(_CLIENT)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def converse(
     reads: tuple[bytes, ...], lineByLine: bool = False, atOnce: bool = False
 ) -> tuple[Transcript, int]:
@@ -509,9 +526,7 @@ def converse(
     resource = _Recorder(atOnce)
     site = ProxySite(resource, AccessLog(lines.append), reactor=clock)
     site.protocol = _LineByLine if lineByLine else _Counting  # type: ignore[assignment]
-    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     for data in reads:
         channel.dataReceived(data)
         clock.advance(1)
@@ -756,7 +771,7 @@ class _CountingWrites(StringTransport):
     """
 
     def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
+        super().__init__(peerAddress=_CLIENT)
         self.writes: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -804,9 +819,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         site = ProxySite(
             resource, AccessLog(lambda line: None), EdgeLimits(idleTimeout=60), reactor=clock
         )
-        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 50000))
-        channel.makeConnection(transport)
+        channel, transport = _connected(site)
         channel.dataReceived(P)
         clock.advance(150)
         self.assertFalse(transport.disconnecting)
@@ -826,9 +839,8 @@ class ResponseWriteTests(SynchronousTestCase):
 
     def _answer(self, resource: Resource) -> list[bytes]:
         site = ProxySite(resource, AccessLog(lambda line: None), reactor=Clock())
-        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 50000))
         transport = _CountingWrites()
-        channel.makeConnection(transport)
+        channel, _ = _connected(site, transport)
         channel.dataReceived(P)
         return transport.writes
 

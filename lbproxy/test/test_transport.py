@@ -66,6 +66,20 @@ def _recvNow(sock: socket.socket) -> bytes:
         sock.settimeout(timeout)
 
 
+def _readToEnd(sock: socket.socket) -> bytes:
+    """
+    All C{sock} receives until the peer closes (or resets) the connection;
+    blocking, so the reactor cannot send anything meanwhile.
+    """
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
 class BatchedSendTests(TestCase):
     """
     Data written to an idle transport is on the wire at the end of the
@@ -121,10 +135,7 @@ class BatchedSendTests(TestCase):
         transport.write(b"last words")
         transport.loseConnection()
         yield accepted.lost
-        received = b""
-        while chunk := client.recv(65536):
-            received += chunk
-        self.assertEqual(received, b"last words")
+        self.assertEqual(_readToEnd(client), b"last words")
 
     @inlineCallbacks
     def test_writeNotBytes(self) -> Generator[Any, Any, None]:
@@ -150,13 +161,7 @@ class BatchedSendTests(TestCase):
         transport.write(b"never sent")
         transport.abortConnection()
         yield accepted.lost
-        received = b""
-        try:
-            while chunk := client.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        self.assertEqual(received, b"")
+        self.assertEqual(_readToEnd(client), b"")
 
     @inlineCallbacks
     def test_largeWriteArrivesWhole(self) -> Generator[Any, Any, None]:
