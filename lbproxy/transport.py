@@ -22,6 +22,14 @@ as before. Errors are never raised or reported from C{write()} or the
 timer: a failed C{send()} leaves the data to the buffered path, whose
 C{doWrite} finds the error and reports the connection lost the usual way.
 
+Producers see Twisted's contract unchanged. A streaming (push) producer is
+paused only by Twisted's buffered path, when more than C{bufferSize} bytes
+wait there, and resumed by C{doWrite} when they have gone. A pull
+producer is asked for more only by C{doWrite} once the buffer is empty, so
+while one is registered every write takes Twisted's path: data sent from
+the queue never passes through C{doWrite}, and a pull producer would wait
+for ever (every request body over 64 KiB once hung that way).
+
 L{BatchingReactor} hands these transports to code that takes a reactor:
 endpoints built on it (C{TCP4ServerEndpoint}, C{HostnameEndpoint},
 C{AdoptedStreamServerEndpoint}) listen and connect with them.
@@ -83,6 +91,8 @@ class _BatchedSends:
     """
 
     socket: socket.socket
+    producer: Any
+    streamingProducer: bool
     connected: int
     disconnecting: int
     dataBuffer: bytes
@@ -100,6 +110,12 @@ class _BatchedSends:
             # of the turn.
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
         if not data or not self.connected or self.disconnecting or self._writeDisconnected:
+            super().write(data)  # type: ignore[misc]
+            return
+        if self.producer is not None and not self.streamingProducer:
+            # A pull producer: only doWrite asks it for more (see the module
+            # docstring). What is queued goes first, to keep the order.
+            self.sendQueued()
             super().write(data)  # type: ignore[misc]
             return
         queued = self._queued

@@ -13,12 +13,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from lbproxy.transport import (
     BatchingClient,
@@ -255,3 +256,202 @@ class BatchingReactorTests(SynchronousTestCase):
         self.assertTrue(IReactorTCP.providedBy(wrapped))
         self.assertTrue(IReactorTime.providedBy(wrapped))
         self.assertIs(wrapped.callLater.__self__, reactor)
+
+
+PRODUCED = 8 * 1024 * 1024
+PIECE = 64 * 1024
+
+
+def _pattern(index: int) -> bytes:
+    """
+    The C{index}th piece a producer writes: distinct from its neighbours,
+    so that data out of order or lost does not compare equal.
+    """
+    return index.to_bytes(4, "big") * (PIECE // 4)
+
+
+@implementer(IPullProducer)
+class _PullProducer:
+    """
+    Writes the next piece each time the transport asks, L{PRODUCED} bytes
+    in all, then unregisters and closes the connection.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.asked = 0
+        self.written = 0
+
+    def resumeProducing(self) -> None:
+        self.asked += 1
+        if self.written >= PRODUCED:
+            return
+        self.transport.write(_pattern(self.written // PIECE))
+        self.written += PIECE
+        if self.written >= PRODUCED:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IPushProducer)
+class _PushProducer:
+    """
+    Writes pieces for as long as it is not paused, one per reactor turn
+    while running, L{PRODUCED} bytes in all, then closes the connection.
+    """
+
+    def __init__(self, transport: Any, clock: IReactorTime) -> None:
+        self.transport = transport
+        self.clock = clock
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.written = 0
+        self.firstPause: Deferred[None] = Deferred()
+
+    def start(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._produce()
+
+    def _produce(self) -> None:
+        # Write until paused, as a streaming producer does.
+        while not self.paused and self.written < PRODUCED:
+            self.transport.write(_pattern(self.written // PIECE))
+            self.written += PIECE
+        if self.written >= PRODUCED:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+        if not self.firstPause.called:
+            self.firstPause.callback(None)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resumes += 1
+        self.clock.callLater(0, self._produce)
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+class _Reader(Protocol):
+    """
+    Reads everything until the connection closes; if C{slow}, stops
+    reading after every megabyte until the next reactor turns.
+    """
+
+    def __init__(self, slow: bool, clock: IReactorTime) -> None:
+        self.slow = slow
+        self.clock = clock
+        self.received: list[bytes] = []
+        self._sinceBreak = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        self._sinceBreak += len(data)
+        if self.slow and self._sinceBreak >= 1024 * 1024:
+            self._sinceBreak = 0
+            transport: Any = self.transport
+            transport.pauseProducing()
+            self.clock.callLater(0.01, transport.resumeProducing)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.done.callback(b"".join(self.received))
+
+
+class ProducerContractTests(TestCase):
+    """
+    Producers registered on a batching connection see Twisted's contract
+    on real sockets: a pull producer is asked for more each time the
+    transport has sent what it had, a push producer is paused when the
+    transport's buffer is full and resumed when it drains; every byte
+    arrives, in order, at fast and slow readers alike.
+    """
+
+    @inlineCallbacks
+    def _connect(self, slow: bool) -> Generator[Any, Any, tuple[Any, _Reader]]:
+        """
+        A batching server transport and the reader connected to it (on
+        the plain reactor), the reader paused until the caller resumes it.
+        """
+        accepted = _Accepted()
+        port = yield TCP4ServerEndpoint(batchingSends(reactor), 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: accepted)
+        )
+        self.addCleanup(port.stopListening)
+        clock: IReactorTime = reactor  # type: ignore[assignment]
+        reader = _Reader(slow, clock)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: reader)
+        )
+        yield accepted.made
+        self.assertIsInstance(accepted.transport, BatchingServer)
+        return accepted.transport, reader
+
+    def _expected(self) -> bytes:
+        return b"".join(_pattern(i) for i in range(PRODUCED // PIECE))
+
+    @inlineCallbacks
+    def _pull(self, slow: bool) -> Generator[Any, Any, None]:
+        transport, reader = yield self._connect(slow)
+        producer = _PullProducer(transport)
+        transport.registerProducer(producer, False)
+        received = yield reader.done
+        self.assertEqual(len(received), PRODUCED)
+        self.assertTrue(received == self._expected(), "data out of order or corrupted")
+        # Asked once per piece: never asked again after the last.
+        self.assertEqual(producer.asked, PRODUCED // PIECE)
+
+    def test_pullProducerFastReader(self) -> None:
+        """
+        A pull producer writing 8 MiB in 64 KiB pieces is asked for every
+        piece, and a fast reader receives all of it, in order (it stopped
+        after the first piece when batched sends bypassed doWrite).
+        """
+        return self._pull(slow=False)  # type: ignore[return-value]
+
+    def test_pullProducerSlowReader(self) -> None:
+        """
+        The same for a reader that keeps stopping to read.
+        """
+        return self._pull(slow=True)  # type: ignore[return-value]
+
+    @inlineCallbacks
+    def _push(self, slow: bool) -> Generator[Any, Any, None]:
+        transport, reader = yield self._connect(slow)
+        reader.transport.pauseProducing()  # type: ignore[union-attr]
+        clock: IReactorTime = reactor  # type: ignore[assignment]
+        producer = _PushProducer(transport, clock)
+        producer.start()
+        # The reader takes nothing yet: the transport's buffer fills and
+        # the producer is paused.
+        yield producer.firstPause
+        self.assertLess(producer.written, PRODUCED)
+        reader.transport.resumeProducing()  # type: ignore[union-attr]
+        received = yield reader.done
+        self.assertEqual(len(received), PRODUCED)
+        self.assertTrue(received == self._expected(), "data out of order or corrupted")
+        self.assertGreaterEqual(producer.pauses, 1)
+        # Every pause was followed by a resume (Twisted resumes only a
+        # paused streaming producer).
+        self.assertEqual(producer.resumes, producer.pauses)
+
+    def test_pushProducerFastReader(self) -> None:
+        """
+        A push producer is paused while the reader takes nothing and
+        resumed as the buffer drains; 8 MiB arrive whole and in order.
+        """
+        return self._push(slow=False)  # type: ignore[return-value]
+
+    def test_pushProducerSlowReader(self) -> None:
+        """
+        The same for a reader that keeps stopping to read.
+        """
+        return self._push(slow=True)  # type: ignore[return-value]
