@@ -1,6 +1,6 @@
 """
 Header rules for relaying a request to a backend and its answer back:
-hop-by-hop removal and the X-Forwarded-* / Forwarded headers.
+hop-by-hop removal and the X-Forwarded-* / Forwarded / X-Real-IP headers.
 
 Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 """
@@ -28,11 +28,34 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"upgrade",
         b"proxy-authorization",
         b"proxy-authenticate",
+        # HTTP/2's upgrade parameters belong to the client's connection
+        # (RFC 7540 3.2.1); the backend connection is HTTP/1.1.
+        b"http2-settings",
     }
 )
 """
 Headers that describe one connection, not the message (RFC 9110 7.6.1),
 plus the proxy credentials, which are meant for us alone.
+"""
+
+NEVER_CONNECTION_OPTIONS: frozenset[bytes] = frozenset(
+    {
+        # Routing and framing: a sender cannot make them hop-by-hop.
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        # Set by lbproxy itself.
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+    }
+)
+"""
+Headers that naming in C{Connection} does not remove: otherwise
+C{Connection: host} would strip the Host a request is routed on, or a
+client could take away the headers that tell the backend who it is.
 """
 
 _REQUEST_ONLY_DROPPED: frozenset[bytes] = frozenset(
@@ -46,6 +69,7 @@ _REQUEST_ONLY_DROPPED: frozenset[bytes] = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"forwarded",
+        b"x-real-ip",
     }
 )
 
@@ -61,12 +85,17 @@ class ClientInfo:
     @ivar host: The Host the client asked for, or C{None}.
     @ivar trusted: Whether the peer is a trusted proxy, whose forwarding
         headers are kept and extended instead of replaced.
+    @ivar original: The original client behind trusted proxies, as
+        L{originalClient} finds it, for C{X-Real-IP}; L{None} when not
+        worked out, in which case a trusted peer's last
+        C{X-Forwarded-For} address is used.
     """
 
     address: str | None
     secure: bool
     host: bytes | None
     trusted: bool = False
+    original: str | None = None
 
 
 RawHeaders = Union[Headers, "HeaderLines"]
@@ -81,7 +110,7 @@ def connectionTokens(headers: RawHeaders) -> frozenset[bytes]:
     hop-by-hop for this message.
     """
     tokens: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
+    for value in headers.getRawHeaders(b"connection", ()):
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -89,10 +118,18 @@ def connectionTokens(headers: RawHeaders) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+def _connectionOptions(headers: RawHeaders) -> frozenset[bytes]:
+    """
+    The header names that C{Connection} makes hop-by-hop, but for those it
+    cannot (L{NEVER_CONNECTION_OPTIONS}).
+    """
+    return connectionTokens(headers) - NEVER_CONNECTION_OPTIONS
+
+
 def _endToEnd(
     headers: RawHeaders, alsoDrop: Iterable[bytes]
 ) -> Iterator[tuple[bytes, list[bytes]]]:
-    drop = HOP_BY_HOP | connectionTokens(headers) | frozenset(alsoDrop)
+    drop = HOP_BY_HOP | _connectionOptions(headers) | frozenset(alsoDrop)
     for name, values in headers.getAllRawHeaders():
         if name.lower() not in drop:
             yield name, list(values)
@@ -116,11 +153,15 @@ def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[byte
     """
     The header lines to send to the backend for a client request.
 
-    Repeated headers keep their values in order. Hop-by-hop headers, framing
-    headers and any client-supplied forwarding headers are removed; the
-    client's C{Host} is kept; C{X-Forwarded-For}, C{X-Forwarded-Proto},
-    C{X-Forwarded-Host} and RFC 7239 C{Forwarded} are set from C{client}
-    (extended, not replaced, when the client is a trusted proxy).
+    Repeated headers keep their values in order. Hop-by-hop headers (those
+    named in C{Connection} too, but for L{NEVER_CONNECTION_OPTIONS}),
+    framing headers and any client-supplied forwarding headers are
+    removed; the client's C{Host} is kept; C{X-Forwarded-For},
+    C{X-Forwarded-Proto}, C{X-Forwarded-Host} and RFC 7239 C{Forwarded}
+    are set from C{client} (extended, not replaced, when the client is a
+    trusted proxy); C{X-Real-IP} is replaced by the client's address, or
+    behind trusted proxies by the original client's (as nginx's
+    C{proxy_set_header X-Real-IP $remote_addr} with C{real_ip_header} does).
 
     The values were checked by twisted.web when the request was parsed, so
     they are copied as they are (no new L{Headers}, which would check every
@@ -128,7 +169,7 @@ def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[byte
     """
     drop = _DROPPED_TOWARD_BACKEND
     if incoming.hasHeader(b"connection"):
-        drop = drop | connectionTokens(incoming)
+        drop = drop | _connectionOptions(incoming)
     lines = [
         (name, value)
         for name, values in incoming.getAllRawHeaders()
@@ -151,7 +192,26 @@ def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[byte
     if host is not None:
         lines.append((b"X-Forwarded-Host", host))
     lines.append((b"Forwarded", b", ".join([*forwarded, forwardedValue(client)])))
+    realIP = _realIP(incoming, client)
+    if realIP is not None:
+        lines.append((b"X-Real-IP", realIP))
     return lines
+
+
+def _realIP(incoming: Headers, client: ClientInfo) -> bytes | None:
+    """
+    The C{X-Real-IP} value for a request from C{client}: its address; from
+    a trusted proxy, the original client it vouches for.
+    """
+    address = client.address
+    if client.trusted:
+        if client.original is not None:
+            address = client.original
+        else:
+            chain = _forwardedFor(incoming)
+            if chain:
+                return chain[-1]
+    return None if address is None else address.encode("ascii")
 
 
 def _forwardedFor(headers: Headers) -> list[bytes]:
@@ -200,9 +260,10 @@ def responseHeadersForClient(
 
     @param connection: The response's connection-control headers, when the
         HTTP client keeps them apart from C{incoming} (twisted.web does);
-        headers named by its C{Connection} are dropped too.
+        headers named by its C{Connection} are dropped too (but for
+        L{NEVER_CONNECTION_OPTIONS}, as for C{incoming}'s own).
     """
-    named = connectionTokens(connection) if connection is not None else frozenset()
+    named = _connectionOptions(connection) if connection is not None else frozenset()
     return _endToEnd(incoming, named)
 
 

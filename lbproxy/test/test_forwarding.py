@@ -70,6 +70,32 @@ class ForwardingHeadersTests(SynchronousTestCase):
         self.assertEqual(out.getRawHeaders(b"x-forwarded-for"), [b"198.51.100.1"])
         self.assertEqual(out.getRawHeaders(b"x-forwarded-proto"), [b"http"])
 
+    def test_realIPOfTrustedPeer(self) -> None:
+        """
+        From a trusted peer, C{X-Real-IP} is replaced by the original
+        client it vouches for (C{ClientInfo.original}, as
+        L{originalClient} finds it), or without one by the last
+        C{X-Forwarded-For} address, or without that by the peer; from an
+        untrusted peer it is the peer, whatever the headers say.
+        """
+        incoming = Headers(
+            {b"X-Forwarded-For": [b"6.6.6.6, 203.0.113.7, 10.0.0.9"], b"X-Real-IP": [b"6.6.6.6"]}
+        )
+
+        def realIP(client: ClientInfo, headers: Headers = incoming) -> list[bytes] | None:
+            return requestHeadersForBackend(headers, client).getRawHeaders(b"x-real-ip")
+
+        original = originalClient(incoming, "10.0.0.2", _trusted)
+        self.assertEqual(
+            realIP(ClientInfo("10.0.0.2", False, b"h", trusted=True, original=original)),
+            [b"203.0.113.7"],
+        )
+        self.assertEqual(realIP(ClientInfo("10.0.0.2", False, b"h", trusted=True)), [b"10.0.0.9"])
+        self.assertEqual(
+            realIP(ClientInfo("10.0.0.2", False, b"h", trusted=True), Headers()), [b"10.0.0.2"]
+        )
+        self.assertEqual(realIP(ClientInfo("198.51.100.1", False, b"h")), [b"198.51.100.1"])
+
     def test_originalClient(self) -> None:
         """
         The original client is the right-most untrusted address of the

@@ -28,11 +28,18 @@ _HOP_BY_HOP_NAMES = [
     b"Upgrade",
     b"Proxy-Authorization",
     b"Proxy-Authenticate",
+    b"HTTP2-Settings",
 ]
 
 _CLIENT = ClientInfo(address="192.0.2.7", secure=True, host=b"example.com")
 
-_FORWARDING = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"]
+_FORWARDING = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+    b"x-real-ip",
+]
 
 
 def _headers(*pairs: tuple[bytes, bytes]) -> Headers:
@@ -122,6 +129,74 @@ class HopByHopTests(SynchronousTestCase):
             self.assertEqual(_toBackend(*pairs), kept, connection)
             self.assertEqual(_toClient(*pairs), kept, connection)
 
+    def test_http2SettingsRemoved(self) -> None:
+        """
+        C{HTTP2-Settings}, the parameters of an HTTP/2 upgrade of the
+        client's connection, is not sent to the backend, nor relayed to the
+        client.
+        """
+        pairs = [(b"HTTP2-Settings", b"AAMAAABkAARAAAAAAAIAAAAA"), (b"X-Kept", b"k")]
+        self.assertEqual(_toBackend(*pairs), {b"x-kept": [b"k"]})
+        self.assertEqual(_toClient(*pairs), {b"x-kept": [b"k"]})
+
+    def test_connectionCannotRemoveHost(self) -> None:
+        """
+        C{Connection: host} leaves the request's C{Host} in place, whatever
+        the case; the other headers it names are still removed.
+        """
+        host = {b"host": [b"example.com"]}
+        withSecret = {**host, b"x-secret": [b"s"]}
+        cases = [
+            (b"host", withSecret),
+            (b"HOST", withSecret),
+            (b"close, Host", withSecret),
+            (b"Host, X-Secret", host),
+            (b"x-secret,host", host),
+        ]
+        for connection, expected in cases:
+            relayed = _toBackend(
+                (b"Host", b"example.com"), (b"Connection", connection), (b"X-Secret", b"s")
+            )
+            self.assertEqual(relayed, expected, connection)
+
+    def test_connectionCannotRemoveProtected(self) -> None:
+        """
+        Naming C{Content-Length}, C{Transfer-Encoding} or the forwarding
+        headers in C{Connection} does not remove them: the proxy still
+        sets its forwarding headers toward the backend, and a response's
+        C{Content-Length} still reaches the client.
+        """
+        named = (
+            b"Content-Length, Transfer-Encoding, X-Forwarded-For, X-Forwarded-Proto, "
+            b"X-Forwarded-Host, Forwarded, X-Real-IP, X-Secret"
+        )
+        incoming = _headers((b"Connection", named), (b"X-Secret", b"s"))
+        self.assertEqual(
+            _table(requestHeadersForBackend(incoming, _CLIENT)),
+            {
+                b"x-forwarded-for": [b"192.0.2.7"],
+                b"x-forwarded-proto": [b"https"],
+                b"x-forwarded-host": [b"example.com"],
+                b"forwarded": [b"for=192.0.2.7;host=example.com;proto=https"],
+                b"x-real-ip": [b"192.0.2.7"],
+            },
+        )
+        self.assertEqual(
+            _toClient(
+                (b"Connection", named),
+                (b"Content-Length", b"12"),
+                (b"X-Real-IP", b"r"),
+                (b"X-Secret", b"s"),
+            ),
+            {b"content-length": [b"12"], b"x-real-ip": [b"r"]},
+        )
+        self.assertEqual(
+            _toClient(
+                (b"Content-Length", b"12"), connection=_headers((b"Connection", b"content-length"))
+            ),
+            {b"content-length": [b"12"]},
+        )
+
     def test_connectionTokens(self) -> None:
         """
         L{connectionTokens} gives the lower-cased names in every
@@ -205,8 +280,22 @@ class RequestHeadersTests(SynchronousTestCase):
                 b"x-forwarded-proto": [b"https"],
                 b"x-forwarded-host": [b"example.com"],
                 b"forwarded": [b"for=192.0.2.7;host=example.com;proto=https"],
+                b"x-real-ip": [b"192.0.2.7"],
             },
         )
+
+    def test_realIPReplaced(self) -> None:
+        """
+        A client's C{X-Real-IP}, however many and in any case, is replaced
+        by the client's address; without an address none is sent.
+        """
+        spoofed = _headers((b"X-Real-IP", b"10.6.6.6"), (b"x-real-ip", b"127.0.0.1"))
+        self.assertEqual(
+            requestHeadersForBackend(spoofed, _CLIENT).getRawHeaders(b"x-real-ip"),
+            [b"192.0.2.7"],
+        )
+        unknown = ClientInfo(address=None, secure=False, host=None)
+        self.assertIsNone(requestHeadersForBackend(spoofed, unknown).getRawHeaders(b"x-real-ip"))
 
     def test_spoofedReplaced(self) -> None:
         """
@@ -220,6 +309,7 @@ class RequestHeadersTests(SynchronousTestCase):
             (b"X-Forwarded-Proto", b"https"),
             (b"X-FORWARDED-HOST", b"evil.example"),
             (b"Forwarded", b"for=10.6.6.6"),
+            (b"X-Real-IP", b"10.6.6.6"),
             (b"Connection", b"X-Forwarded-For, Forwarded"),
         )
         client = ClientInfo(address="::1", secure=False, host=b"example.com")
@@ -230,6 +320,7 @@ class RequestHeadersTests(SynchronousTestCase):
                 b"x-forwarded-proto": [b"http"],
                 b"x-forwarded-host": [b"example.com"],
                 b"forwarded": [b'for="[::1]";host=example.com;proto=http'],
+                b"x-real-ip": [b"::1"],
             },
         )
 
