@@ -452,3 +452,105 @@ def peerCertificate(port: int) -> Deferred[bytes]:
     The DER certificate served on C{127.0.0.1:port}, read in a thread.
     """
     return deferToThread(_peerCertificate, port)
+
+
+# Helpers for the data-path tests (test_datapath, test_websocket).
+
+
+@attrs.frozen
+class Proxy:
+    """
+    A running C{twistd lbproxy} with one listener.
+
+    @ivar process: The twistd process.
+    @ivar port: The port it listens on, on 127.0.0.1.
+    @ivar tls: Whether the listener speaks TLS.
+    @ivar caFile: The CA certificate that signed the listener's
+        certificate (for C{curl --cacert}), when C{tls}.
+    """
+
+    process: Twistd
+    port: int
+    tls: bool
+    caFile: str | None
+
+    @property
+    def url(self) -> str:
+        """
+        The listener's base URL, without a trailing slash.
+        """
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def context(self) -> ssl.SSLContext | None:
+        """
+        A client TLS context that trusts only the listener's CA, or
+        L{None} for plain HTTP.
+        """
+        if self.caFile is None:
+            return None
+        return verifyingContext(self.caFile)
+
+    def connection(self, timeout: float = REQUEST_TIMEOUT) -> http.client.HTTPConnection:
+        """
+        A new (not yet connected) C{http.client} connection to the
+        listener.
+        """
+        if self.tls:
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=self.context()
+            )
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+
+_READY_WORKER = b"] " + READY_LINE
+
+
+async def startProxy(
+    testCase: TestCase,
+    directory: str,
+    backends: str,
+    tls: bool,
+    workers: int = 1,
+    extra: tuple[str, ...] = (),
+) -> Proxy:
+    """
+    Start C{twistd lbproxy} balancing over C{backends} with one listener
+    on a free port of 127.0.0.1: plain, or TLS with a certificate from
+    C{python -m lbproxy.certs} (made in C{directory}). C{workers} above 1
+    passes C{--workers} and waits until every worker listens. Health checks
+    are off: only the test's requests reach the backends.
+    """
+    port = freePort()
+    args = ["--backends", backends, "--health-interval", "0", *extra]
+    caFile = None
+    if tls:
+        certs = os.path.join(directory, "certs")
+        if not os.path.exists(os.path.join(certs, "ca.crt")):
+            await makeCertificates(certs)
+        key = os.path.join(certs, "loadbalancer.key")
+        cert = os.path.join(certs, "loadbalancer.crt")
+        args += ["--listen", f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+        caFile = os.path.join(certs, "ca.crt")
+    else:
+        args += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+    if workers != 1:
+        args += ["--workers", str(workers)]
+    process = await startTwistd(testCase, args, directory)
+    if workers != 1:
+        await until(
+            lambda: process.out.count(_READY_WORKER.decode()) >= workers,
+            f"all {workers} workers to listen",
+        )
+    return Proxy(process, port, tls, caFile)
+
+
+def residentBytes(pid: int) -> int:
+    """
+    The resident set size of process C{pid} (VmRSS in C{/proc/PID/status}),
+    in bytes.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
