@@ -9,15 +9,23 @@ retry rules stay as they are.
 
 Parsing is strict: a response whose framing is ambiguous or malformed fails
 with L{InvalidResponse} and its connection is aborted, never reused.
+
+The request body streams (L{lbproxy.body.StreamedBody}): the head goes out
+at once, the body as the client sends it, with the body registered as the
+transport's producer so that a slow backend pauses the client. Interim
+(1xx) responses are handed to the caller as they come; a C{101} to a
+request that asked for an upgrade turns the connection into a byte
+tunnel (L{BackendResponse.tunnel}).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -31,12 +39,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from lbproxy.body import StreamedBody
+
 MAX_HEAD = 64 * 1024
 """
 The largest response head (status line and headers) accepted.
 """
-
-BODY_CHUNK = 64 * 1024
 
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?\Z")
 # A whole response head in one match: a status line, then header lines of a
@@ -154,6 +162,9 @@ class BackendResponse:
         self.headers = headers
         self.connectionHeaders = connectionHeaders
         self.length = length
+        self.tunnel: BackendTunnel | None = (
+            BackendTunnel(connection) if code == 101 else None
+        )
 
     def deliverBody(self, protocol: Protocol) -> None:
         """
@@ -163,6 +174,46 @@ class BackendResponse:
         that ends when the connection does), or another failure.
         """
         self._connection.deliverBody(protocol)
+
+
+class BackendTunnel:
+    """
+    The client-to-backend half of an upgraded connection (after a C{101}):
+    bytes written here go to the backend as they are; the backend's bytes
+    arrive as the response "body" (L{BackendResponse.deliverBody}).
+    """
+
+    def __init__(self, connection: BackendConnection) -> None:
+        self._connection = connection
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} to the backend.
+        """
+        transport = self._connection.transport
+        if transport is not None:
+            transport.write(data)
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        """
+        Let the backend's transport pause C{producer} (the client's
+        reading) when it cannot take more.
+        """
+        transport: Any = self._connection.transport
+        if transport is not None and transport.producer is None:
+            transport.registerProducer(producer, True)
+
+    def loseConnection(self) -> None:
+        """
+        Close the backend connection once what was written has been sent.
+        """
+        self._connection.close()
+
+    def abort(self) -> None:
+        """
+        Drop the backend connection at once.
+        """
+        self._connection.abort()
 
 
 @implementer(IPushProducer)
@@ -183,36 +234,6 @@ class _BodyProducer:
 
     def stopProducing(self) -> None:
         self._connection.abort()
-
-
-class _FileBody:
-    """
-    Writes a request body from a file to the transport, one chunk each
-    time the transport asks (a pull producer, so memory stays bounded).
-    """
-
-    def __init__(self, transport: Any, content: IO[bytes], done: Callable[[], None]) -> None:
-        self._transport = transport
-        self._content = content
-        self._done = done
-        self._finished = False
-
-    def start(self) -> None:
-        self._transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if self._finished:
-            return
-        chunk = self._content.read(BODY_CHUNK)
-        if chunk:
-            self._transport.write(chunk)
-            return
-        self._finished = True
-        self._transport.unregisterProducer()
-        self._done()
-
-    def stopProducing(self) -> None:
-        self._finished = True
 
 
 class BackendConnection(Protocol):
@@ -247,6 +268,10 @@ class BackendConnection(Protocol):
         self._paused = False
         self._closed = False
         self._lostReason: Failure | None = None
+        self._body: StreamedBody | None = None
+        self._chunkedRequest = False
+        self._upgrade = False
+        self._interim: Callable[[int, bytes, HeaderLines], None] | None = None
 
     # Requests.
 
@@ -255,45 +280,90 @@ class BackendConnection(Protocol):
         method: bytes,
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
-        body: tuple[IO[bytes], int] | None,
+        body: StreamedBody | None,
+        interim: Callable[[int, bytes, HeaderLines], None] | None = None,
     ) -> Deferred[BackendResponse]:
         """
         Send a request; fires with the response once its head has arrived.
 
         @param headers: The request's header lines (no framing headers).
-        @param body: The body as a file positioned at its start and its
-            length, or L{None}.
+            An C{Upgrade} among them lets a C{101} answer through.
+        @param body: The body, streamed as it arrives (see
+            L{StreamedBody}), or L{None}.
+        @param interim: Called with each interim (1xx) response other than
+            C{101}: its code, reason phrase and header lines.
         """
         assert self._state == "idle" and not self._closed
         self._state = "head"
         self._method = method
         self._received = False
         self._buffer = b""
+        self._interim = interim
+        self._upgrade = False
         d: Deferred[BackendResponse] = Deferred(lambda _: self.abort())
         self._pending = d
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
+            if name.lower() == b"upgrade":
+                self._upgrade = True
             lines += [name, b": ", value, b"\r\n"]
-        if body is not None:
-            lines.append(b"Content-Length: %d\r\n" % (body[1],))
-        elif method in (b"POST", b"PUT", b"PATCH"):
-            lines.append(b"Content-Length: 0\r\n")
+        self._chunkedRequest = body is not None and body.length is None
+        if body is None or body.length == 0:
+            if body is not None or method in (b"POST", b"PUT", b"PATCH"):
+                lines.append(b"Content-Length: 0\r\n")
+            body = None
+        elif body.length is None:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            lines.append(b"Content-Length: %d\r\n" % (body.length,))
         lines.append(b"\r\n")
         transport: Any = self.transport
-        if body is not None and 0 < body[1] <= BODY_CHUNK:
-            lines.append(body[0].read(body[1]))
-            body = None
         transport.write(b"".join(lines))
-        if body is not None and body[1] > 0:
-            self._requestWritten = False
-            _FileBody(transport, body[0], self._bodyWritten).start()
-        else:
+        if body is None:
             self._requestWritten = True
+        else:
+            self._requestWritten = False
+            self._body = body
+            transport.registerProducer(body, True)
+            body.attach(self)
         return d
 
-    def _bodyWritten(self) -> None:
+    def writeBody(self, data: bytes) -> None:
+        """
+        Send the next piece of the request body (see L{StreamedBody}).
+        """
+        transport: Any = self.transport
+        if self._closed or transport is None:
+            return
+        if self._chunkedRequest:
+            transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+
+    def finishBody(self) -> None:
+        """
+        The request body is complete.
+        """
+        self._body = None
+        transport: Any = self.transport
+        if self._closed or transport is None:
+            return
+        if self._chunkedRequest:
+            transport.write(b"0\r\n\r\n")
+        transport.unregisterProducer()
         self._requestWritten = True
         self._maybeIdle()
+
+    def _stopBody(self) -> None:
+        """
+        The request body will not be completed on this connection.
+        """
+        body, self._body = self._body, None
+        if body is not None:
+            body.detach()
+        transport: Any = self.transport
+        if transport is not None and transport.producer is body is not None:
+            transport.unregisterProducer()
 
     # Reading.
 
@@ -316,6 +386,11 @@ class BackendConnection(Protocol):
             if end < 0:
                 if len(self._buffer) > MAX_HEAD:
                     self._fail(InvalidResponse("response head too large"))
+                elif self._buffer.count(b"\n") != self._buffer.count(b"\r\n"):
+                    # A line ended by LF alone: refused at once (a head that
+                    # never ends in CRLF CRLF would otherwise wait for the
+                    # response timeout).
+                    self._fail(InvalidResponse("line ending without CR in the response head"))
                 return
             if end > MAX_HEAD:
                 self._fail(InvalidResponse("response head too large"))
@@ -361,9 +436,25 @@ class BackendConnection(Protocol):
             else:
                 endToEnd.append((name, value))
         if code < 200:
-            if code == 101:
-                raise InvalidResponse("protocol upgrades are not supported")
-            return None
+            if code != 101:
+                if self._interim is not None:
+                    self._interim(code, phrase or b"", HeaderLines(endToEnd + connectionLines))
+                return None
+            if not self._upgrade:
+                raise InvalidResponse("101 Switching Protocols to a request without Upgrade")
+            # From here on the connection is a tunnel: everything the
+            # backend sends is the "body", until it closes.
+            self.reusable = False
+            self._chunked = False
+            self._untilClose = True
+            return BackendResponse(
+                self,
+                code,
+                phrase or b"",
+                HeaderLines(endToEnd),
+                HeaderLines(connectionLines),
+                UNKNOWN_LENGTH,
+            )
         if b"connection" in connection or minor == b"0":
             tokens = {
                 t.strip().lower() for v in connection.get(b"connection", ()) for t in v.split(b",")
@@ -504,6 +595,11 @@ class BackendConnection(Protocol):
     def _finishBody(self, reason: Failure | None) -> None:
         protocol, self._bodyProtocol = self._bodyProtocol, None
         self._state = "finished"
+        if not self._requestWritten:
+            # The response ended before the request body did: this
+            # connection is out of step with the backend.
+            self._stopBody()
+            self.abort()
         if reason is None:
             self._maybeIdle()
         if protocol is not None:
@@ -565,6 +661,7 @@ class BackendConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self.reusable = False
+        self._stopBody()
         pending, self._pending = self._pending, None
         if pending is not None and not pending.called:
             if not self._requestWritten:
@@ -574,7 +671,9 @@ class BackendConnection(Protocol):
             else:
                 pending.errback(Failure(ResponseNeverReceived([reason])))
         elif self._state == "body":
-            if self._untilClose:
+            if self._untilClose and reason.check(ConnectionDone):
+                # A body delimited by the end of the connection ended with a
+                # clean close; a reset is a failure (the body may be cut).
                 self._lostReason = Failure(PotentialDataLoss())
             else:
                 self._lostReason = Failure(ResponseFailed([reason]))

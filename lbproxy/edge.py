@@ -1,6 +1,14 @@
 """
 The client-facing HTTP server: a twisted.web L{Site} whose channel parses
 strictly and enforces the limits, and whose log is lbproxy's access log.
+
+A request with a body is handed to the proxy as soon as its head has been
+checked, and the body streams to the backend as it arrives
+(L{lbproxy.body.StreamedBody}); nothing is spooled. The channel's reading
+is paused and resumed for several reasons at once (twisted.web's own
+pipelining and response backpressure, a full body buffer, a backend that
+reads slowly, a tunnel), so one reason's resume never undoes another's
+pause (L{_ReadGate}).
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import basic
@@ -19,8 +27,10 @@ from twisted.web import http
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from lbproxy.accesslog import AccessLog
+from lbproxy.body import StreamedBody
 from lbproxy.httpcheck import (
     PlainHead,
     Rejection,
@@ -39,12 +49,15 @@ class EdgeLimits:
     """
     What a client may send and how long it may take.
 
-    @ivar maxBodySize: The largest request body, in bytes (413 above).
+    @ivar maxBodySize: The largest request body, in bytes (413 above); 0
+        for no limit.
     @ivar maxTarget: The longest request-target, in bytes (414 above).
     @ivar maxHeaderBytes: The largest header section, in bytes (431 above).
     @ivar maxFields: The most header fields (431 above).
     @ivar headerTimeout: Seconds to receive a whole request head once it
         has started (408 after; the slowloris defence).
+    @ivar bodyTimeout: Seconds a request body may make no progress (408
+        after, or 504 when it is the backend that takes nothing).
     @ivar idleTimeout: Seconds a keep-alive connection may sit idle.
     @ivar maxConnections: Client connections open at once; more are
         answered 503 and closed at once.
@@ -55,6 +68,7 @@ class EdgeLimits:
     maxHeaderBytes: int = 64 * 1024
     maxFields: int = 100
     headerTimeout: float = 10.0
+    bodyTimeout: float = 30.0
     idleTimeout: float = 60.0
     maxConnections: int = 10_000
 
@@ -66,18 +80,74 @@ _TOO_LARGE = Rejection(
 
 class ProxyRequest(Request):
     """
-    A request that stops buffering a chunked body once it passes the
-    site's body limit, answering 413 and closing.
+    A request whose body streams to the proxy as it arrives (L{body})
+    instead of being spooled into C{content}; the request is handed to the
+    site's resource as soon as its head has been checked. A body that
+    passes the site's limit is answered 413 and the connection closed.
+
+    @ivar body: The request body on its way, or L{None} for a request
+        without one (C{content} is then an empty file, as twisted.web has
+        it).
     """
 
     _received = 0
     rejected = False
+    body: StreamedBody | None = None
     onConnectionLost: Callable[[Failure], object] | None = None
     """
     Called, instead of a C{notifyFinish} errback, if the client connection
     is lost before the response is finished (the proxy sets it: one
     Deferred fewer per request).
     """
+    onAbandon: Callable[[], object] | None = None
+    """
+    Called if the edge gives up on the request before the response is
+    finished (its body was too large or stalled): the proxy stops the
+    exchange and writes nothing more; the edge answers.
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        A request with a body streams it (L{body}); one without gets
+        twisted.web's empty C{content}.
+        """
+        if length == 0:
+            super().gotLength(length)
+            return
+        self.content = None
+        channel: ProxyChannel = self.channel  # type: ignore[assignment]
+        self.body = StreamedBody(length, channel)
+
+    def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Hand the request to the resource now, while its body is still
+        arriving (twisted.web's C{requestReceived} without the spooled
+        body's form parsing).
+        """
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.args = {}
+        self.path = path.split(b"?", 1)[0]
+        self.process()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        The whole request has arrived: a streamed body is complete; a
+        request without a body is handed to the resource now.
+        """
+        if self.body is None:
+            super().requestReceived(command, path, version)
+        elif not self.finished:
+            self.body.receivedAll()
+
+    def abandon(self) -> None:
+        """
+        Stop the proxy's work on this request (see L{onAbandon}).
+        """
+        self.onConnectionLost = None
+        onAbandon, self.onAbandon = self.onAbandon, None
+        if onAbandon is not None:
+            onAbandon()
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -86,10 +156,11 @@ class ProxyRequest(Request):
             onConnectionLost(reason)
 
     def finish(self) -> None:
-        # The hook is the proxy's bound method, which holds this request:
-        # dropping it here leaves no reference cycle, so a finished request
-        # is freed at once, not by the cyclic garbage collector.
+        # The hooks are the proxy's bound methods, which hold this request:
+        # dropping them here leaves no reference cycle, so a finished
+        # request is freed at once, not by the cyclic garbage collector.
         self.onConnectionLost = None
+        self.onAbandon = None
         super().finish()
 
     def process(self) -> None:
@@ -124,15 +195,86 @@ class ProxyRequest(Request):
             channel.releaseHead()
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.rejected:
+        if self.rejected or self.finished:
             return
         self._received += len(data)
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
-        if self._received > channel.site.limits.maxBodySize:
+        limit = channel.site.limits.maxBodySize
+        if limit and self._received > limit:
             self.rejected = True
-            channel.reject(_TOO_LARGE)
+            channel.abandonRequest(_TOO_LARGE)
             return
-        super().handleContentChunk(data)
+        channel.bodyProgress()
+        if self.body is not None:
+            self.body.received(data)
+        else:
+            super().handleContentChunk(data)
+
+
+@implementer(IPushProducer)
+class _ReadGate:
+    """
+    Reading from the client's socket, paused while any reason holds it:
+    twisted.web's own (C{"channel"}, through the C{IPushProducer} calls it
+    makes on what it takes for the transport) and lbproxy's (a full body
+    buffer, a slow backend, a tunnel's backend).
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    def isPausedFor(self, reason: str) -> bool:
+        return reason in self._reasons
+
+    # What twisted.web's HTTPChannel calls on its "network producer".
+
+    def pauseProducing(self) -> None:
+        self.pause("channel")
+
+    def resumeProducing(self) -> None:
+        self.resume("channel")
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
+
+
+@implementer(IPushProducer)
+class _PauseFor:
+    """
+    A producer for another transport (a backend's) that pauses the
+    client's reading for one reason.
+    """
+
+    def __init__(self, gate: _ReadGate, reason: str) -> None:
+        self._gate = gate
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._reason)
+
+    def stopProducing(self) -> None:
+        self._gate.resume(self._reason)
 
 
 class ProxyChannel(http.HTTPChannel):
@@ -154,7 +296,11 @@ class ProxyChannel(http.HTTPChannel):
     _fields = 0
     _lastByte = b""
     _headerTimer: IDelayedCall | None = None
+    _bodyTimer: IDelayedCall | None = None
     _requestLine: bytes = b""
+    _discardBody = False
+    _tunnel: Any = None
+    _gate: _ReadGate
 
     def connectionMade(self) -> None:
         limits = self.site.limits
@@ -163,12 +309,118 @@ class ProxyChannel(http.HTTPChannel):
         self.totalHeadersSize = self.MAX_LENGTH
         self.maxHeaders = limits.maxFields + 1
         super().connectionMade()
+        # twisted.web pauses and resumes its "network producer"; so do we,
+        # for reasons of our own: one gate keeps them apart.
+        self._gate = _ReadGate(self._networkProducer)
+        self._networkProducer = self._gate
         self.site.channelOpened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopHeaderTimer()
+        self._stopBodyTimer()
         super().connectionLost(reason)
         self.site.channelClosed(self)
+
+    # Reading control (see lbproxy.body.ReadingControl).
+
+    def pauseReading(self, reason: str) -> None:
+        """
+        Stop reading from the client until L{resumeReading} with the same
+        C{reason} (and every other reason's resume).
+        """
+        self._gate.pause(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        """
+        Lift the pause for C{reason}.
+        """
+        self._gate.resume(reason)
+
+    # Tunnels (after a 101 answer).
+
+    def startTunnel(self, toBackend: Any) -> None:
+        """
+        From now on every byte from the client goes to C{toBackend} (a
+        L{lbproxy.client.BackendTunnel}), which pauses the client's
+        reading while the backend cannot take more; what the client sent
+        after the upgrade request goes first.
+        """
+        self._tunnel = toBackend
+        self._stopHeaderTimer()
+        self._stopBodyTimer()
+        self.setTimeout(None)
+        pending = b"".join(self._dataBuffer) + self.clearLineBuffer()
+        self._dataBuffer = []
+        toBackend.registerProducer(_PauseFor(self._gate, "tunnel"))
+        self.resumeReading("channel")
+        if pending:
+            toBackend.write(pending)
+
+    def writeInterim(self, code: int, phrase: bytes, lines: Any) -> None:
+        """
+        Send an interim (1xx) response with the given header lines ahead
+        of the final one.
+        """
+        head = [b"HTTP/1.1 %d %s\r\n" % (code, phrase or http.RESPONSES.get(code, b""))]
+        for name, value in lines:
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"\r\n")
+        assert self.transport is not None
+        self.transport.write(b"".join(head))
+
+    def _send100Continue(self) -> None:
+        # The backend decides: Expect is relayed, and its 100 Continue (or
+        # its early final answer) reaches the client.
+        pass
+
+    # Request bodies.
+
+    def bodyProgress(self) -> None:
+        """
+        Some of the request body arrived: the body timer starts again.
+        """
+        if self._bodyTimer is not None:
+            self._bodyTimer.reset(self.site.limits.bodyTimeout)
+
+    def _stopBodyTimer(self) -> None:
+        if self._bodyTimer is not None:
+            if self._bodyTimer.active():
+                self._bodyTimer.cancel()
+            self._bodyTimer = None
+
+    def _bodyTimedOut(self) -> None:
+        self._bodyTimer = None
+        if self._gate.isPausedFor("backend"):
+            rejection = Rejection(
+                504, "Gateway Timeout", "the backend did not take the request body in time"
+            )
+        else:
+            rejection = Rejection(
+                408, "Request Timeout", "the request body did not arrive in time"
+            )
+        self.abandonRequest(rejection)
+
+    def abandonRequest(self, rejection: Rejection) -> None:
+        """
+        Give up on the request whose body is arriving: the proxy stops
+        (its backend connection is dropped), the client gets C{rejection}
+        if no response has started, or a reset connection if one has.
+        """
+        self._stopBodyTimer()
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, ProxyRequest):
+            request.abandon()
+            if request.startedWriting:
+                self._rejected = True
+                self._log.warn(
+                    "{code} {message}; dropping the connection mid-response",
+                    code=rejection.code,
+                    message=rejection.message,
+                )
+                assert self.transport is not None
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+        self.reject(rejection)
 
     def drain(self) -> None:
         """
@@ -181,6 +433,10 @@ class ProxyChannel(http.HTTPChannel):
             self.loseConnection()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self._phase == "body":
+            # Answered before the request body ended: the rest of the body
+            # cannot be told from a next request, so the connection closes.
+            self.persistent = False
         if not self.persistent:
             headers.setRawHeaders(b"Connection", [b"close"])
         if self.site.hsts is not None and self.isSecure():
@@ -244,6 +500,9 @@ class ProxyChannel(http.HTTPChannel):
     """
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
         if self._rejected:
             return
         if not self._busy and self._phase != "body" and data:
@@ -388,18 +647,24 @@ class ProxyChannel(http.HTTPChannel):
         if rejection is not None:
             self.reject(rejection)
             return
-        if self.length is not None and self.length > self.site.limits.maxBodySize:
+        limit = self.site.limits.maxBodySize
+        if limit and self.length is not None and self.length > limit:
             request.rejected = True
             self.reject(_TOO_LARGE)
             return
         super().allHeadersReceived()
+        if self.length != 0 and not self._rejected:
+            # A body follows: hand the request over now and stream it.
+            self._bodyTimer = self.callLater(self.site.limits.bodyTimeout, self._bodyTimedOut)
+            request.dispatch(self._command, self._path, self._version)
 
     def rawDataReceived(self, data: bytes) -> None:
-        if not self._rejected:
+        if not self._rejected and not self._discardBody:
             super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
-        if self._rejected:
+        self._stopBodyTimer()
+        if self._rejected or self._discardBody:
             return
         self._busy = True
         self._phase = "line"
@@ -408,6 +673,11 @@ class ProxyChannel(http.HTTPChannel):
 
     def requestDone(self, request: Request) -> None:
         self._busy = False
+        if self._phase == "body":
+            # Answered before the body ended (see writeHeaders): the rest of
+            # it is not read; the connection closes.
+            self._discardBody = True
+            self._stopBodyTimer()
         super().requestDone(request)
         if self._savedTimeOut is None:
             # The idle timer ran on during the request: idle from now, or

@@ -8,7 +8,7 @@ This module is the one place where failures become 502, 503 or 504.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
@@ -26,9 +26,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from lbproxy.backends import Backend, BackendPool
-from lbproxy.client import BackendResponse, InvalidResponse
+from lbproxy.body import StreamedBody
+from lbproxy.client import BackendResponse, HeaderLines, InvalidResponse
 from lbproxy.deadlines import Deadlines
 from lbproxy.headers import (
     ClientInfo,
@@ -37,9 +39,8 @@ from lbproxy.headers import (
     responseHeadersForClient,
 )
 from lbproxy.interfaces import IAffinityChooser, IChooser
-from lbproxy.retry import RetryBudget, mayRetry
+from lbproxy.retry import RetryBudget, mayRetry, nothingWasSent
 from lbproxy.target import TargetError, hostName, routeTarget
-from lbproxy.upstream import RequestBody
 
 
 class UpstreamClient(TypingProtocol):
@@ -53,10 +54,9 @@ class UpstreamClient(TypingProtocol):
         method: bytes,
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
-        body: RequestBody | None,
+        body: StreamedBody | None,
+        interim: Callable[[int, bytes, HeaderLines], None] | None = None,
     ) -> Deferred[BackendResponse]: ...
-
-    def bodyFromFile(self, content: Any, length: int) -> RequestBody: ...
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,7 +81,13 @@ class ProxySettings:
     @ivar allowedHosts: Lower-case host names (no port) that are served;
         C{None} serves every Host. Others get 421.
     @ivar responseTimeout: Seconds to wait for the backend's response
-        headers before answering 504.
+        headers before answering 504 (from when the request, body and all,
+        was sent), and the longest the backend may then send nothing of
+        the response body before both connections are dropped.
+    @ivar sendTimeout: Seconds a client may take nothing of a response
+        before both connections are dropped.
+    @ivar tunnelIdleTimeout: Seconds an upgraded connection (WebSocket)
+        may carry nothing either way before it is closed.
     @ivar retryAfter: Seconds advertised in C{Retry-After} on a 503.
     @ivar trustedProxies: Networks of proxies in front of lbproxy whose
         X-Forwarded-For and Forwarded are kept and appended to, not
@@ -92,6 +98,8 @@ class ProxySettings:
 
     allowedHosts: frozenset[str] | None = None
     responseTimeout: float = 30.0
+    sendTimeout: float = 60.0
+    tunnelIdleTimeout: float = 3600.0
     retryAfter: int = 1
     retries: int = 2
     trustedProxies: tuple[IPNetwork, ...] = ()
@@ -110,6 +118,10 @@ class ProxyRecord:
     @ivar client: The original client's address, through trusted proxies.
     @ivar tried: Every backend the request was sent to, in order; more
         than one when it was retried.
+    @ivar tunnelToBackend: For an upgraded connection, the bytes the
+        client sent through it; L{None} for a plain request.
+    @ivar tunnelToClient: For an upgraded connection, the bytes the
+        backend sent through it.
     """
 
     backend: Backend | None = None
@@ -118,6 +130,8 @@ class ProxyRecord:
     truncated: bool = False
     tried: list[Backend] = attrs.Factory(list)
     client: str | None = None
+    tunnelToBackend: int | None = None
+    tunnelToClient: int = 0
 
 
 class ReverseProxyResource(Resource):
@@ -125,8 +139,10 @@ class ReverseProxyResource(Resource):
     Answers every request by relaying it to a backend chosen by an
     L{IChooser}.
 
-    Requests must be L{twisted.web.server.Request}s whose body has been
-    received into C{request.content} (as twisted.web does).
+    Requests are the edge's L{lbproxy.edge.ProxyRequest}s, whose body
+    streams as it arrives, or plain L{twisted.web.server.Request}s whose
+    body has been received into C{request.content} (so a twisted.web site
+    can mount this resource).
     """
 
     isLeaf = True
@@ -158,6 +174,9 @@ class ReverseProxyResource(Resource):
         self.budget = budget
         self.log = self._log
         self.deadlines = Deadlines(clock, self.settings.responseTimeout)
+        self.activity = Deadlines(clock, self.settings.responseTimeout)
+        self.sending = Deadlines(clock, self.settings.sendTimeout)
+        self.tunnels = Deadlines(clock, self.settings.tunnelIdleTimeout)
 
     def render(self, request: Request) -> int | bytes:  # type: ignore[override]
         """
@@ -215,6 +234,8 @@ def _clientAddress(request: Request) -> str | None:
 
 _REASONS = {
     400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
     421: "Misdirected Request",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -227,8 +248,9 @@ def _answer(request: Request, code: int, message: str, record: ProxyRecord) -> b
     Make C{request} a short plain-text answer of the proxy's own.
     """
     record.error = message
-    body = f"{code} {_REASONS.get(code, '')}: {message}\n".encode()
-    request.setResponseCode(code)
+    reason = _REASONS.get(code, "")
+    body = f"{code} {reason}: {message}\n".encode()
+    request.setResponseCode(code, reason.encode("ascii") or None)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     request.setHeader(b"Cache-Control", b"no-store")
@@ -277,7 +299,8 @@ class _Exchange:
     """
     One client request relayed to a backend: waits for the response
     headers (with a timeout), retries on another backend when that is safe
-    and the budget allows, then streams the body back.
+    and the budget allows, then streams the body back, or, after a C{101},
+    relays bytes both ways until either side closes.
     """
 
     def __init__(
@@ -299,17 +322,25 @@ class _Exchange:
         self._pending: Deferred[BackendResponse] | None = None
         self._timedOut = False
         self._clientGone = False
+        self._abandoned = False
         self._done = False
         self._started = 0.0
+        self._attempts = 0
+        self._connectFailures = 0
         self._bodyProducer: IPushProducer | None = None
+        self._body: StreamedBody | None = None
+        self._tunnel: Any = None
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
+        self._body = _requestBody(request)
+        self._headers += _relayedControls(request, self._body)
         self._needsHost = client.host is None
         if hasattr(request, "onConnectionLost"):
             request.onConnectionLost = self._clientLost
+            request.onAbandon = self._abandon  # type: ignore[attr-defined]
         else:
             request.notifyFinish().addErrback(self._clientLost)
         if self._proxy.budget is not None:
@@ -323,31 +354,37 @@ class _Exchange:
         self._record.tried.append(backend)
         self._done = False
         self._timedOut = False
-        body = self._requestBody()
+        self._attempts += 1
         backend.requestStarted()
         self._started = self._clock.seconds()
-        self._proxy.deadlines.add(self, self._timeUp, self._started)
+        body = self._body
+        if body is None or body.complete:
+            self._proxy.deadlines.add(self, self._timeUp, self._started)
+        else:
+            # The response timeout starts once the whole body went out (a
+            # slow upload is the edge's body timeout's business).
+            attempt = self._attempts
+            body.whenSent(lambda: self._bodySent(attempt))
         headers = self._headers
         if self._needsHost:
             # An HTTP/1.0 request without Host: name the backend.
             headers = [(b"Host", backend.authority.encode("ascii")), *headers]
         self._pending = self._proxy.upstream.request(
-            backend, request.method, self._target, headers, body
+            backend, request.method, self._target, headers, body, self._interim
         )
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
-    def _requestBody(self) -> RequestBody | None:
-        content = self._request.content
-        if content is None:
-            return None
-        length = content.seek(0, 2)
-        content.seek(0, 0)
-        hasFraming = self._request.requestHeaders.hasHeader(
-            b"content-length"
-        ) or self._request.requestHeaders.hasHeader(b"transfer-encoding")
-        if length == 0 and not hasFraming:
-            return None
-        return self._proxy.upstream.bodyFromFile(content, length)
+    def _bodySent(self, attempt: int) -> None:
+        if attempt == self._attempts and self._pending is not None:
+            self._proxy.deadlines.add(self, self._timeUp, self._clock.seconds())
+
+    def _interim(self, code: int, phrase: bytes, headers: HeaderLines) -> None:
+        request = self._request
+        if self._clientGone or self._abandoned or request.clientproto != b"HTTP/1.1":
+            return  # HTTP/1.0 clients get no 1xx (RFC 9110 15.2).
+        writeInterim = getattr(request.channel, "writeInterim", None)
+        if writeInterim is not None:
+            writeInterim(code, phrase, list(responseHeadersForClient(headers, None)))
 
     def _timeUp(self) -> None:
         self._timedOut = True
@@ -372,9 +409,12 @@ class _Exchange:
         self._record.upstreamSeconds = self._clock.seconds() - self._started
         if self._proxy.outcomes is not None:
             self._proxy.outcomes.succeeded(self._backend, response.code)
-        if self._clientGone:
+        if self._clientGone or self._abandoned:
             response.deliverBody(_Discard())
             self._finish(failed=False)
+            return
+        if response.tunnel is not None:
+            self._startTunnel(response)
             return
         request = self._request
         request.setResponseCode(response.code, response.phrase)
@@ -385,11 +425,15 @@ class _Exchange:
             request.responseHeaders.setRawHeaders(name, values)
         # Framing is kept out of response.headers; a declared body length is
         # response.length. The answer to HEAD has no body but says how long
-        # the body of a GET would be: relay the backend's Content-Length.
-        if request.method == b"HEAD":
+        # the body of a GET would be, and so may a 304: relay the backend's
+        # Content-Length. A 204 has none at all (RFC 9110 8.6).
+        code = response.code
+        if request.method == b"HEAD" or code == 304:
             lengths = connection.getRawHeaders(b"content-length") if connection else None
             if lengths:
                 request.setHeader(b"Content-Length", lengths[0])
+        elif code == 204:
+            pass
         elif response.length is not UNKNOWN_LENGTH:
             request.setHeader(b"Content-Length", b"%d" % (cast(int, response.length),))
         request.defaultContentType = None
@@ -403,18 +447,25 @@ class _Exchange:
         self._pending = None
         self._stopTimer()
         self._record.upstreamSeconds = self._clock.seconds() - self._started
-        if self._clientGone:
-            self._record.error = "client closed the connection"
+        if self._clientGone or self._abandoned:
+            if self._clientGone:
+                self._record.error = "client closed the connection"
             self._finish(failed=False)
             return
         code, reason = classifyFailure(failure, self._timedOut)
+        if not self._timedOut and nothingWasSent(failure):
+            self._connectFailures += 1
         self._finish(failed=True)
         retryTo = None if self._timedOut else self._retryBackend(failure)
+        if retryTo is None and self._connectFailures == self._attempts:
+            # No backend could even be reached: as HAProxy and Envoy do,
+            # "unavailable, try again later".
+            code = 503
         self._log.warn(
             "{status} from backend {backend} for {method} {path}: {reason}{action}",
             status=code,
-            method=self._request.method,
-            path=self._request.uri,
+            method=_text(self._request.method),
+            path=_text(self._request.uri),
             backend=self._backend.authority,
             reason=reason,
             action=f"; retrying on {retryTo.authority}" if retryTo is not None else "",
@@ -423,6 +474,8 @@ class _Exchange:
             self._backend.retries += 1
             self._attempt(retryTo)
             return
+        if code == 503:
+            self._request.setHeader(b"Retry-After", b"%d" % (self._proxy.settings.retryAfter,))
         body = _answer(self._request, code, reason, self._record)
         self._request.write(body)
         self._request.finish()
@@ -437,40 +490,80 @@ class _Exchange:
             return None
         if not mayRetry(self._request.method, failure):
             return None
+        if self._body is not None and not self._body.replayable():
+            # Part of a body that was not kept went out: it cannot be sent
+            # again.
+            return None
         untried = [b for b in proxy.pool.available() if b not in self._record.tried]
         if not untried:
             return None
         if proxy.budget is not None and not proxy.budget.tryRetry():
             self._log.warn(
                 "retry budget exhausted; not retrying {method} {path}",
-                method=self._request.method,
-                path=self._request.uri,
+                method=_text(self._request.method),
+                path=_text(self._request.uri),
             )
             return None
         return proxy.chooser.choose(untried, self._request)
 
     def _clientLost(self, failure: Failure) -> None:
         self._clientGone = True
+        if self._tunnel is not None:
+            self._tunnel.loseConnection()
+            return
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._bodyProducer is not None:
+            self._bodyProducer.stopProducing()
+        request = self._request
+        if not self._record.error:
+            self._record.error = "client closed the connection"
+        if not request.startedWriting:
+            # Nothing was sent: log the request as nginx does, 499.
+            request.code = 499
+        self._logNow()
+
+    def _abandon(self) -> None:
+        """
+        The edge gave up on the request (see
+        L{lbproxy.edge.ProxyRequest.onAbandon}): drop the backend side.
+        """
+        self._abandoned = True
         if self._pending is not None:
             self._pending.cancel()
         elif self._bodyProducer is not None:
             self._bodyProducer.stopProducing()
 
+    def _logNow(self) -> None:
+        site = getattr(self._request, "site", None)
+        if site is not None:
+            site.log(self._request)
+
     # Called by _BodyRelay:
 
     def bodyStarted(self, producer: IPushProducer) -> None:
         self._bodyProducer = producer
-        self._request.registerProducer(producer, True)
+        self._request.registerProducer(_RelayProducer(self, producer), True)
 
     def bodyData(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._record.tunnelToClient += len(data)
+            self._tunnelActive()
+            self._request.channel.write(data)
+            return
         self._request.write(data)
 
     def bodyEnded(self, reason: Failure) -> None:
         request = self._request
+        self._proxy.activity.remove(self)
+        self._proxy.sending.remove(self)
         if self._bodyProducer is not None and not self._clientGone:
             request.unregisterProducer()
         self._bodyProducer = None
-        if self._clientGone:
+        if self._tunnel is not None:
+            self._tunnelEnded(reason)
+            return
+        if self._clientGone or self._abandoned:
             self._finish(failed=False)
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -482,18 +575,243 @@ class _Exchange:
         self._record.error = "backend failed mid-response"
         self._log.warn(
             "response from backend {backend} for {method} {path} cut short: "
-            "{reason}; closing the client connection",
+            "{reason}; resetting the client connection",
             backend=self._backend.authority,
-            method=request.method,
-            path=request.uri,
+            method=_text(request.method),
+            path=_text(request.uri),
             reason=reason.getErrorMessage(),
         )
-        site = getattr(request, "site", None)
-        if site is not None:
-            site.log(request)
-        # Never let a cut response look complete: close the connection after
-        # what was relayed, without the end of the message.
-        request.channel.loseConnection()
+        self._logNow()
+        # Never let a cut response look complete: reset the connection, so
+        # that even a client whose response ends with the connection (HTTP/1.0,
+        # or no length) sees an error rather than a short answer.
+        _abortClient(request)
+
+    # Response-body timeouts (see _RelayProducer and _BodyRelay).
+
+    def backendActive(self) -> None:
+        """
+        Bytes came from the backend: its inactivity timeout starts over.
+        """
+        self._proxy.activity.add(self, self._backendStalled, self._clock.seconds())
+
+    def clientPaused(self, paused: bool) -> None:
+        """
+        The client stopped (or resumed) taking the response: while it
+        takes nothing, the backend is not to blame, and the send timeout
+        runs instead.
+        """
+        now = self._clock.seconds()
+        if paused:
+            self._proxy.activity.remove(self)
+            self._proxy.sending.add(self, self._clientStalled, now)
+        else:
+            self._proxy.sending.remove(self)
+            self._proxy.activity.add(self, self._backendStalled, now)
+
+    def _backendStalled(self) -> None:
+        self._log.warn(
+            "backend {backend} sent nothing for {timeout:g}s of the response to "
+            "{method} {path}; dropping both connections",
+            backend=self._backend.authority,
+            timeout=self._proxy.activity.timeout,
+            method=_text(self._request.method),
+            path=_text(self._request.uri),
+        )
+        self._stopBoth("the backend stopped sending the response")
+
+    def _clientStalled(self) -> None:
+        self._log.warn(
+            "client took nothing for {timeout:g}s of the response to {method} {path}; "
+            "dropping both connections",
+            timeout=self._proxy.sending.timeout,
+            method=_text(self._request.method),
+            path=_text(self._request.uri),
+        )
+        self._stopBoth("the client stopped reading the response")
+
+    def _stopBoth(self, why: str) -> None:
+        self._record.truncated = True
+        self._record.error = why
+        producer, self._bodyProducer = self._bodyProducer, None
+        if producer is not None:
+            self._request.unregisterProducer()
+            producer.stopProducing()
+        self._clientGone = True
+        self._finish(failed=True)
+        self._logNow()
+        _abortClient(self._request)
+
+    # Tunnels.
+
+    def _startTunnel(self, response: BackendResponse) -> None:
+        request = self._request
+        channel = request.channel
+        tunnel = response.tunnel
+        assert tunnel is not None
+        self._tunnel = tunnel
+        self._record.tunnelToBackend = 0
+        self._record.tunnelToClient = 0
+        request.setResponseCode(101, response.phrase or b"Switching Protocols")
+        lines = [b"HTTP/1.1 101 %s\r\n" % (response.phrase or b"Switching Protocols",)]
+        for name, values in response.headers.getAllRawHeaders():
+            for value in values:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        upgrade = response.connectionHeaders.getRawHeaders(b"upgrade") or [b""]
+        lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (upgrade[0],))
+        request.startedWriting = True
+        channel.write(b"".join(lines))
+        channel.startTunnel(_CountingTunnel(self, tunnel))  # type: ignore[attr-defined]
+        self._tunnelActive()
+        response.deliverBody(_BodyRelay(self))
+
+    def tunnelSent(self, count: int) -> None:
+        self._record.tunnelToBackend = (self._record.tunnelToBackend or 0) + count
+        self._tunnelActive()
+
+    def _tunnelActive(self) -> None:
+        self._proxy.tunnels.add(self, self._tunnelIdle, self._clock.seconds())
+
+    def _tunnelIdle(self) -> None:
+        self._log.info(
+            "closing an idle tunnel to {backend} after {timeout:g}s",
+            backend=self._backend.authority,
+            timeout=self._proxy.tunnels.timeout,
+        )
+        self._record.error = "tunnel idle timeout"
+        self._tunnel.loseConnection()
+        self._request.channel.loseConnection()
+
+    def _tunnelEnded(self, reason: Failure) -> None:
+        self._proxy.tunnels.remove(self)
+        failed = not reason.check(ResponseDone, PotentialDataLoss) and not self._clientGone
+        self._finish(failed=failed)
+        if failed and not self._record.error:
+            self._record.error = "backend failed mid-tunnel"
+        self._logNow()
+        request = self._request
+        if not self._clientGone and request.channel is not None:
+            if failed:
+                _abortClient(request)
+            else:
+                request.channel.loseConnection()
+
+
+def _abortClient(request: Request) -> None:
+    channel = request.channel
+    transport = getattr(channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+def _text(value: bytes | None) -> str:
+    """
+    Bytes from a request, as text for a log line.
+    """
+    return "-" if value is None else value.decode("latin-1")
+
+
+def _requestBody(request: Request) -> StreamedBody | None:
+    """
+    The request's body: the edge's streamed body, or, for a request from
+    a plain twisted.web site, its spooled content.
+    """
+    body = getattr(request, "body", None)
+    if isinstance(body, StreamedBody):
+        return body
+    content = request.content
+    if content is None:
+        return None
+    length = content.seek(0, 2)
+    content.seek(0, 0)
+    headers = request.requestHeaders
+    if length == 0 and not (
+        headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
+    ):
+        return None
+    spooled = StreamedBody(length, _NoReading())
+    while chunk := content.read(64 * 1024):
+        spooled.received(chunk)
+    spooled.receivedAll()
+    return spooled
+
+
+class _NoReading:
+    """
+    The reading control of a body that has arrived already.
+    """
+
+    def pauseReading(self, reason: str) -> None:
+        pass
+
+    def resumeReading(self, reason: str) -> None:
+        pass
+
+
+def _relayedControls(request: Request, body: StreamedBody | None) -> list[tuple[bytes, bytes]]:
+    """
+    The request's control headers that go to the backend: C{Expect:
+    100-continue} for a body still to come (the backend's 100 or early
+    answer reaches the client), and an upgrade request (except to h2c,
+    which is HTTP/2 and not relayed).
+    """
+    headers = request.requestHeaders
+    lines: list[tuple[bytes, bytes]] = []
+    if body is not None and not body.complete and request.clientproto == b"HTTP/1.1":
+        expect = headers.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue":
+            lines.append((b"Expect", b"100-continue"))
+    upgrade = headers.getRawHeaders(b"upgrade")
+    if upgrade and request.clientproto == b"HTTP/1.1" and body is None:
+        connection = headers.getRawHeaders(b"connection", [])
+        tokens = {t.strip().lower() for v in connection for t in v.split(b",")}
+        if b"upgrade" in tokens and upgrade[0].strip().lower() != b"h2c":
+            lines += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade[0])]
+    return lines
+
+
+@implementer(IPushProducer)
+class _RelayProducer:
+    """
+    The backend's body producer, as the client side sees it: pausing it
+    (the client is slow) also switches the response's timeout from the
+    backend's inactivity to the client's.
+    """
+
+    def __init__(self, exchange: _Exchange, producer: IPushProducer) -> None:
+        self._exchange = exchange
+        self._producer = producer
+
+    def pauseProducing(self) -> None:
+        self._exchange.clientPaused(True)
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._exchange.clientPaused(False)
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
+
+
+class _CountingTunnel:
+    """
+    The backend end of a tunnel, counting what the client sends.
+    """
+
+    def __init__(self, exchange: _Exchange, tunnel: Any) -> None:
+        self._exchange = exchange
+        self._tunnel = tunnel
+
+    def write(self, data: bytes) -> None:
+        self._exchange.tunnelSent(len(data))
+        self._tunnel.write(data)
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        self._tunnel.registerProducer(producer)
+
+    def loseConnection(self) -> None:
+        self._tunnel.loseConnection()
 
 
 class _BodyRelay(Protocol):
@@ -508,8 +826,10 @@ class _BodyRelay(Protocol):
 
     def connectionMade(self) -> None:
         self._exchange.bodyStarted(self.transport)  # type: ignore[arg-type]
+        self._exchange.backendActive()
 
     def dataReceived(self, data: bytes) -> None:
+        self._exchange.backendActive()
         self._exchange.bodyData(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008

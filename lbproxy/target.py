@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.web.iweb import IRequest
 
+from lbproxy.httpcheck import validHost
+
 
 class TargetError(ValueError):
     """
@@ -38,9 +40,13 @@ def routeTarget(request: IRequest) -> Route:
     An origin-form target (C{/path?query}) is relayed as is with the
     request's single Host header. For an absolute-form target
     (C{http://authority/path}) the authority wins and becomes the Host
-    (RFC 9112 3.2.2). Anything else is refused.
+    (RFC 9112 3.2.2), so it must pass the checks a Host header passes
+    (L{lbproxy.httpcheck.validHost}: name or address, numeric port);
+    routing and C{--allow-host} then see it as they would a Host.
+    Anything else is refused.
 
-    @raise TargetError: For a target that is neither, a missing Host on
+    @raise TargetError: For a target that is neither, an absolute-form
+        target whose authority is not a valid Host, a missing Host on
         HTTP/1.1 or more than one Host header.
     """
     uri: bytes = request.uri
@@ -65,6 +71,10 @@ def routeTarget(request: IRequest) -> Route:
             raise TargetError("absolute-form target with an invalid authority") from None
         if not parts.netloc or b"@" in parts.netloc:
             raise TargetError("absolute-form target without a usable authority")
+        if not validHost(parts.netloc):
+            # E.g. http://localhost:1,evil.com/: read as a Host, only
+            # "localhost" would be checked against --allow-host.
+            raise TargetError("absolute-form target with an invalid authority")
         target = parts.path or b"/"
         if parts.query:
             target += b"?" + parts.query

@@ -6,7 +6,6 @@ pooled connections (the protocol itself is in L{lbproxy.client}).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import IO
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -30,7 +29,9 @@ from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 
 from lbproxy.backends import Backend, isIPLiteral
+from lbproxy.body import StreamedBody
 from lbproxy.client import BackendConnection, BackendResponse
+from lbproxy.client import HeaderLines as ResponseHeaderLines
 from lbproxy.retry import IDEMPOTENT_METHODS
 from lbproxy.tls import BackendTLS, ClientTLSForHost
 
@@ -107,10 +108,9 @@ def _endpointForBackend(
     return _TimeoutEndpoint(endpoint, connectTimeout, clock)
 
 
-RequestBody = tuple[IO[bytes], int]
+Interim = Callable[[int, bytes, ResponseHeaderLines], None]
 """
-A request body already received: a file positioned at its start, and its
-length.
+Called with each interim (1xx) response: code, reason phrase, header lines.
 """
 
 HeaderLines = Sequence[tuple[bytes, bytes]]
@@ -174,7 +174,8 @@ class Upstream:
         method: bytes,
         target: bytes,
         headers: HeaderLines,
-        body: RequestBody | None,
+        body: StreamedBody | None,
+        interim: Interim | None = None,
     ) -> Deferred[BackendResponse]:
         """
         Send one request to C{backend}.
@@ -183,6 +184,9 @@ class Upstream:
             relayed unchanged.
         @param headers: The header lines to send, including C{Host} and
             excluding framing headers (this writes its own).
+        @param body: The request body, streamed to the backend as it
+            arrives.
+        @param interim: Called with each interim (1xx) response.
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
@@ -190,8 +194,10 @@ class Upstream:
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
         if connection is not None:
-            return self._send(connection, backend, method, target, lines, body, reused=True)
-        return self._sendOnNew(backend, method, target, lines, body)
+            return self._send(
+                connection, backend, method, target, lines, body, interim, reused=True
+            )
+        return self._sendOnNew(backend, method, target, lines, body, interim)
 
     def _sendOnNew(
         self,
@@ -199,10 +205,13 @@ class Upstream:
         method: bytes,
         target: bytes,
         lines: HeaderLines,
-        body: RequestBody | None,
+        body: StreamedBody | None,
+        interim: Interim | None,
     ) -> Deferred[BackendResponse]:
         def send(connection: BackendConnection) -> Deferred[BackendResponse]:
-            return self._send(connection, backend, method, target, lines, body, reused=False)
+            return self._send(
+                connection, backend, method, target, lines, body, interim, reused=False
+            )
 
         return self._connect(backend).addCallback(send)
 
@@ -213,13 +222,14 @@ class Upstream:
         method: bytes,
         target: bytes,
         lines: HeaderLines,
-        body: RequestBody | None,
+        body: StreamedBody | None,
+        interim: Interim | None,
         reused: bool,
     ) -> Deferred[BackendResponse]:
-        d = connection.request(method, target, lines, body)
-        if not reused or body is not None or method not in IDEMPOTENT_METHODS:
+        d = connection.request(method, target, lines, body, interim)
+        if not reused or method not in IDEMPOTENT_METHODS:
             return d
-        return d.addErrback(self._staleRetry, backend, method, target, lines, body)
+        return d.addErrback(self._staleRetry, backend, method, target, lines, body, interim)
 
     def _staleRetry(
         self,
@@ -228,12 +238,14 @@ class Upstream:
         method: bytes,
         target: bytes,
         lines: HeaderLines,
-        body: RequestBody | None,
+        body: StreamedBody | None,
+        interim: Interim | None,
     ) -> Deferred[BackendResponse]:
         # The backend closed a kept-alive connection just as we reused it:
-        # nothing was processed, so send the request once more on a new one.
-        if failure.check(ResponseNeverReceived):
-            return self._sendOnNew(backend, method, target, lines, body)
+        # nothing was processed, so send the request once more on a new one
+        # (with its body, if that can be sent again).
+        if failure.check(ResponseNeverReceived) and (body is None or body.replayable()):
+            return self._sendOnNew(backend, method, target, lines, body, interim)
         return fail(failure)
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
@@ -289,12 +301,6 @@ class Upstream:
             for d in waiting:
                 d.callback(None)
 
-    def bodyFromFile(self, content: IO[bytes], length: int) -> RequestBody:
-        """
-        The body of a request, already received into C{content}.
-        """
-        return (content, length)
-
     def close(self) -> Deferred[None]:
         """
         Close every idle connection (and abort any still busy); fires when
@@ -315,7 +321,7 @@ class Upstream:
 
 __all__ = [
     "EndpointForBackend",
-    "RequestBody",
+    "Interim",
     "Upstream",
     "UpstreamSettings",
     "directEndpointFactory",

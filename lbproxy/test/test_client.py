@@ -5,8 +5,7 @@ over an in-memory transport so every byte is exact.
 
 from __future__ import annotations
 
-import io
-
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -15,6 +14,7 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from lbproxy.body import StreamedBody
 from lbproxy.client import BackendConnection, BackendResponse, InvalidResponse
 
 
@@ -60,9 +60,7 @@ class RequestTests(ClientTestCase):
         """
         The request head is written as given, with the proxy's own framing.
         """
-        self.connection.request(
-            b"POST", b"/a", [(b"Host", b"h"), (b"X", b"1")], (io.BytesIO(b"hello"), 5)
-        )
+        self.connection.request(b"POST", b"/a", [(b"Host", b"h"), (b"X", b"1")], _body(b"hello"))
         self.assertEqual(
             self.transport.value(),
             b"POST /a HTTP/1.1\r\nHost: h\r\nX: 1\r\nContent-Length: 5\r\n\r\nhello",
@@ -77,16 +75,26 @@ class RequestTests(ClientTestCase):
 
     def test_largeBodyStreamed(self) -> None:
         """
-        A body larger than one chunk is written chunk by chunk as the
-        transport asks, and the connection is reusable afterwards.
+        A body is written as it arrives, with the body registered as the
+        transport's streaming producer until it is complete; the
+        connection is reusable afterwards.
         """
-        data = b"x" * (200 * 1024)
-        d = self.connection.request(b"PUT", b"/", [(b"Host", b"h")], (io.BytesIO(data), len(data)))
-        producer = self.transport.producer
-        assert producer is not None
-        while self.transport.producer is not None:
-            producer.resumeProducing()
-        self.assertTrue(self.transport.value().endswith(data))
+        reading = _Reading()
+        body = StreamedBody(200 * 1024, reading)
+        d = self.connection.request(b"PUT", b"/", [(b"Host", b"h")], body)
+        self.assertIs(self.transport.producer, body)
+        self.assertTrue(self.transport.streaming)
+        for _ in range(200):
+            body.received(b"x" * 1024)
+        # The backend's transport is full: the client is paused, and
+        # resumed when it drains.
+        body.pauseProducing()
+        self.assertEqual(reading.paused, {"backend"})
+        body.resumeProducing()
+        self.assertEqual(reading.paused, set())
+        body.receivedAll()
+        self.assertIsNone(self.transport.producer)
+        self.assertTrue(self.transport.value().endswith(b"\r\n\r\n" + b"x" * (200 * 1024)))
         self.connection.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         self.successResultOf(d).deliverBody(_Body())
         self.assertEqual(self.idle, [self.connection])
@@ -164,11 +172,22 @@ class ResponseTests(ClientTestCase):
         response, body = self.exchange(b"HTTP/1.1 200 OK\r\n\r\nsome")
         self.assertIs(response.length, UNKNOWN_LENGTH)
         self.connection.dataReceived(b" more")
-        self.connection.connectionLost(Failure(Exception("closed")))
+        self.connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(body.data, b"some more")
         assert body.reason is not None
         self.assertTrue(body.reason.check(PotentialDataLoss))
         self.assertEqual(self.idle, [])
+
+    def test_untilResetIsFailure(self) -> None:
+        """
+        A body without length that ends with a reset rather than a clean
+        close is a failure, not a complete body: it may have been cut.
+        """
+        _response, body = self.exchange(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome")
+        self.connection.connectionLost(Failure(ConnectionLost("reset")))
+        assert body.reason is not None
+        self.assertFalse(body.reason.check(PotentialDataLoss, ResponseDone))
+        self.assertTrue(body.reason.check(ResponseFailed))
 
     def test_connectionCloseNotReused(self) -> None:
         """
@@ -272,3 +291,28 @@ class InvalidResponseTests(ClientTestCase):
         self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
         self.assertFalse(self.connection.reusable)
         self.assertTrue(self.transport.disconnecting)
+
+
+class _Reading:
+    """
+    A client's reading control that records why it is paused.
+    """
+
+    def __init__(self) -> None:
+        self.paused: set[str] = set()
+
+    def pauseReading(self, reason: str) -> None:
+        self.paused.add(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        self.paused.discard(reason)
+
+
+def _body(data: bytes) -> StreamedBody:
+    """
+    A complete body of C{data}.
+    """
+    body = StreamedBody(len(data), _Reading())
+    body.received(data)
+    body.receivedAll()
+    return body

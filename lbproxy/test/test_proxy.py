@@ -132,8 +132,8 @@ class RelayTests(TestCase):
     @inlineCallbacks
     def test_chunkedRequestBody(self) -> Gen:
         """
-        A chunked request body reaches the backend whole, with framing of
-        the proxy's own.
+        A chunked request body streams to the backend chunked (its length
+        is not known before it ends) and arrives whole.
         """
         backend = yield startBackend(self, b"ok")
         proxy = yield startProxy(self, [backend.backend])
@@ -145,8 +145,8 @@ class RelayTests(TestCase):
         yield client.until(b"\r\n\r\nok")
         [seen] = backend.resource.received
         self.assertEqual(seen.body, b"abcdefg")
-        self.assertEqual(seen.header(b"transfer-encoding"), [])
-        self.assertEqual(seen.header(b"content-length"), [b"7"])
+        self.assertEqual(seen.header(b"transfer-encoding"), [b"chunked"])
+        self.assertEqual(seen.header(b"content-length"), [])
 
     @inlineCallbacks
     def test_headersRelayedHopByHopRemoved(self) -> Gen:
@@ -333,8 +333,8 @@ class RelayTests(TestCase):
     @inlineCallbacks
     def test_expectContinue(self) -> Gen:
         """
-        A client sending Expect: 100-continue gets its 100, and its body
-        reaches the backend intact.
+        Expect: 100-continue is relayed; the backend's 100 Continue reaches
+        the client, and the body then reaches the backend intact.
         """
         backend = yield startBackend(self, b"stored")
         proxy = yield startProxy(self, [backend.backend])
@@ -348,7 +348,7 @@ class RelayTests(TestCase):
         yield client.until(b"stored")
         [seen] = backend.resource.received
         self.assertEqual(seen.body, b"0123456789")
-        self.assertEqual(seen.header(b"expect"), [])
+        self.assertEqual(seen.header(b"expect"), [b"100-continue"])
 
 
 class ConnectionReuseTests(TestCase):
@@ -438,15 +438,18 @@ class FailureTests(TestCase):
     """
 
     @inlineCallbacks
-    def test_refusedIs502(self) -> Gen:
+    def test_refusedIs503(self) -> Gen:
         """
-        A backend that refuses connections gives 502 Bad Gateway with a
-        short plain-text body naming the reason.
+        A backend that refuses connections (and no other to try) gives 503
+        Service Unavailable with Retry-After and a short plain-text body
+        naming the reason: nothing reached a backend, so the client may
+        try again later.
         """
         dead = Backend(host="127.0.0.1", port=_closedPort())
         proxy = yield startProxy(self, [dead])
         response, body = yield get(self, proxy.url())
-        self.assertEqual(response.code, 502)
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
         self.assertIn(b"refused", body)
         self.assertEqual(
             response.headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"]
@@ -454,7 +457,7 @@ class FailureTests(TestCase):
         self.assertEqual(dead.failures, 1)
         self.assertEqual(dead.inFlight, 0)
         [line] = proxy.lines
-        self.assertIn(" 502 ", line)
+        self.assertIn(" 503 ", line)
         self.assertIn(f"backend=127.0.0.1:{dead.port}", line)
 
     @inlineCallbacks
@@ -469,7 +472,7 @@ class FailureTests(TestCase):
         dead = Backend(host="127.0.0.1", port=_closedPort())
         proxy = yield startProxy(self, [dead])
         yield get(self, proxy.url(b"/x"))
-        [event] = [e for e in events if e.get("status") == 502 and "reason" in e]
+        [event] = [e for e in events if e.get("status") == 503 and "reason" in e]
         self.assertEqual(event["backend"], dead.authority)
         self.assertIn("refused", event["reason"])
         self.assertIn(dead.authority, formatEvent(event))
@@ -488,10 +491,11 @@ class FailureTests(TestCase):
         self.assertIn(b"without a valid response", body)
 
     @inlineCallbacks
-    def test_connectTimeoutIs504(self) -> Gen:
+    def test_connectTimeoutIs503(self) -> Gen:
         """
         A backend whose connection is never established within the
-        connect timeout gives 504, and the attempt is abandoned.
+        connect timeout gives 503 with Retry-After (the request never
+        reached a backend), and the attempt is abandoned.
         """
         attempts: list[Deferred[Any]] = []
 
@@ -519,7 +523,7 @@ class FailureTests(TestCase):
         self.assertNoResult(result)
         clock.advance(0.1)
         response, body = yield result
-        self.assertEqual(response.code, 504)
+        self.assertEqual(response.code, 503)
         self.assertIn(b"timed out connecting", body)
         self.assertTrue(attempts[0].called, "the connection attempt was not cancelled")
 

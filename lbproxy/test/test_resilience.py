@@ -142,21 +142,22 @@ class RetryTests(ResilienceTestCase):
     @inlineCallbacks
     def test_retriesBounded(self) -> Gen:
         """
-        A request is tried on at most 1 + retries backends.
+        A request is tried on at most 1 + retries backends; when none of
+        them could be reached the answer is 503.
         """
         deads = []
         for _ in range(4):
             deads.append((yield self.dead()))
         proxy = yield startProxy(self, deads)
         response, _ = yield get(self, proxy.url())
-        self.assertEqual(response.code, 502)
+        self.assertEqual(response.code, 503)
         self.assertEqual(sum(d.requests for d in deads), 3)
 
     @inlineCallbacks
     def test_budgetExhausted(self) -> Gen:
         """
-        With the retry budget spent, a failed request is answered 502
-        instead of being retried.
+        With the retry budget spent, a request whose backend could not be
+        reached is answered 503 instead of being retried.
         """
         dead = yield self.dead()
         alive = yield startBackend(self, b"fine")
@@ -168,7 +169,7 @@ class RetryTests(ResilienceTestCase):
         for _ in range(3):
             response, _ = yield get(self, proxy.url())
             codes.append(response.code)
-        self.assertEqual(codes, [200, 502, 502])
+        self.assertEqual(codes, [200, 503, 503])
 
 
 class EjectionTests(ResilienceTestCase):

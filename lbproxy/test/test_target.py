@@ -13,6 +13,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from lbproxy.httpcheck import validHost
 from lbproxy.target import Route, TargetError, hostName, routeTarget
 
 
@@ -155,6 +156,32 @@ class RouteTargetTests(SynchronousTestCase):
             b"GET http://[nonsense]/p HTTP/1.1\r\nHost: h",
         ]:
             self.assertTargetError(head, "authority")
+
+    def test_authorityCheckedAsHost(self) -> None:
+        """
+        The authority of an absolute-form target must be a valid Host (a
+        name or address and a numeric port, as L{validHost} checks a Host
+        header), or the request is refused; so
+        C{http://localhost:1,evil.com/} cannot pass an allow-list of
+        C{localhost} with C{Host: localhost:1,evil.com}.
+        """
+        for authority in [
+            b"localhost:1,evil.com",
+            b"localhost:80x",
+            b"localhost:80:80",
+            b"a:b",
+            b":80",
+            b"[::1]x",
+            b"[::1]:1,evil.com",
+            b"localhost:%38%30",
+        ]:
+            head = b"GET http://" + authority + b"/p HTTP/1.1\r\nHost: localhost"
+            self.assertFalse(validHost(authority), authority)
+            self.assertTargetError(head, "authority")
+        for authority in [b"localhost", b"localhost:8080", b"localhost:", b"[::1]:1", b"a-b.c"]:
+            head = b"GET http://" + authority + b"/p HTTP/1.1\r\nHost: localhost"
+            self.assertTrue(validHost(authority), authority)
+            self.assertEqual(routeTarget(parsedRequest(head)), Route(b"/p", authority), authority)
 
 
 class HostNameTests(SynchronousTestCase):
