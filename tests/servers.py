@@ -200,16 +200,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         exchange = self._exchange()
         digest = hashlib.sha256()
+        length = 0
         try:
             for piece in self._body():
                 digest.update(piece)
+                length += len(piece)
                 exchange.received += len(piece)
         except (_ConnectionLost, OSError):
             exchange.lost.set()
             self.close_connection = True
             return
         exchange.complete.set()
-        answer = {"length": exchange.received, "sha256": digest.hexdigest()}
+        answer = {"length": length, "sha256": digest.hexdigest()}
         self._answer(200, json.dumps(answer).encode("ascii"))
 
     do_PUT = do_POST

@@ -554,3 +554,20 @@ def residentBytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def runClient(argv: list[str], cwd: str) -> ExitResult:
+    """
+    Like L{runProgram}, with standard input closed at once: curl 7.88
+    stalls a chunked TLS upload while its standard input is an open pipe
+    (it does so against any TLS server).
+    """
+    collector, transport = _spawn(argv, cwd, None)
+    transport.closeStdin()
+    collector.ready.addErrback(lambda f: None)
+    try:
+        return await collector.ended.addTimeout(START_DEADLINE + 60, _time())
+    except Exception:
+        if collector.result is None:
+            transport.signalProcess("KILL")
+        raise

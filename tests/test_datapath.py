@@ -26,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.servers import PIECE, DataServer, Exchange, patternDigest, writePattern
-from tests.support import Proxy, runProgram, startProxy, until
+from tests.support import Proxy, runClient, startProxy, until
 
 SIZES = (0, 1, 65535, 65537, 1024 * 1024)
 """
@@ -133,7 +133,7 @@ async def _postWithCurl(proxy: Proxy, target: str, path: str, chunked: bool, tim
         "\n%{http_code}",
         proxy.url + target,
     ]
-    result = await runProgram(argv, os.path.dirname(path))
+    result = await runClient(argv, os.path.dirname(path))
     if result.code != 0:
         raise AssertionError(f"curl exited {result.code}: {result.err.strip()}")
     body, _, status = result.out.rpartition("\n")
@@ -406,7 +406,7 @@ class ResponseBodyTests(_Case):
             "%{http_code}",
             f"{proxy.url}/bytes?n={size}&framing={framing}&id={self.newId()}",
         ]
-        result = await runProgram(argv, self.directory)
+        result = await runClient(argv, self.directory)
         if result.code != 0:
             return f"curl exited {result.code}: {result.err.strip()}"
         if result.out != "200":
@@ -582,7 +582,7 @@ class ExpectContinueTests(_Case):
             "\n%{http_code}",
             proxy.url + target,
         ]
-        result = await runProgram(argv, self.directory)
+        result = await runClient(argv, self.directory)
         if result.code != 0:
             raise AssertionError(f"curl exited {result.code}: {result.err.strip()[-600:]}")
         body, _, status = result.out.rpartition("\n")
