@@ -487,7 +487,6 @@ class WebSocketServer:
                 self.port = next(iter(server.sockets)).getsockname()[1]
                 self._started.set()
                 await self._stopping.wait()
-                server.close(close_connections=False)
                 for connection in list(server.connections):
                     connection.transport.abort()
         finally:
@@ -525,9 +524,11 @@ class WebSocketServer:
         message = random.Random(7).randbytes(1024 * 1024)
 
         async def watch() -> None:
-            last = -1
+            # Held back: no progress over two whole periods in a row.
+            last, still = -1, 0
             while not flood.done.is_set():
-                if flood.sent == last:
+                still = still + 1 if flood.sent == last else 0
+                if still >= 2:
                     flood.stalled.set()
                 last = flood.sent
                 await asyncio.sleep(STALL)
