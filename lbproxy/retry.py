@@ -8,22 +8,78 @@ from __future__ import annotations
 import math
 
 import attrs
+from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
 from twisted.internet.defer import TimeoutError
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError, TCPTimedOutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent
-from twisted.web.client import RequestTransmissionFailed, ResponseFailed
+from twisted.web.client import (
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class ConnectTimeoutError(TimeoutError, TCPTimedOutError):
+    """
+    No connection to the backend within the connect timeout.
+
+    Both a L{twisted.internet.defer.TimeoutError} (what C{addTimeout}
+    fails with) and a L{ConnectError} (what every other failure to connect
+    is), so either check recognises it.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        TCPTimedOutError.__init__(self, string=f"{timeout:g}s")
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"no connection to the backend within {self.timeout:g}s (--connect-timeout)"
+
+
+def _tlsHandshakeFailed(failure: Failure) -> bool:
+    """
+    Whether C{failure} is the lean client's report of a connection whose
+    TLS handshake failed (OpenSSL refused it, or the certificate does not
+    name the backend): no response, and an OpenSSL or certificate error as
+    the reason. The request's bytes wait in the TLS layer until the
+    handshake is done, so none of them reached the backend.
+    """
+    if not failure.check(ResponseNeverReceived, RequestTransmissionFailed):
+        return False
+    reasons: list[Failure] = getattr(failure.value, "reasons", [])
+    return any(reason.check(SSL.Error, VerificationError) for reason in reasons)
+
+
+def failedToConnect(failure: Failure) -> bool:
+    """
+    Whether C{failure} means no usable connection to the backend was made,
+    so that nothing of the request reached it: the connection was refused,
+    timed out (L{ConnectTimeoutError}, or Twisted's own timeouts), had no
+    route (any L{ConnectError}), the backend's name did not resolve
+    (L{DNSLookupError}, which is not a L{ConnectError}), or the TLS
+    handshake with an C{https://} backend failed.
+
+    Such a request may go to another backend whatever its method; the
+    proxy counts it as a failure of the backend (passive ejection), and
+    answers 503 with C{Retry-After} when every try failed this way.
+    """
+    return bool(failure.check(ConnectError, TimeoutError, DNSLookupError)) or _tlsHandshakeFailed(
+        failure
+    )
 
 
 def nothingWasSent(failure: Failure) -> bool:
     """
     Whether C{failure} happened before any of the request reached the
-    backend: the connection could not be made.
+    backend: the connection could not be made (L{failedToConnect}), or
+    twisted.web's client did not send the request (L{RequestNotSent}).
     """
-    return bool(failure.check(ConnectError, TimeoutError, RequestNotSent))
+    return failedToConnect(failure) or bool(failure.check(RequestNotSent))
 
 
 def mayRetry(method: bytes, failure: Failure) -> bool:
@@ -34,6 +90,7 @@ def mayRetry(method: bytes, failure: Failure) -> bool:
     methods also when the backend closed or reset the connection, or sent
     something that is not an HTTP response. A response timeout
     (cancellation) is not retried: the backend may still be working on it.
+    (The proxy decides separately whether a body can be sent again.)
     """
     if nothingWasSent(failure):
         return True

@@ -32,7 +32,7 @@ from lbproxy.backends import Backend, isIPLiteral
 from lbproxy.body import StreamedBody
 from lbproxy.client import BackendConnection, BackendResponse
 from lbproxy.client import HeaderLines as ResponseHeaderLines
-from lbproxy.retry import IDEMPOTENT_METHODS
+from lbproxy.retry import IDEMPOTENT_METHODS, ConnectTimeoutError
 from lbproxy.tls import BackendTLS, ClientTLSForHost
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
@@ -61,7 +61,14 @@ class UpstreamSettings:
 class _TimeoutEndpoint:
     """
     An endpoint whose connection attempt is cancelled after C{timeout}
-    seconds on C{clock}, failing with L{twisted.internet.defer.TimeoutError}.
+    seconds on C{clock}, failing with L{ConnectTimeoutError}.
+
+    Cancelling a connection attempt fails it with Twisted's
+    L{twisted.internet.error.ConnectingCancelledError} (or
+    L{twisted.internet.defer.CancelledError}), which C{addTimeout} would
+    pass on as it is; whatever the attempt fails with once the time is
+    up, it is reported as the connect timeout, so the proxy's status
+    mapping and retry rules (L{lbproxy.retry.failedToConnect}) see one.
     """
 
     _wrapped: IStreamClientEndpoint
@@ -70,7 +77,14 @@ class _TimeoutEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         d = self._wrapped.connect(protocolFactory)
-        d.addTimeout(self._timeout, self._clock)
+        timeout = self._timeout
+
+        def timedOut(result: IProtocol | Failure, seconds: float) -> IProtocol:
+            if isinstance(result, Failure):
+                raise ConnectTimeoutError(timeout)
+            return result
+
+        d.addTimeout(timeout, self._clock, onTimeoutCancel=timedOut)
         return d
 
 
