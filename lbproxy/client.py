@@ -162,9 +162,7 @@ class BackendResponse:
         self.headers = headers
         self.connectionHeaders = connectionHeaders
         self.length = length
-        self.tunnel: BackendTunnel | None = (
-            BackendTunnel(connection) if code == 101 else None
-        )
+        self.tunnel: BackendTunnel | None = BackendTunnel(connection) if code == 101 else None
 
     def deliverBody(self, protocol: Protocol) -> None:
         """

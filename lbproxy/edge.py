@@ -395,9 +395,7 @@ class ProxyChannel(http.HTTPChannel):
                 504, "Gateway Timeout", "the backend did not take the request body in time"
             )
         else:
-            rejection = Rejection(
-                408, "Request Timeout", "the request body did not arrive in time"
-            )
+            rejection = Rejection(408, "Request Timeout", "the request body did not arrive in time")
         self.abandonRequest(rejection)
 
     def abandonRequest(self, rejection: Rejection) -> None:

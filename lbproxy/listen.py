@@ -24,10 +24,11 @@ to L{twisted.internet.endpoints.serverFromString} unchanged.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import attrs
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorTCP, IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 
 from lbproxy.tls import (
@@ -345,7 +346,9 @@ def serverEndpointForListen(
         raise _error(spec.description, str(e)) from e
     if bound is None:
         bound = _serverFromString(reactor, socketDescription(spec))
-    return TLSServerEndpoint(bound, serverTLS)
+    return TLSServerEndpoint(
+        bound, serverTLS, settings.handshakeTimeout, cast(IReactorTime, reactor)
+    )
 
 
 def missingCertificateFiles(spec: ListenSpec) -> list[str]:

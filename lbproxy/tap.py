@@ -98,10 +98,37 @@ class EdgeOptions(usage.Options):
             "Seconds to receive a whole request head once it has started (408 after).",
         ],
         [
+            "body-timeout",
+            None,
+            "30",
+            "Seconds a request body may make no progress (408 after; 504 when the "
+            "backend is the one not reading it).",
+        ],
+        [
             "client-idle-timeout",
             None,
             "60",
             "Seconds an idle keep-alive client connection is kept open.",
+        ],
+        [
+            "send-timeout",
+            None,
+            "60",
+            "Seconds a client may take nothing of a response before both its "
+            "connection and the backend's are dropped.",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            "10",
+            "Seconds a client has to complete its TLS handshake.",
+        ],
+        [
+            "tunnel-idle-timeout",
+            None,
+            "3600",
+            "Seconds an upgraded connection (WebSocket) may carry nothing either way "
+            "before it is closed.",
         ],
         [
             "max-connections",
@@ -151,6 +178,7 @@ def edgeLimits(options: usage.Options, maxBodySize: int) -> EdgeLimits:
         maxHeaderBytes=sizes["max-header-size"],
         maxFields=int(_number(options, "max-header-fields", 1, integer=True)),
         headerTimeout=_positive("header-timeout", options["header-timeout"]),
+        bodyTimeout=_positive("body-timeout", options["body-timeout"]),
         idleTimeout=_positive("client-idle-timeout", options["client-idle-timeout"]),
         maxConnections=int(_number(options, "max-connections", 1, integer=True)),
     )
@@ -303,14 +331,17 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             "timeout",
             None,
             "30",
-            "Seconds to wait for a backend's response headers before answering 504.",
+            "Seconds to wait for a backend's response headers (once the request is "
+            "sent) before answering 504, and the longest a backend may then pause "
+            "in the middle of a response body.",
         ],
         ["connect-timeout", None, "5", "Seconds to wait for a connection to a backend."],
         [
             "max-body",
             None,
             "100M",
-            "Largest request body accepted (bytes; K, M, G suffixes); larger gets 413.",
+            "Largest request body accepted (bytes; K, M, G suffixes); larger gets 413; "
+            "0 for no limit. Bodies stream to the backend as they arrive.",
         ],
         [
             "access-log",
@@ -497,6 +528,8 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         proxy=ProxySettings(
             allowedHosts=allowed,
             responseTimeout=_positive("timeout", options["timeout"]),
+            sendTimeout=_positive("send-timeout", options["send-timeout"]),
+            tunnelIdleTimeout=_positive("tunnel-idle-timeout", options["tunnel-idle-timeout"]),
             retries=int(_number(options, "retries", 0, integer=True)),
             trustedProxies=tuple(options["trusted-proxy"]),
         ),

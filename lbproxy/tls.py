@@ -38,11 +38,13 @@ from OpenSSL import SSL, crypto
 from twisted.internet import protocol as twistedProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
     IOpenSSLClientConnectionCreator,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import (
@@ -55,6 +57,7 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from lbproxy.certs import fingerprintSHA256, makeSelfSigned
@@ -267,9 +270,12 @@ class ServerTLSSettings:
     @ivar directories: directories whose C{*.pem} files each hold a key and
         its certificate chain, chosen by server name (C{--cert-dir}); read
         again on every reload.
+    @ivar handshakeTimeout: seconds a client has to complete its handshake
+        before the connection is dropped.
     """
 
     minimumVersion: str = "1.2"
+    handshakeTimeout: float = 10.0
     certificates: tuple[CertificateFiles, ...] = ()
     directories: tuple[str, ...] = ()
 
@@ -649,6 +655,7 @@ class _EdgeTLSProtocol(TLSMemoryBIOProtocol):
     """
 
     factory: _EdgeTLSFactory
+    _handshakeTimer: IDelayedCall | None = None
 
     def makeConnection(self, transport: Any) -> None:
         last = self.factory.lastInterface(transport)
@@ -661,6 +668,33 @@ class _EdgeTLSProtocol(TLSMemoryBIOProtocol):
         if self._connectWrapped:
             ProtocolWrapper.makeConnection(self, transport)
         self._checkHandshakeStatus()
+        timeout = self.factory.handshakeTimeout
+        if timeout is not None and not self._handshakeDone:
+            self._handshakeTimer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and self._handshakeTimer is not None:
+            self._stopHandshakeTimer()
+
+    def _stopHandshakeTimer(self) -> None:
+        timer, self._handshakeTimer = self._handshakeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshakeTimedOut(self) -> None:
+        self._handshakeTimer = None
+        if not self._handshakeDone and self.transport is not None:
+            _log.info(
+                "TLS handshake from {peer} not done in {timeout:g}s; closing",
+                peer=self.transport.getPeer(),
+                timeout=self.factory.handshakeTimeout,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = twistedProtocol.connectionDone) -> None:
+        self._stopHandshakeTimer()
+        super().connectionLost(reason)
 
 
 class _EdgeTLSFactory(TLSMemoryBIOFactory):
@@ -673,6 +707,8 @@ class _EdgeTLSFactory(TLSMemoryBIOFactory):
     """
 
     protocol = _EdgeTLSProtocol
+    handshakeTimeout: float | None = None
+    clock: IReactorTime
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -700,10 +736,15 @@ class TLSServerEndpoint:
         TCP endpoint.
     @ivar contextFactory: the server TLS configuration, e.g. a
         L{ServerTLS}.
+    @ivar handshakeTimeout: seconds a client has to complete its handshake
+        (L{None}: no limit of its own).
+    @ivar clock: what times the handshake.
     """
 
     wrapped: IStreamServerEndpoint
     contextFactory: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory
+    handshakeTimeout: float | None = None
+    clock: IReactorTime | None = None
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
@@ -713,6 +754,14 @@ class TLSServerEndpoint:
         # Benchmark A: 110 to 105 µs of CPU per request without Twisted's
         # write aggregation (see _EdgeTLSFactory).
         factory = _EdgeTLSFactory(self.contextFactory, False, protocolFactory)
+        if self.handshakeTimeout is not None:
+            factory.handshakeTimeout = self.handshakeTimeout
+            if self.clock is None:
+                from twisted.internet import reactor
+
+                factory.clock = reactor  # type: ignore[assignment]
+            else:
+                factory.clock = self.clock
         return self.wrapped.listen(factory)
 
 

@@ -164,6 +164,7 @@ def tlsConfig(options: usage.Options, listens: list[ListenSpec]) -> dict[str, An
     try:
         serverTLS = ServerTLSSettings(
             minimumVersion=minimum,
+            handshakeTimeout=_handshakeTimeout(options),
             certificates=tuple(parseCertOption(value) for value in options["cert"]),
             directories=tuple(options["cert-dir"]),
         )
@@ -199,3 +200,14 @@ def tlsConfig(options: usage.Options, listens: list[ListenSpec]) -> dict[str, An
         "hsts": hsts,
         "redirectHTTP": _redirect(options, listens),
     }
+
+
+def _handshakeTimeout(options: usage.Options) -> float:
+    text = options.get("handshake-timeout", "10")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise usage.UsageError(f"--handshake-timeout must be a number of seconds > 0, not {text!r}")
+    return value

@@ -224,13 +224,13 @@ class HTTPSBackendTests(TestCase):
     @inlineCallbacks
     def test_wrongHostname(self) -> Gen:
         """
-        A backend whose certificate does not name it gets 502, even though
-        the CA is trusted.
+        A backend whose certificate does not name it gets 503 (the handshake
+        failed: no backend could be reached), even though the CA is trusted.
         """
         code, body, lines = yield self.fetch(
             "other.test", BackendTLSSettings(caFile=self.pki.caFile)
         )
-        self.assertEqual(code, 502)
+        self.assertEqual(code, 503)
         self.assertNotIn(b"secure", body)
         self.assertIn(b"certificate does not match its name", body)
         self.assertIn("other.test", lines[0])
@@ -239,11 +239,11 @@ class HTTPSBackendTests(TestCase):
     def test_untrustedCA(self) -> Gen:
         """
         A backend whose certificate is signed by a CA other than the
-        C{--backend-ca} gets 502.
+        C{--backend-ca} gets 503.
         """
         other = _writePKI(self.mktemp())
         code, body, _ = yield self.fetch("backend.test", BackendTLSSettings(caFile=other.caFile))
-        self.assertEqual(code, 502)
+        self.assertEqual(code, 503)
         self.assertNotIn(b"secure", body)
         self.assertIn(b"certificate verify failed", body)
 
@@ -251,10 +251,10 @@ class HTTPSBackendTests(TestCase):
     def test_platformTrustByDefault(self) -> Gen:
         """
         Without C{--backend-ca}, the platform's trust store decides: a
-        private CA's certificate gets 502.
+        private CA's certificate gets 503.
         """
         code, _, _ = yield self.fetch("backend.test", BackendTLSSettings())
-        self.assertEqual(code, 502)
+        self.assertEqual(code, 503)
 
     @inlineCallbacks
     def test_insecure(self) -> Gen:

@@ -13,7 +13,7 @@ from twisted.internet.endpoints import (
     UNIXServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvidedBy
@@ -160,7 +160,7 @@ class ServerEndpointForListenTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryReactorClock()
         self.files = writeCertificates(self.mktemp())
 
     def assertEndpointError(self, description: str, *fragments: str) -> None:
@@ -192,6 +192,26 @@ class ServerEndpointForListenTests(SynchronousTestCase):
         [server] = self.reactor.tcpServers
         port, factory, backlog, interface = server
         return port, factory, backlog, interface
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A client that connects to an C{ssl:} listener and never completes
+        its handshake is dropped after the handshake timeout (10 s by
+        default), not kept until the HTTP idle timeout.
+        """
+        spec = parseListen(
+            f"ssl:8443:privateKey={self.files.serverKey}:certKey={self.files.serverCert}"
+        )
+        endpoint = serverEndpointForListen(self.reactor, spec, None)
+        _port, factory, _backlog, _interface = self.listen(endpoint)
+        assert isinstance(factory, TLSMemoryBIOFactory)
+        connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        self.reactor.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
 
     def test_sslWithFiles(self) -> None:
         """
