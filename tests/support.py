@@ -571,3 +571,15 @@ async def runClient(argv: list[str], cwd: str) -> ExitResult:
         if collector.result is None:
             transport.signalProcess("KILL")
         raise
+
+
+def logProblems(process: Twistd) -> str | None:
+    """
+    The lines around the first C{Unhandled Error} or C{Traceback} that
+    C{process} has logged, or L{None} if it has logged neither.
+    """
+    lines = process.out.splitlines()
+    for index, line in enumerate(lines):
+        if "Unhandled Error" in line or "Traceback" in line:
+            return "\n".join(lines[max(0, index - 3) : index + 20])
+    return None

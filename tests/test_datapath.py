@@ -26,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.servers import PIECE, DataServer, Exchange, patternDigest, writePattern
-from tests.support import Proxy, runClient, startProxy, until
+from tests.support import Proxy, logProblems, runClient, startProxy, until
 
 SIZES = (0, 1, 65535, 65537, 1024 * 1024)
 """
@@ -183,8 +183,12 @@ class _Case(TestCase):
 
     def assertNoFailures(self, failures: list[str], proxy: Proxy) -> None:
         """
-        Fail listing every failed case and the end of the proxy's log.
+        Fail listing every failed case and the end of the proxy's log; or
+        if the proxy logged an unhandled error.
         """
+        problem = logProblems(proxy.process)
+        if problem is not None:
+            failures = [*failures, f"twistd logged an error:\n{problem}"]
         if failures:
             log = "\n".join(proxy.process.out.splitlines()[-15:])
             self.fail("\n".join(failures) + "\n--- twistd log (end) ---\n" + log)

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.servers import DataServer, WebSocketServer
-from tests.support import Proxy, residentBytes, startProxy, until
+from tests.support import Proxy, logProblems, residentBytes, startProxy, until
 
 MESSAGES = 10_000
 """
@@ -264,6 +264,12 @@ class WebSocketTests(TestCase):
         proxy = await startProxy(self, self.directory, server.authority, tls)
         return proxy, server
 
+    def assertCleanLog(self, proxy: Proxy) -> None:
+        """
+        Fail if the proxy logged an unhandled error.
+        """
+        self.assertIsNone(logProblems(proxy.process), "twistd logged an error")
+
     def _log(self, proxy: Proxy) -> str:
         return "\n--- twistd log (end) ---\n" + "\n".join(proxy.process.out.splitlines()[-10:])
 
@@ -274,6 +280,7 @@ class WebSocketTests(TestCase):
         except Exception as e:
             problem = f"{type(e).__name__}: {e}"
         self.assertIsNone(problem, self._log(proxy))
+        self.assertCleanLog(proxy)
 
     async def test_echoPlain(self) -> None:
         """
@@ -308,6 +315,7 @@ class WebSocketTests(TestCase):
         self.assertEqual(
             server.closes["/close"][0], 4000, "the client's answer to the server's close"
         )
+        self.assertCleanLog(proxy)
 
     async def test_closesPlain(self) -> None:
         """
@@ -332,6 +340,7 @@ class WebSocketTests(TestCase):
         except Exception as e:
             self.fail(f"{type(e).__name__}: {e}{self._log(proxy)}")
         self.assertIn(how, {"ConnectionClosedError", "ConnectionClosedOK"})
+        self.assertCleanLog(proxy)
 
     async def test_backendDiesPlain(self) -> None:
         """
@@ -371,6 +380,7 @@ class WebSocketTests(TestCase):
             f"after {flood.sent >> 20} MiB",
         )
         self.assertLess(flood.sent, FLOOD // 2)
+        self.assertCleanLog(proxy)
 
     async def test_clientStopsReadingPlain(self) -> None:
         """
@@ -401,4 +411,7 @@ class WebSocketTests(TestCase):
             proxy = await startProxy(self, self.directory, backend.authority, tls)
             found = await deferToThread(_upgradeRefused, proxy)
             problems += [f"{proxy.url}: {problem}" for problem in found]
+            logged = logProblems(proxy.process)
+            if logged is not None:
+                problems.append(f"{proxy.url}: twistd logged an error:\n{logged}")
         self.assertEqual(problems, [])
