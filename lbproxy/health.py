@@ -16,10 +16,12 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from lbproxy.backends import Backend, BackendPool, SlowStart
 
@@ -186,10 +188,35 @@ class HealthChecker:
             )
 
 
+class _ProbeBody(Protocol):
+    """
+    Reads and discards a probe's response body, then says whether it
+    arrived whole: to its end (L{ResponseDone}), or to the close for a body
+    without a length (L{PotentialDataLoss}); anything else cut it off.
+    """
+
+    def __init__(self, ended: Callable[[bool], None]) -> None:
+        self._ended = ended
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._ended(reason.check(ResponseDone, PotentialDataLoss) is not None)
+
+    def stop(self) -> None:
+        """
+        Stop reading: the connection is dropped.
+        """
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
 class HTTPProbe:
     """
-    The default probe: C{GET path} through an HTTP client with a timeout;
-    a 2xx or 3xx answer is healthy.
+    The default probe: C{GET path} through an HTTP client; a 2xx or 3xx
+    answer whose body arrives whole, all within C{timeout} seconds, is
+    healthy.
     """
 
     def __init__(
@@ -202,6 +229,9 @@ class HTTPProbe:
         """
         @param request: Sends C{(backend, method, target, headers)}, e.g.
             a bound L{lbproxy.upstream.Upstream.request} with no body.
+        @param timeout: Seconds the whole exchange may take, connecting,
+            the head and the body; a probe still going then fails and its
+            connection is dropped.
         """
         self._request = request
         self._clock = clock
@@ -213,17 +243,36 @@ class HTTPProbe:
             (b"Host", backend.authority.encode("ascii")),
             (b"User-Agent", b"lbproxy-health-check"),
         ]
-        d = self._request(backend, b"GET", self._path, headers)
-        d.addTimeout(self._timeout, self._clock)
+        verdict: Deferred[bool] = Deferred()
+        body: list[_ProbeBody] = []
 
-        def judge(response: Any) -> Deferred[bool]:
-            body = readBody(response)
-            return body.addBoth(lambda _: 200 <= response.code < 400)
+        def settle(healthy: bool) -> None:
+            if not verdict.called:
+                if timer.active():
+                    timer.cancel()
+                verdict.callback(healthy)
 
-        def failed(reason: Failure) -> bool:
-            return False
+        def expire() -> None:
+            # Decide first, so that what the abort below causes is ignored.
+            settle(False)
+            if body:
+                body[0].stop()
+            else:
+                exchange.cancel()
 
-        return d.addCallback(judge).addErrback(failed)
+        def judge(response: Any) -> None:
+            ok = 200 <= response.code < 400
+            protocol = _ProbeBody(lambda whole: settle(ok and whole))
+            body.append(protocol)
+            response.deliverBody(protocol)
+
+        def failed(reason: Failure) -> None:
+            settle(False)
+
+        timer = self._clock.callLater(self._timeout, expire)
+        exchange = self._request(backend, b"GET", self._path, headers)
+        exchange.addCallback(judge).addErrback(failed)
+        return verdict
 
 
 class OutlierDetector:

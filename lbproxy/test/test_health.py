@@ -9,8 +9,13 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy.backends import Backend, BackendPool, SlowStart
@@ -153,6 +158,140 @@ class HealthCheckerTests(SynchronousTestCase):
         self.checker(interval=0)
         self.clock.advance(100)
         self.assertEqual(self.probe.calls, [])
+
+
+class _FakeResponse:
+    """
+    A response head with status C{code} whose body the test delivers:
+    C{protocol} is given a transport that records C{stopProducing}.
+    """
+
+    phrase = b"Reason"
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.protocol: Protocol | None = None
+        self.stopped = False
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self)  # type: ignore[arg-type]
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class _FakeRequests:
+    """
+    Stands in for L{Upstream.request}: each request returns a Deferred the
+    test fires with a L{_FakeResponse}.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[_FakeResponse]] = []
+
+    def __call__(
+        self, backend: Backend, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Deferred[_FakeResponse]:
+        d: Deferred[_FakeResponse] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def respond(self, code: int) -> _FakeResponse:
+        response = _FakeResponse(code)
+        self.pending.pop(0).callback(response)
+        return response
+
+
+class HTTPProbeExchangeTests(SynchronousTestCase):
+    """
+    A probe's whole exchange, head and body, is bounded by its timeout, and
+    only a whole body counts as healthy.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.requests = _FakeRequests()
+        self.probe = HTTPProbe(self.requests, self.clock, b"/", 1.0)
+        self.backend = Backend("127.0.0.2")
+
+    def test_stalledBodyIsUnhealthy(self) -> None:
+        """
+        A probe whose response body stops arriving fails when the timeout
+        is up, counted from the start of the probe, and its connection is
+        dropped.
+        """
+        result = self.probe(self.backend)
+        self.clock.advance(0.5)
+        response = self.requests.respond(200)
+        assert response.protocol is not None
+        response.protocol.dataReceived(b"partial")
+        self.clock.advance(0.4)
+        self.assertNoResult(result)
+        self.clock.advance(0.1)
+        self.assertIs(self.successResultOf(result), False)
+        self.assertTrue(response.stopped)
+
+    def test_cutBodyIsUnhealthy(self) -> None:
+        """
+        A 200 whose body is cut off is a failed probe.
+        """
+        result = self.probe(self.backend)
+        response = self.requests.respond(200)
+        assert response.protocol is not None
+        response.protocol.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+        self.assertIs(self.successResultOf(result), False)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_wholeBodyIsHealthy(self) -> None:
+        """
+        A 2xx whose body ends, at its length or at a close when it has no
+        length, is a healthy probe, and no timer is left; a 5xx is not.
+        """
+        for code, end, expected in [
+            (200, ResponseDone(), True),
+            (204, ResponseDone(), True),
+            (200, PotentialDataLoss(), True),
+            (503, ResponseDone(), False),
+        ]:
+            result = self.probe(self.backend)
+            response = self.requests.respond(code)
+            assert response.protocol is not None
+            response.protocol.dataReceived(b"ok")
+            response.protocol.connectionLost(Failure(end))
+            self.assertIs(self.successResultOf(result), expected, (code, end))
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noHeadIsUnhealthy(self) -> None:
+        """
+        A probe whose response head does not arrive in time fails, and its
+        request is cancelled.
+        """
+        result = self.probe(self.backend)
+        [pending] = self.requests.pending
+        self.clock.advance(0.9)
+        self.assertNoResult(result)
+        self.clock.advance(0.1)
+        self.assertIs(self.successResultOf(result), False)
+        self.assertTrue(pending.called)
+
+    def test_stalledBodyDoesNotWedgeChecks(self) -> None:
+        """
+        A backend whose health endpoint stalls mid-body is still probed
+        every interval, and goes down after C{fall} failed probes.
+        """
+        checker = HealthChecker(
+            BackendPool([self.backend]),
+            self.probe,
+            self.clock,
+            HealthSettings(interval=2, timeout=1, fall=2, rise=1),
+        )
+        checker.start()
+        self.addCleanup(checker.stop)
+        for _ in range(2):
+            self.requests.respond(200)
+            self.clock.advance(2)
+        self.assertFalse(self.backend.healthy)
 
 
 class HTTPProbeTests(TestCase):
