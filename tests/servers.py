@@ -410,8 +410,8 @@ class Flood:
     How far a L{WebSocketServer} got sending a flood of messages.
 
     @ivar sent: Bytes of message payload sent so far.
-    @ivar stalled: Set when a send has made no progress for L{STALL}
-        seconds: the connection is held back.
+    @ivar stalled: Set when a send has waited L{STALL} seconds for the
+        connection to drain: the connection is held back.
     @ivar done: Set when the whole flood has been sent.
     """
 
@@ -523,24 +523,16 @@ class WebSocketServer:
         flood = self.flood = Flood()
         message = random.Random(7).randbytes(1024 * 1024)
 
-        async def watch() -> None:
-            # Held back: no progress over two whole periods in a row.
-            last, still = -1, 0
-            while not flood.done.is_set():
-                still = still + 1 if flood.sent == last else 0
-                if still >= 2:
-                    flood.stalled.set()
-                last = flood.sent
-                await asyncio.sleep(STALL)
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            while flood.sent < total:
-                await connection.send(message)
-                flood.sent += len(message)
-            flood.done.set()
-        finally:
-            watcher.cancel()
+        while flood.sent < total:
+            # A send that is still waiting for the transport to drain after
+            # STALL seconds is held back by the reader.
+            sending = asyncio.ensure_future(connection.send(message))
+            done, _ = await asyncio.wait({sending}, timeout=STALL)
+            if not done:
+                flood.stalled.set()
+            await sending
+            flood.sent += len(message)
+        flood.done.set()
 
     def _stop(self) -> Deferred[None]:
         def stop() -> None:
