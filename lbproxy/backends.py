@@ -9,7 +9,16 @@ import ipaddress
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from lbproxy.stats import PeakEWMA
 
@@ -310,6 +319,69 @@ def isIPLiteral(host: str) -> bool:
     return True
 
 
+@implementer(IResolutionReceiver)
+class _Resolved:
+    """
+    Fires C{done} with whether a name resolved to any address.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[bool] = Deferred()
+        self._any = False
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IPv4Address | IPv6Address) -> None:
+        self._any = True
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self._any)
+
+
+_log = Logger()
+
+
+def warnUnresolvable(
+    backends: Sequence[Backend], resolver: IHostnameResolver, log: Logger = _log
+) -> Deferred[list[Backend]]:
+    """
+    Look up the host name of each backend given by name (not by address),
+    and log a warning naming each one that does not resolve. It is kept:
+    its requests fail (and are retried elsewhere) until the name resolves,
+    and health checks take it out meanwhile. Nothing is refused, so
+    start-up goes on whatever DNS says.
+
+    @param resolver: E.g. the reactor's C{nameResolver}.
+    @param log: Where the warnings go (event C{backend}, C{host}).
+    @return: Fires with the backends whose names did not resolve, in
+        configured order; never fails.
+    """
+    named = [backend for backend in backends if not isIPLiteral(backend.host)]
+    checks: list[Deferred[bool]] = []
+    for backend in named:
+        receiver = _Resolved()
+        try:
+            resolver.resolveHostName(receiver, backend.host, backend.port)
+        except Exception:  # noqa: BLE001 - a broken resolver must not stop start-up
+            log.failure("looking up backend {backend}", backend=backend.authority)
+            receiver.done.callback(False)
+        checks.append(receiver.done)
+
+    def warn(resolved: list[bool]) -> list[Backend]:
+        unresolvable = [b for b, ok in zip(named, resolved, strict=True) if not ok]
+        for backend in unresolvable:
+            log.warn(
+                "backend {backend}: the host name {host!r} does not resolve; "
+                "its requests fail until it does",
+                backend=backend.authority,
+                host=backend.host,
+            )
+        return unresolvable
+
+    return gatherResults(checks).addCallback(warn)
+
+
 __all__: Sequence[str] = [
     "MAX_WEIGHT",
     "Backend",
@@ -318,4 +390,5 @@ __all__: Sequence[str] = [
     "isIPLiteral",
     "parseBackend",
     "parseBackends",
+    "warnUnresolvable",
 ]

@@ -4,9 +4,19 @@ Tests for L{lbproxy.backends}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+)
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from lbproxy.backends import (
     DEFAULT_PORT,
@@ -16,6 +26,7 @@ from lbproxy.backends import (
     isIPLiteral,
     parseBackend,
     parseBackends,
+    warnUnresolvable,
 )
 
 # (item, host, port) for every accepted spelling of one backend.
@@ -395,3 +406,91 @@ class WeightTests(SynchronousTestCase):
         self.assertEqual([b.weight for b in backends], [2, 1, 3])
         message = str(self.assertRaises(BackendSpecError, parseBackends, "a=2,a=3"))
         self.assertIn("duplicate backend 'a=3'", message)
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    """
+    A resolution in progress, for L{IResolutionReceiver.resolutionBegan}.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _Names:
+    """
+    A resolver that knows C{names}; it answers when told to (L{finish}).
+    """
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.asked: list[tuple[IResolutionReceiver, str]] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IResolutionReceiver:
+        self.asked.append((resolutionReceiver, hostName))
+        return resolutionReceiver
+
+    def finish(self) -> None:
+        asked, self.asked = self.asked, []
+        for receiver, name in asked:
+            receiver.resolutionBegan(_Resolution(name))
+            if name in self.names:
+                receiver.addressResolved(IPv4Address("TCP", self.names[name], 80))
+            receiver.resolutionComplete()
+
+
+class WarnUnresolvableTests(SynchronousTestCase):
+    """
+    Tests for L{warnUnresolvable}.
+    """
+
+    def test_warnsAndGoesOn(self) -> None:
+        """
+        Each backend whose host name does not resolve gets one warning
+        naming it, and is the result; backends given by address are not
+        looked up; nothing fails.
+        """
+        events: list[dict[str, Any]] = []
+        resolver = _Names({"app.internal": "10.0.0.5"})
+        backends = parseBackends("app.internal:8080,gone.invalid,10.0.0.1,[::1]:81,https://nx.test")
+        d = warnUnresolvable(backends, resolver, Logger(observer=events.append))
+        self.assertEqual(
+            [name for _, name in resolver.asked], ["app.internal", "gone.invalid", "nx.test"]
+        )
+        self.assertNoResult(d)
+        resolver.finish()
+        self.assertEqual(self.successResultOf(d), [backends[1], backends[4]])
+        warned = [(e["log_level"], e["backend"], e["host"]) for e in events if "backend" in e]
+        self.assertEqual(
+            warned,
+            [
+                (LogLevel.warn, "gone.invalid:80", "gone.invalid"),
+                (LogLevel.warn, "nx.test:443", "nx.test"),
+            ],
+        )
+        self.assertIn("gone.invalid", formatEvent(events[0]))
+
+    def test_allAddresses(self) -> None:
+        """
+        With every backend given by address, nothing is looked up and
+        nothing is logged.
+        """
+        events: list[dict[str, Any]] = []
+        resolver = _Names({})
+        d = warnUnresolvable(
+            parseBackends("127.0.0.1:1,[::1]:2"), resolver, Logger(observer=events.append)
+        )
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual((resolver.asked, events), ([], []))
