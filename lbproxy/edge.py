@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import basic
@@ -238,6 +238,15 @@ class _ReadGate:
     def isPausedFor(self, reason: str) -> bool:
         return reason in self._reasons
 
+    def release(self) -> None:
+        """
+        Read again, whatever held reading back (the connection is closing
+        and what still arrives is read only to be discarded).
+        """
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
     # What twisted.web's HTTPChannel calls on its "network producer".
 
     def pauseProducing(self) -> None:
@@ -277,6 +286,15 @@ class _PauseFor:
         self._gate.resume(self._reason)
 
 
+LINGER = 5.0
+"""
+Seconds a connection answered before the client finished sending its body
+is kept half-open, reading and discarding, so that the answer is not lost
+to a reset (nginx's C{lingering_timeout}).
+"""
+
+
+@implementer(IHalfCloseableProtocol)
 class ProxyChannel(http.HTTPChannel):
     """
     twisted.web's HTTP channel, stricter: it checks the request line, Host,
@@ -285,6 +303,12 @@ class ProxyChannel(http.HTTPChannel):
     slowly, and refuses oversized bodies before reading them. Every refusal
     is a short answer of the proxy's own, an access log line, and the end
     of the connection: nothing more it sent is parsed.
+
+    A connection closed while the client is still sending a body (refused,
+    or answered early by the backend) is closed for writing first and read
+    to its end, for up to L{LINGER} seconds, so that the client reads the
+    answer instead of a reset. A client that half-closes its connection
+    after a request still gets its answer.
     """
 
     site: ProxySite
@@ -299,6 +323,8 @@ class ProxyChannel(http.HTTPChannel):
     _bodyTimer: IDelayedCall | None = None
     _requestLine: bytes = b""
     _discardBody = False
+    _lingerTimer: IDelayedCall | None = None
+    _readClosed = False
     _tunnel: Any = None
     _gate: _ReadGate
 
@@ -318,8 +344,55 @@ class ProxyChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopHeaderTimer()
         self._stopBodyTimer()
+        if self._lingerTimer is not None and self._lingerTimer.active():
+            self._lingerTimer.cancel()
+        self._lingerTimer = None
         super().connectionLost(reason)
         self.site.channelClosed(self)
+
+    # Closing.
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what was written has been sent; while the
+        client is still sending a request body, close for writing only and
+        discard what still arrives (see L{LINGER}).
+        """
+        if self._phase == "body" and not self._readClosed and self._tunnel is None:
+            self._lingeringClose()
+            return
+        super().loseConnection()
+
+    def _lingeringClose(self) -> None:
+        transport: Any = self.transport
+        if self._lingerTimer is not None or transport is None:
+            return
+        if not hasattr(transport, "loseWriteConnection"):
+            super().loseConnection()
+            return
+        self._discardBody = True
+        self._stopBodyTimer()
+        self.setTimeout(None)
+        self._gate.release()
+        self._lingerTimer = self.callLater(LINGER, transport.abortConnection)
+        transport.loseWriteConnection()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client closed its side: a request in progress is still answered
+        (then the connection closes); otherwise close now.
+        """
+        self._readClosed = True
+        self.persistent = False
+        if self._lingerTimer is not None or not self.requests or self._phase != "line":
+            # Lingering, idle, or a request cut before its end.
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our side is closed (a lingering close): wait for the client's.
+        """
 
     # Reading control (see lbproxy.body.ReadingControl).
 
@@ -501,7 +574,7 @@ class ProxyChannel(http.HTTPChannel):
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
-        if self._rejected:
+        if self._rejected or self._lingerTimer is not None:
             return
         if not self._busy and self._phase != "body" and data:
             if self.fastHeads and self._receivePlainHead(data):
