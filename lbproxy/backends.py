@@ -9,9 +9,9 @@ import ipaddress
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
+    IAddress,
     IHostnameResolver,
     IHostResolution,
     IReactorTime,
@@ -332,7 +332,7 @@ class _Resolved:
     def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
         pass
 
-    def addressResolved(self, address: IPv4Address | IPv6Address) -> None:
+    def addressResolved(self, address: IAddress) -> None:
         self._any = True
 
     def resolutionComplete(self) -> None:

@@ -5,7 +5,7 @@ Tests for L{lbproxy.backends}.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
@@ -14,7 +14,7 @@ from twisted.internet.interfaces import (
     IHostResolution,
     IResolutionReceiver,
 )
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -438,9 +438,9 @@ class _Names:
         portNumber: int = 0,
         addressTypes: Sequence[type[IAddress]] | None = None,
         transportSemantics: str = "TCP",
-    ) -> IResolutionReceiver:
+    ) -> IHostResolution:
         self.asked.append((resolutionReceiver, hostName))
-        return resolutionReceiver
+        return _Resolution(hostName)
 
     def finish(self) -> None:
         asked, self.asked = self.asked, []
@@ -465,7 +465,7 @@ class WarnUnresolvableTests(SynchronousTestCase):
         events: list[dict[str, Any]] = []
         resolver = _Names({"app.internal": "10.0.0.5"})
         backends = parseBackends("app.internal:8080,gone.invalid,10.0.0.1,[::1]:81,https://nx.test")
-        d = warnUnresolvable(backends, resolver, Logger(observer=events.append))
+        d = warnUnresolvable(backends, resolver, Logger(observer=cast(ILogObserver, events.append)))
         self.assertEqual(
             [name for _, name in resolver.asked], ["app.internal", "gone.invalid", "nx.test"]
         )
@@ -490,7 +490,9 @@ class WarnUnresolvableTests(SynchronousTestCase):
         events: list[dict[str, Any]] = []
         resolver = _Names({})
         d = warnUnresolvable(
-            parseBackends("127.0.0.1:1,[::1]:2"), resolver, Logger(observer=events.append)
+            parseBackends("127.0.0.1:1,[::1]:2"),
+            resolver,
+            Logger(observer=cast(ILogObserver, events.append)),
         )
         self.assertEqual(self.successResultOf(d), [])
         self.assertEqual((resolver.asked, events), ([], []))

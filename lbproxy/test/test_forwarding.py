@@ -6,7 +6,7 @@ PROXY protocol (C{haproxy:} listeners).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -82,7 +82,7 @@ class ForwardingHeadersTests(SynchronousTestCase):
             {b"X-Forwarded-For": [b"6.6.6.6, 203.0.113.7, 10.0.0.9"], b"X-Real-IP": [b"6.6.6.6"]}
         )
 
-        def realIP(client: ClientInfo, headers: Headers = incoming) -> list[bytes] | None:
+        def realIP(client: ClientInfo, headers: Headers = incoming) -> Sequence[bytes] | None:
             return requestHeadersForBackend(headers, client).getRawHeaders(b"x-real-ip")
 
         original = originalClient(incoming, "10.0.0.2", _trusted)
