@@ -32,6 +32,7 @@ from zope.interface import implementer
 from lbproxy.accesslog import AccessLog
 from lbproxy.body import StreamedBody
 from lbproxy.httpcheck import (
+    MAX_CONTENT_LENGTH,
     PlainHead,
     Rejection,
     badRequest,
@@ -292,6 +293,21 @@ Seconds a connection answered before the client finished sending its body
 is kept half-open, reading and discarding, so that the answer is not lost
 to a reset (nginx's C{lingering_timeout}).
 """
+
+
+class _BoundedChunkedDecoder(http._ChunkedTransferDecoder):
+    """
+    twisted.web's chunked decoder, refusing a chunk size above
+    L{MAX_CONTENT_LENGTH}: twisted.web takes any size and waits for that
+    many bytes, so C{ffffffffffffffffff} got no answer until a timeout.
+    The channel answers the error with a 400 and closes.
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        done = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.length > MAX_CONTENT_LENGTH:
+            raise http._MalformedChunkedDataError("chunk size too large")
+        return done
 
 
 @implementer(IHalfCloseableProtocol)
@@ -723,6 +739,11 @@ class ProxyChannel(http.HTTPChannel):
             request.rejected = True
             self.reject(_TOO_LARGE)
             return
+        if type(self._transferDecoder) is http._ChunkedTransferDecoder:
+            decoder = self._transferDecoder
+            self._transferDecoder = _BoundedChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback
+            )
         super().allHeadersReceived()
         if self.length != 0 and not self._rejected:
             # A body follows: hand the request over now and stream it.

@@ -39,7 +39,7 @@ from lbproxy.headers import (
     responseHeadersForClient,
 )
 from lbproxy.interfaces import IAffinityChooser, IChooser
-from lbproxy.retry import RetryBudget, mayRetry, nothingWasSent
+from lbproxy.retry import RetryBudget, failedToConnect, mayRetry
 from lbproxy.target import TargetError, hostName, routeTarget
 
 
@@ -209,6 +209,7 @@ class ReverseProxyResource(Resource):
                 secure=request.isSecure(),
                 host=route.host,
                 trusted=trusted,
+                original=record.client,
             ),
         )
         return NOT_DONE_YET
@@ -453,7 +454,7 @@ class _Exchange:
             self._finish(failed=False)
             return
         code, reason = classifyFailure(failure, self._timedOut)
-        if not self._timedOut and nothingWasSent(failure):
+        if not self._timedOut and failedToConnect(failure):
             self._connectFailures += 1
         self._finish(failed=True)
         retryTo = None if self._timedOut else self._retryBackend(failure)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend, BackendPool
+from lbproxy.backends import Backend, BackendPool, warnUnresolvable
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
 from lbproxy.edge import EdgeLimits, ProxySite
@@ -223,6 +223,12 @@ class LoadBalancerService(MultiService):
                 "verified; anyone on the path to them can read and change the traffic"
             )
         self.healthChecker.start()
+        resolver = getattr(self._reactor, "nameResolver", None)
+        if resolver is not None:
+            # A name that does not resolve yet is worth a warning, not a
+            # refusal to start: DNS may catch up, and requests meanwhile go
+            # to the other backends (a failed lookup is retried elsewhere).
+            warnUnresolvable(self.pool.backends, resolver, self._log)
 
     def _listenRedirect(self, spec: ListenSpec) -> None:
         """
