@@ -542,3 +542,177 @@ class WebSocketServer:
             self._thread.join(SOCKET_DEADLINE)
 
         return deferToThread(stop)
+
+
+# A scripted raw-socket backend (test_failures).
+
+
+@attrs.frozen
+class Script:
+    """
+    What a L{ScriptedBackend} does on a connection once it has read the
+    request head.
+
+    @ivar answer: Bytes to send (may be empty).
+    @ivar then: What follows: C{"close"} (a FIN), C{"reset"} (C{SO_LINGER}
+        on with a zero timeout, then close: a TCP reset), or C{"stall"}
+        (send nothing more and keep the connection open until the peer
+        closes it or the test ends).
+    """
+
+    answer: bytes
+    then: str = "close"
+
+
+class ScriptedBackend:
+    """
+    A raw-socket backend on a loopback address, stopped by the test case's
+    cleanup: each connection it accepts is served in a thread of its own,
+    which reads the request head and follows the L{Script} for the
+    request's path (the request-target up to C{?}), or the one for C{"*"};
+    without either it closes the connection.
+
+    @ivar host: The address it listens on.
+    @ivar port: Its port.
+    @ivar heads: Every request head read, in order.
+    @ivar peerClosed: The paths of requests whose connection the peer
+        (the proxy) closed or reset while this side stalled or sent.
+    @ivar sendFailed: The paths of requests whose answer could not be
+        sent whole.
+    """
+
+    def __init__(
+        self, testCase: TestCase, scripts: dict[str, Script], host: str = "127.0.0.2"
+    ) -> None:
+        self.host = host
+        self.heads: list[bytes] = []
+        self.peerClosed: list[str] = []
+        self.sendFailed: list[str] = []
+        self._scripts = scripts
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connections: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        testCase.addCleanup(self._stop)
+
+    @property
+    def authority(self) -> str:
+        """
+        C{host:port}, as C{--backends} takes it.
+        """
+        return f"{self.host}:{self.port}"
+
+    def headFor(self, path: str) -> bytes | None:
+        """
+        The first request head received for C{path}, or L{None}.
+        """
+        with self._lock:
+            for head in self.heads:
+                if _target(head) == path:
+                    return head
+        return None
+
+    def _accept(self) -> None:
+        for _ in range(int(SOCKET_DEADLINE * 4 / 0.05)):
+            if self._stopping.is_set():
+                return
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        connection.settimeout(SOCKET_DEADLINE)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                piece = connection.recv(PIECE)
+                if not piece:
+                    connection.close()
+                    return
+                head += piece
+        except OSError:
+            connection.close()
+            return
+        head = head.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        with self._lock:
+            self.heads.append(head)
+        path = _target(head)
+        script = self._scripts.get(path, self._scripts.get("*"))
+        if script is None:
+            connection.close()
+            return
+        try:
+            connection.sendall(script.answer)
+        except OSError:
+            with self._lock:
+                self.sendFailed.append(path)
+                self.peerClosed.append(path)
+            connection.close()
+            return
+        if script.then == "reset":
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+        elif script.then == "stall":
+            self._stall(connection, path)
+        else:
+            connection.close()
+
+    def _stall(self, connection: socket.socket, path: str) -> None:
+        """
+        Send nothing more; note when the peer closes or resets, draining
+        whatever it still sends; give up when the test ends.
+        """
+        connection.settimeout(0.05)
+        for _ in range(int(SOCKET_DEADLINE * 2 / 0.05)):
+            if self._stopping.is_set():
+                return
+            try:
+                if connection.recv(PIECE):
+                    continue
+            except TimeoutError:
+                continue
+            except OSError:
+                pass
+            with self._lock:
+                self.peerClosed.append(path)
+            connection.close()
+            return
+
+    def _stop(self) -> Deferred[None]:
+        def stop() -> None:
+            self._stopping.set()
+            self._thread.join(SOCKET_DEADLINE)
+            self._listener.close()
+            with self._lock:
+                connections = list(self._connections)
+            for connection in connections:
+                try:
+                    connection.close()
+                except OSError:
+                    pass
+
+        return deferToThread(stop)
+
+
+def _target(head: bytes) -> str:
+    """
+    The path of the request-target in a request head (up to C{?}).
+    """
+    line = head.split(b"\r\n", 1)[0].split(b" ")
+    target = line[1].decode("latin-1") if len(line) > 1 else ""
+    return target.split("?", 1)[0]
+
+
+__all__ += ["Script", "ScriptedBackend"]
