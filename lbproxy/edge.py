@@ -390,18 +390,26 @@ class ProxyChannel(http.HTTPChannel):
         self._stopBodyTimer()
         self.setTimeout(None)
         self._gate.release()
+        if self.isSecure():
+            # TLS has no half-close: keep reading (and discarding) until the
+            # client, told Connection: close, closes; close after LINGER.
+            self._lingerTimer = self.callLater(LINGER, transport.loseConnection)
+            return
         self._lingerTimer = self.callLater(LINGER, transport.abortConnection)
         transport.loseWriteConnection()
 
     def readConnectionLost(self) -> None:
         """
-        The client closed its side: a request in progress is still answered
-        (then the connection closes); otherwise close now.
+        The client closed its side. After a whole request that said it
+        would be the last (C{Connection: close}, or HTTP/1.0), that is a
+        half-close: the answer still goes out, then the connection closes.
+        Otherwise the client is gone (a request in progress is given up on
+        and logged as such).
         """
         self._readClosed = True
+        halfClose = bool(self.requests) and self._phase == "line" and not self.persistent
         self.persistent = False
-        if self._lingerTimer is not None or not self.requests or self._phase != "line":
-            # Lingering, idle, or a request cut before its end.
+        if self._lingerTimer is not None or not halfClose:
             assert self.transport is not None
             self.transport.loseConnection()
 
@@ -763,6 +771,23 @@ class ProxyChannel(http.HTTPChannel):
         self._lastByte = b""
         super().allContentReceived()
 
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        """
+        twisted.web's rule (HTTP/1.1 persists unless it says C{close};
+        HTTP/1.0 never), reading every C{Connection} line and token
+        (twisted.web reads the first line only, split on spaces).
+        """
+        tokens = {
+            token.strip().lower()
+            for line in request.requestHeaders.getRawHeaders(b"connection", [])
+            for token in line.split(b",")
+        }
+        if version == b"HTTP/1.1" and b"close" not in tokens:
+            return True
+        if version == b"HTTP/1.1":
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
     def requestDone(self, request: Request) -> None:
         self._busy = False
         if self._phase == "body":
@@ -819,6 +844,11 @@ class ProxyChannel(http.HTTPChannel):
             return
         self._rejected = True
         self._stopHeaderTimer()
+        for request in self.requests:
+            if isinstance(request, ProxyRequest):
+                # Already handed to the proxy (its body was arriving): stop
+                # that exchange; this answer is the request's only one.
+                request.abandon()
         body = f"{rejection.code} {rejection.reason}: {rejection.message}\n".encode()
         assert self.transport is not None
         self.transport.write(

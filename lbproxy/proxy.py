@@ -331,6 +331,7 @@ class _Exchange:
         self._bodyProducer: IPushProducer | None = None
         self._body: StreamedBody | None = None
         self._tunnel: Any = None
+        self._logged = False
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
@@ -385,7 +386,12 @@ class _Exchange:
             return  # HTTP/1.0 clients get no 1xx (RFC 9110 15.2).
         writeInterim = getattr(request.channel, "writeInterim", None)
         if writeInterim is not None:
-            writeInterim(code, phrase, list(responseHeadersForClient(headers, None)))
+            lines = [
+                (name, value)
+                for name, values in responseHeadersForClient(headers, None)
+                for value in values
+            ]
+            writeInterim(code, phrase, lines)
 
     def _timeUp(self) -> None:
         self._timedOut = True
@@ -508,6 +514,8 @@ class _Exchange:
         return proxy.chooser.choose(untried, self._request)
 
     def _clientLost(self, failure: Failure) -> None:
+        if self._clientGone:
+            return  # Already given up on (and logged).
         self._clientGone = True
         if self._tunnel is not None:
             self._tunnel.loseConnection()
@@ -536,6 +544,13 @@ class _Exchange:
             self._bodyProducer.stopProducing()
 
     def _logNow(self) -> None:
+        """
+        Write the access log line of a request that will not finish the
+        usual way (cut, abandoned, or a tunnel), once.
+        """
+        if self._logged:
+            return
+        self._logged = True
         site = getattr(self._request, "site", None)
         if site is not None:
             site.log(self._request)
@@ -592,16 +607,21 @@ class _Exchange:
 
     def backendActive(self) -> None:
         """
-        Bytes came from the backend: its inactivity timeout starts over.
+        Bytes came from the backend: its inactivity timeout starts over
+        (a tunnel has its own idle timeout instead).
         """
+        if self._tunnel is not None:
+            return
         self._proxy.activity.add(self, self._backendStalled, self._clock.seconds())
 
     def clientPaused(self, paused: bool) -> None:
         """
         The client stopped (or resumed) taking the response: while it
         takes nothing, the backend is not to blame, and the send timeout
-        runs instead.
+        runs instead (a tunnel has its own idle timeout instead).
         """
+        if self._tunnel is not None:
+            return
         now = self._clock.seconds()
         if paused:
             self._proxy.activity.remove(self)
