@@ -80,6 +80,13 @@ class AccessLog:
         tried = getattr(record, "tried", [])
         if len(tried) > 1:
             extra += f" retries={len(tried) - 1} tried={','.join(str(b) for b in tried)}"
+        toBackend = getattr(record, "tunnelToBackend", None)
+        if toBackend is not None:
+            seconds = getattr(record, "tunnelSeconds", None)
+            extra += (
+                f" tunnel_up={toBackend} tunnel_down={getattr(record, 'tunnelToClient', 0)}"
+                + (f" tunnel_time={seconds:.3f}s" if seconds is not None else "")
+            )
         if getattr(record, "truncated", False):
             extra += " truncated"
         error = getattr(record, "error", None)

@@ -122,6 +122,8 @@ class ProxyRecord:
         client sent through it; L{None} for a plain request.
     @ivar tunnelToClient: For an upgraded connection, the bytes the
         backend sent through it.
+    @ivar tunnelSeconds: For an upgraded connection that closed, how long
+        it was open.
     """
 
     backend: Backend | None = None
@@ -132,6 +134,7 @@ class ProxyRecord:
     client: str | None = None
     tunnelToBackend: int | None = None
     tunnelToClient: int = 0
+    tunnelSeconds: float | None = None
 
 
 class ReverseProxyResource(Resource):
@@ -332,6 +335,7 @@ class _Exchange:
         self._body: StreamedBody | None = None
         self._tunnel: Any = None
         self._logged = False
+        self._tunnelOpened = 0.0
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
@@ -673,6 +677,7 @@ class _Exchange:
         self._tunnel = tunnel
         self._record.tunnelToBackend = 0
         self._record.tunnelToClient = 0
+        self._tunnelOpened = self._clock.seconds()
         request.setResponseCode(101, response.phrase or b"Switching Protocols")
         lines = [b"HTTP/1.1 101 %s\r\n" % (response.phrase or b"Switching Protocols",)]
         for name, values in response.headers.getAllRawHeaders():
@@ -705,6 +710,7 @@ class _Exchange:
 
     def _tunnelEnded(self, reason: Failure) -> None:
         self._proxy.tunnels.remove(self)
+        self._record.tunnelSeconds = self._clock.seconds() - self._tunnelOpened
         failed = not reason.check(ResponseDone, PotentialDataLoss) and not self._clientGone
         self._finish(failed=failed)
         if failed and not self._record.error:

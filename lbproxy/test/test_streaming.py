@@ -553,6 +553,8 @@ class TunnelTests(StreamingTestCase):
         self.assertEqual(proxy.pool.backends[0].inFlight, 0)
         [line] = proxy.lines
         self.assertIn(" 101 ", line)
+        # The bytes each way through the tunnel, and how long it was open.
+        self.assertIn(" tunnel_up=5 tunnel_down=5 tunnel_time=", line)
 
     @inlineCallbacks
     def test_backendClosesTunnel(self) -> Gen:
