@@ -53,6 +53,7 @@ _HEAD = re.compile(
     rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?"
     rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*)*\Z"
 )
+_U = frozenset(b"Uu")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
@@ -302,7 +303,8 @@ class BackendConnection(Protocol):
         self._pending = d
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
-            if name.lower() == b"upgrade":
+            # (Only names that start with U are worth a lower().)
+            if name[0] in _U and name.lower() == b"upgrade":
                 self._upgrade = True
             lines += [name, b": ", value, b"\r\n"]
         self._chunkedRequest = body is not None and body.length is None

@@ -336,6 +336,12 @@ class _Exchange:
         self._tunnel: Any = None
         self._logged = False
         self._tunnelOpened = 0.0
+        # Whether the response body is being watched for stalls: only once
+        # it did not arrive with its head (most small bodies do), so that a
+        # small response costs no timer.
+        self._watching = False
+        self._bodyEnded = False
+        self._clientPaused = False
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
@@ -453,6 +459,9 @@ class _Exchange:
             for name, value in chooser.responseHeaders(self._backend, request):
                 request.responseHeaders.addRawHeader(name, value)
         response.deliverBody(_BodyRelay(self))
+        if not self._bodyEnded and self._tunnel is None:
+            self._watching = True
+            self.clientPaused(self._clientPaused)
 
     def _noResponse(self, failure: Failure) -> None:
         self._pending = None
@@ -575,8 +584,11 @@ class _Exchange:
 
     def bodyEnded(self, reason: Failure) -> None:
         request = self._request
-        self._proxy.activity.remove(self)
-        self._proxy.sending.remove(self)
+        self._bodyEnded = True
+        if self._watching:
+            self._watching = False
+            self._proxy.activity.remove(self)
+            self._proxy.sending.remove(self)
         if self._bodyProducer is not None and not self._clientGone:
             request.unregisterProducer()
         self._bodyProducer = None
@@ -614,7 +626,7 @@ class _Exchange:
         Bytes came from the backend: its inactivity timeout starts over
         (a tunnel has its own idle timeout instead).
         """
-        if self._tunnel is not None:
+        if not self._watching:
             return
         self._proxy.activity.add(self, self._backendStalled, self._clock.seconds())
 
@@ -624,7 +636,8 @@ class _Exchange:
         takes nothing, the backend is not to blame, and the send timeout
         runs instead (a tunnel has its own idle timeout instead).
         """
-        if self._tunnel is not None:
+        self._clientPaused = paused
+        if not self._watching:
             return
         now = self._clock.seconds()
         if paused:
@@ -738,14 +751,18 @@ def _text(value: bytes | None) -> str:
     return "-" if value is None else value.decode("latin-1")
 
 
+_NOT_STREAMED = object()
+
+
 def _requestBody(request: Request) -> StreamedBody | None:
     """
     The request's body: the edge's streamed body, or, for a request from
     a plain twisted.web site, its spooled content.
     """
-    body = getattr(request, "body", None)
-    if isinstance(body, StreamedBody):
-        return body
+    body = getattr(request, "body", _NOT_STREAMED)
+    if body is not _NOT_STREAMED:
+        # The edge's request: its body streams (or it has none).
+        return cast("StreamedBody | None", body)
     content = request.content
     if content is None:
         return None
@@ -853,7 +870,6 @@ class _BodyRelay(Protocol):
 
     def connectionMade(self) -> None:
         self._exchange.bodyStarted(self.transport)  # type: ignore[arg-type]
-        self._exchange.backendActive()
 
     def dataReceived(self, data: bytes) -> None:
         self._exchange.backendActive()
