@@ -407,11 +407,14 @@ class BackendConnection(Protocol):
             pending, self._pending = self._pending, None
             rest, self._buffer = self._buffer, b""
             assert pending is not None
-            pending.callback(response)
-            if self._state == "body" and self._bodyIsEmpty():
+            # The body that came with the head is taken first (kept until
+            # deliverBody), so that a small response is complete by the
+            # time its receiver sees it.
+            if self._bodyIsEmpty():
                 self._bodyDone()
             elif rest:
                 self._bodyData(rest)
+            pending.callback(response)
 
     def _bodyIsEmpty(self) -> bool:
         return not self._chunked and not self._untilClose and self._remaining == 0
