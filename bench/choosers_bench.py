@@ -29,10 +29,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from lbproxy.backends import Backend, BackendPool
-from lbproxy.choosers import ChooserSettings, makeChooser
+from lbproxy.balancing.choosers import ChooserSettings, makeChooser
 from lbproxy.proxy import ReverseProxyResource
-from lbproxy.upstream import Upstream
+from lbproxy.upstream.backends import Backend, BackendPool
+from lbproxy.upstream.pool import Upstream
 
 CHOOSERS = ["round-robin", "p2c", "peak-ewma"]
 SLOW_DELAY = 0.050

@@ -39,9 +39,9 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.edge import EdgeLimits, ProxyChannel, ProxySite
-from lbproxy.httpcheck import parsePlainHead
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.checks import parsePlainHead
+from lbproxy.http.edge import EdgeLimits, ProxyChannel, ProxySite
 
 HEADS = {
     "wrk": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",

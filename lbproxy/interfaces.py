@@ -12,7 +12,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.web.iweb import IRequest
 
-    from lbproxy.backends import Backend
+    from lbproxy.upstream.backends import Backend
 
 
 class IChooser(Interface):
@@ -22,7 +22,7 @@ class IChooser(Interface):
     A chooser is given, on every call, only the backends that can take
     traffic, in configured order. It never blocks and never does I/O. It may
     keep a cursor of its own; live per-backend counters (in-flight requests,
-    totals) live on L{lbproxy.backends.Backend} and are maintained by the
+    totals) live on L{lbproxy.upstream.backends.Backend} and are maintained by the
     proxy, so choosers only read them.
     """
 

@@ -4,7 +4,7 @@ Turning C{--listen} descriptions into server endpoints.
 A description is a Twisted endpoint string.  lbproxy parses C{ssl:} itself,
 so that its certificate files get one-line error messages, an C{ssl:}
 listener without C{privateKey} can use the C{--adhoc} certificate, and all
-TLS listeners share one TLS policy (L{lbproxy.tls}).  Its syntax::
+TLS listeners share one TLS policy (L{lbproxy.tls.core}).  Its syntax::
 
     ssl:PORT[:interface=ADDR][:backlog=N][:privateKey=KEY]
         [:certKey=CERT][:extraCertChain=CHAIN]
@@ -31,7 +31,7 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     CertificateFiles,
     CertificateSource,
     ServerTLS,

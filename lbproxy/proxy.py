@@ -28,24 +28,24 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from lbproxy.backends import Backend, BackendPool
-from lbproxy.body import StreamedBody
-from lbproxy.client import BackendResponse, HeaderLines, InvalidResponse
-from lbproxy.deadlines import Deadlines
-from lbproxy.headers import (
+from lbproxy.http.headers import (
     ClientInfo,
     originalClient,
     requestHeaderLines,
     responseHeadersForClient,
 )
+from lbproxy.http.target import TargetError, hostName, routeTarget
 from lbproxy.interfaces import IAffinityChooser, IChooser
-from lbproxy.retry import RetryBudget, failedToConnect, mayRetry
-from lbproxy.target import TargetError, hostName, routeTarget
+from lbproxy.upstream.backends import Backend, BackendPool
+from lbproxy.upstream.body import StreamedBody
+from lbproxy.upstream.connection import BackendResponse, HeaderLines, InvalidResponse
+from lbproxy.upstream.deadlines import Deadlines
+from lbproxy.upstream.retry import RetryBudget, failedToConnect, mayRetry
 
 
 class UpstreamClient(TypingProtocol):
     """
-    What the proxy needs from the upstream side (see L{lbproxy.upstream}).
+    What the proxy needs from the upstream side (see L{lbproxy.upstream.pool}).
     """
 
     def request(
@@ -56,6 +56,7 @@ class UpstreamClient(TypingProtocol):
         headers: Sequence[tuple[bytes, bytes]],
         body: StreamedBody | None,
         interim: Callable[[int, bytes, HeaderLines], None] | None = None,
+        upgrade: bool = False,
     ) -> Deferred[BackendResponse]: ...
 
 
@@ -65,7 +66,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class OutcomeObserver(TypingProtocol):
     """
     Learns how each request to a backend went (see
-    L{lbproxy.health.OutlierDetector}).
+    L{lbproxy.upstream.health.OutlierDetector}).
     """
 
     def succeeded(self, backend: Backend, status: int) -> None: ...
@@ -93,7 +94,7 @@ class ProxySettings:
         X-Forwarded-For and Forwarded are kept and appended to, not
         replaced.
     @ivar retries: How many other backends a failed request may be tried
-        on (see L{lbproxy.retry.mayRetry} for when).
+        on (see L{lbproxy.upstream.retry.mayRetry} for when).
     """
 
     allowedHosts: frozenset[str] | None = None
@@ -142,7 +143,7 @@ class ReverseProxyResource(Resource):
     Answers every request by relaying it to a backend chosen by an
     L{IChooser}.
 
-    Requests are the edge's L{lbproxy.edge.ProxyRequest}s, whose body
+    Requests are the edge's L{lbproxy.http.edge.ProxyRequest}s, whose body
     streams as it arrives, or plain L{twisted.web.server.Request}s whose
     body has been received into C{request.content} (so a twisted.web site
     can mount this resource).
@@ -335,6 +336,7 @@ class _Exchange:
         self._body: StreamedBody | None = None
         self._tunnel: Any = None
         self._logged = False
+        self._upgrade = False
         self._tunnelOpened = 0.0
         # Whether the response body is being watched for stalls: only once
         # it did not arrive with its head (most small bodies do), so that a
@@ -348,7 +350,10 @@ class _Exchange:
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
         self._body = _requestBody(request)
-        self._headers += _relayedControls(request, self._body)
+        controls = _relayedControls(request, self._body)
+        if controls:
+            self._headers += controls
+            self._upgrade = controls[-1][0] == b"Upgrade"
         self._needsHost = client.host is None
         if hasattr(request, "onConnectionLost"):
             request.onConnectionLost = self._clientLost
@@ -382,7 +387,7 @@ class _Exchange:
             # An HTTP/1.0 request without Host: name the backend.
             headers = [(b"Host", backend.authority.encode("ascii")), *headers]
         self._pending = self._proxy.upstream.request(
-            backend, request.method, self._target, headers, body, self._interim
+            backend, request.method, self._target, headers, body, self._interim, self._upgrade
         )
         self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
@@ -548,7 +553,7 @@ class _Exchange:
     def _abandon(self) -> None:
         """
         The edge gave up on the request (see
-        L{lbproxy.edge.ProxyRequest.onAbandon}): drop the backend side.
+        L{lbproxy.http.edge.ProxyRequest.onAbandon}): drop the backend side.
         """
         self._abandoned = True
         if self._pending is not None:

@@ -23,24 +23,16 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend, BackendPool, warnUnresolvable
+from lbproxy._twisted.transport import batchingSends
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
-from lbproxy.edge import EdgeLimits, ProxySite
-from lbproxy.health import (
-    EjectionSettings,
-    HealthChecker,
-    HealthSettings,
-    HTTPProbe,
-    OutlierDetector,
-)
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.edge import EdgeLimits, ProxySite
+from lbproxy.http.redirect import redirectSite
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
-from lbproxy.redirect import redirectSite
-from lbproxy.retry import RetryBudget
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     BackendTLS,
     BackendTLSSettings,
     ServerTLS,
@@ -48,8 +40,16 @@ from lbproxy.tls import (
     TLSConfigError,
     adhocCertificate,
 )
-from lbproxy.transport import batchingSends
-from lbproxy.upstream import Upstream, UpstreamSettings
+from lbproxy.upstream.backends import Backend, BackendPool, warnUnresolvable
+from lbproxy.upstream.health import (
+    EjectionSettings,
+    HealthChecker,
+    HealthSettings,
+    HTTPProbe,
+    OutlierDetector,
+)
+from lbproxy.upstream.pool import Upstream, UpstreamSettings
+from lbproxy.upstream.retry import RetryBudget
 
 
 @attrs.define
@@ -116,7 +116,7 @@ class LoadBalancerService(MultiService):
         self._config = config
         self._bound = list(bound)
         # Listen and connect with transports that send at once (see
-        # lbproxy.transport); a test's in-memory reactor is kept as it is.
+        # lbproxy._twisted.transport); a test's in-memory reactor is kept as it is.
         reactor = batchingSends(reactor)
         self._reactor = reactor
         self._clock = clock

@@ -60,9 +60,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy._twisted.transport import batchingSends
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
-from lbproxy.transport import batchingSends
 
 __all__ = [
     "KILL_GRACE",
@@ -566,7 +566,8 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
     """
     from twisted.internet import reactor
 
-    from lbproxy.tap import Options, _TwistdRoot
+    from lbproxy.cli.options import Options
+    from lbproxy.runtime import ProcessRoot
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "--fds":
@@ -586,7 +587,7 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         reactor,
         [_adopted(reactor, fd) for fd in fds],  # type: ignore[arg-type]
     )
-    root = _TwistdRoot(service, reactor)
+    root = ProcessRoot(service, reactor, service.reloadCertificates)
     root.privilegedStartService()
     _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
     root.startService()

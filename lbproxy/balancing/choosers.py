@@ -6,7 +6,7 @@ Every chooser is given, on every call, only the backends that can take
 traffic (in configured order) and returns one of them, or L{None} for none
 (the proxy answers 503). Choosers never block and never do I/O; live
 counters (in-flight requests, latency estimates) live on
-L{lbproxy.backends.Backend} and are maintained by the proxy. Weighted
+L{lbproxy.upstream.backends.Backend} and are maintained by the proxy. Weighted
 choosers read L{Backend.effectiveWeight}, which slow start scales down.
 Randomness and time are injected, so tests and the simulator are exact.
 """
@@ -28,10 +28,10 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.backends import Backend
+from lbproxy.balancing.maglev import DEFAULT_TABLE_SIZE, buildTable, keyHash
+from lbproxy.balancing.sticky import DEFAULT_COOKIE, StickyChooser, checkCookieName, newSecret
 from lbproxy.interfaces import IChooser
-from lbproxy.maglev import DEFAULT_TABLE_SIZE, buildTable, keyHash
-from lbproxy.sticky import DEFAULT_COOKIE, StickyChooser, checkCookieName, newSecret
+from lbproxy.upstream.backends import Backend
 
 ENTRY_POINT_GROUP = "lbproxy.choosers"
 """
@@ -304,7 +304,7 @@ class PeakEWMAChooser:
     Latency-aware power of two choices, as Finagle's and Linkerd's "peak
     EWMA" balancers: of two backends drawn at random (in proportion to
     weight), pick the one with the lower cost, its peak-sensitive latency
-    estimate (L{lbproxy.stats.PeakEWMA}, kept on the backend) times its
+    estimate (L{lbproxy.balancing.ewma.PeakEWMA}, kept on the backend) times its
     in-flight requests plus one, divided by its weight. Costs within
     C{tolerance} (20 %) of each other count as equal and the first drawn
     wins, so identical backends share traffic evenly instead of being ranked
@@ -313,7 +313,7 @@ class PeakEWMAChooser:
     It does not starve a backend: an estimate that has not been refreshed
     for a second decays toward the pool's typical latency (the median
     estimate) with a time constant of half a second (see
-    L{lbproxy.stats.PeakEWMA}), so a backend that once answered 30 times
+    L{lbproxy.balancing.ewma.PeakEWMA}), so a backend that once answered 30 times
     slower than the others and then got no traffic is tried again after
     about four seconds, and its next fast answer restores it. A backend
     with no estimate yet counts as typical.
@@ -413,7 +413,7 @@ _WEIGHT_STEPS = 4
 @implementer(IChooser)
 class HashChooser:
     """
-    Consistent hashing with Maglev tables (L{lbproxy.maglev}) and bounded
+    Consistent hashing with Maglev tables (L{lbproxy.balancing.maglev}) and bounded
     load (Mirrokni, Thorup and Zadimoghaddam, 2018).
 
     The request's key (see L{parseHashKey}) is hashed to a table slot whose

@@ -13,7 +13,7 @@ while counts for less and less, both against the pool's typical latency
 so a backend that answered slowly once and then got no traffic is tried
 again, and one fast answer then restores it.
 
-It is updated by L{lbproxy.backends.Backend.requestFinished}, with the
+It is updated by L{lbproxy.upstream.backends.Backend.requestFinished}, with the
 proxy clock's time, and only read by choosers.
 """
 

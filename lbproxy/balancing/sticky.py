@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from lbproxy.backends import Backend
 from lbproxy.interfaces import IAffinityChooser, IChooser
+from lbproxy.upstream.backends import Backend
 
 DEFAULT_COOKIE = "lbproxy_backend"
 

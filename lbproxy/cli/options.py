@@ -5,21 +5,17 @@ starts, and L{makeService}.
 
 from __future__ import annotations
 
-import gc
 import ipaddress
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend, BackendSpecError, parseBackends
-from lbproxy.choosers import (
+from lbproxy.balancing.choosers import (
     BUILTIN_CHOOSERS,
     DEFAULT_BALANCE_FACTOR,
     DEFAULT_CHOOSER,
@@ -28,9 +24,11 @@ from lbproxy.choosers import (
     makeChooser,
     settingsFromOptions,
 )
+from lbproxy.balancing.sticky import DEFAULT_COOKIE
+from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
-from lbproxy.edge import EdgeLimits
-from lbproxy.health import EjectionSettings, HealthSettings
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.edge import EdgeLimits
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import (
     DEFAULT_LISTEN,
@@ -41,11 +39,12 @@ from lbproxy.listen import (
     serverEndpointForListen,
 )
 from lbproxy.proxy import ProxySettings
-from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
-from lbproxy.sticky import DEFAULT_COOKIE
-from lbproxy.tls import TLSConfigError, serverOptionsFromFiles
-from lbproxy.tlsoptions import TLSOptions, tlsConfig
-from lbproxy.upstream import UpstreamSettings
+from lbproxy.runtime import ProcessRoot
+from lbproxy.service import LoadBalancerConfig, makeLoadBalancer
+from lbproxy.tls.core import TLSConfigError, serverOptionsFromFiles
+from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackends
+from lbproxy.upstream.health import EjectionSettings, HealthSettings
+from lbproxy.upstream.pool import UpstreamSettings
 from lbproxy.workers import checkWorkers, makeSupervisor, parseWorkers
 
 ADHOC_LISTEN = "ssl:443"
@@ -608,89 +607,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     network: IReactorTCP = reactor
     clock: IReactorTime = reactor
     if options.workers > 1:
-        return _TwistdRoot(
-            makeSupervisor(options.workers, config, options.arguments, reactor), reactor
-        )
-    return _TwistdRoot(makeLoadBalancer(config, network, clock), reactor)
-
-
-YOUNG_COLLECTION = 50_000
-"""
-Allocations between two collections of the youngest generation, once
-lbproxy runs (see L{_TwistdRoot._settleHeap}).
-"""
-
-
-class _TwistdRoot(MultiService):
-    """
-    Runs the load balancer under twistd: a L{StartupError} becomes one line
-    and a non-zero exit instead of a traceback, and SIGTERM/SIGINT stop the
-    reactor (draining first, see L{LoadBalancerService.stopService}) so that
-    twistd exits 0 after a graceful shutdown, not by re-raising the signal.
-    """
-
-    def __init__(self, service: IService, reactor: Any) -> None:
-        super().__init__()
-        self._reactor = reactor
-        self._stopping = False
-        self._service = service
-        service.setServiceParent(self)
-
-    def startService(self) -> None:
-        super().startService()
-        self._reactor.callWhenRunning(self._installSignalHandlers)
-        self._reactor.callWhenRunning(self._settleHeap)
-
-    def _settleHeap(self) -> None:
-        """
-        Keep the cyclic garbage collector's pauses short:
-
-          - Hide what start-up built (modules, classes, the service) from
-            it: that lives as long as the process, and every full
-            collection would otherwise walk all of it again while requests
-            wait (C{gc.freeze}, as Instagram's Django servers do).
-          - Collect the young generation every L{YOUNG_COLLECTION}
-            allocations instead of CPython's 700. Each young collection
-            promotes the objects of the requests in flight at that moment;
-            promoted objects count toward the next full collection, which
-            walks every connection's objects (10 000 idle TLS connections
-            are 200 000 objects: 40-60 ms). Fewer young collections, far
-            fewer full ones: A's p99 with 10 000 idle connections open went
-            from 64 to 18 ms in benchmark E.
-        """
-        gc.collect()
-        gc.freeze()
-        _, older, oldest = gc.get_threshold()
-        gc.set_threshold(YOUNG_COLLECTION, older, oldest)
-
-    def _installSignalHandlers(self) -> None:
-        def stop(signum: int, frame: object) -> None:
-            self._reactor.callFromThread(self._stopOnce, signal.Signals(signum).name)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, self._reloadOnSignal)
-
-    def _reloadOnSignal(self, signum: int, frame: object) -> None:
-        """
-        SIGHUP: reload the TLS certificates, in the reactor thread.
-        """
-        reload = getattr(self._service, "reloadCertificates", None)
-        if reload is not None:
-            _log.info("received SIGHUP: reloading TLS certificates")
-            self._reactor.callFromThread(reload)
-
-    def _stopOnce(self, name: str) -> None:
-        if not self._stopping:
-            self._stopping = True
-            _log.info("received {signal}: draining and shutting down", signal=name)
-            self._reactor.stop()
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except StartupError as e:
-            raise SystemExit(f"lbproxy: error: {e}") from None
+        supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
+        return ProcessRoot(supervisor, reactor, supervisor.reloadCertificates)
+    service = makeLoadBalancer(config, network, clock)
+    return ProcessRoot(service, reactor, service.reloadCertificates)
 
 
 __all__ = ["Options", "buildConfig", "makeService", "parseSize"]

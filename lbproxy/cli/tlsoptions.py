@@ -1,6 +1,6 @@
 """
 The TLS command-line options of C{twistd lbproxy}, mixed into
-L{lbproxy.tap.Options}, and their checking into configuration values.
+L{lbproxy.cli.options.Options}, and their checking into configuration values.
 
     --tls-min 1.2|1.3        Mozilla "intermediate" (default) or "modern"
     --cert PEM | KEY:CERT    a certificate chosen by SNI (repeatable)
@@ -19,7 +19,7 @@ from typing import Any
 from twisted.python import usage
 
 from lbproxy.listen import ListenError, ListenSpec, parseListen, serverEndpointForListen
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     TLS_VERSIONS,
     BackendTLS,
     BackendTLSSettings,

@@ -4,7 +4,7 @@ strictly and enforces the limits, and whose log is lbproxy's access log.
 
 A request with a body is handed to the proxy as soon as its head has been
 checked, and the body streams to the backend as it arrives
-(L{lbproxy.body.StreamedBody}); nothing is spooled. The channel's reading
+(L{lbproxy.upstream.body.StreamedBody}); nothing is spooled. The channel's reading
 is paused and resumed for several reasons at once (twisted.web's own
 pipelining and response backpressure, a full body buffer, a backend that
 reads slowly, a tunnel), so one reason's resume never undoes another's
@@ -29,9 +29,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.body import StreamedBody
-from lbproxy.httpcheck import (
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.checks import (
     MAX_CONTENT_LENGTH,
     PlainHead,
     Rejection,
@@ -41,8 +40,14 @@ from lbproxy.httpcheck import (
     checkRequestLine,
     parsePlainHead,
 )
+from lbproxy.upstream.body import StreamedBody
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
+
+# Looked up once: an attribute of twisted.web.http costs a deprecation
+# proxy's __getattribute__ on every access (about 3 us).
+_plainGotLength = http.Request.gotLength
+_CHUNKED_DECODER = http._ChunkedTransferDecoder
 
 
 @attrs.frozen
@@ -129,16 +134,18 @@ class ProxyRequest(Request):
         self.clientproto = version
         self.args = {}
         self.path = path.split(b"?", 1)[0]
+        # When the whole request has arrived, twisted.web calls
+        # requestReceived: for this request that only completes the body.
+        # (An attribute of this request alone, so that the many requests
+        # without a body pay for no override.)
+        self.requestReceived = self._bodyReceived  # type: ignore[method-assign]
         self.process()
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+    def _bodyReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
-        The whole request has arrived: a streamed body is complete; a
-        request without a body is handed to the resource now.
+        The whole request has arrived, its streamed body complete.
         """
-        if self.body is None:
-            super().requestReceived(command, path, version)
-        elif not self.finished:
+        if not self.finished and self.body is not None:
             self.body.receivedAll()
 
     def abandon(self) -> None:
@@ -162,6 +169,7 @@ class ProxyRequest(Request):
         # request is freed at once, not by the cyclic garbage collector.
         self.onConnectionLost = None
         self.onAbandon = None
+        self.__dict__.pop("requestReceived", None)  # (see dispatch)
         super().finish()
 
     def process(self) -> None:
@@ -315,7 +323,7 @@ class ProxyChannel(http.HTTPChannel):
     """
     twisted.web's HTTP channel, stricter: it checks the request line, Host,
     framing headers and sizes before twisted.web acts on them (see
-    L{lbproxy.httpcheck}), times out a request head that arrives too
+    L{lbproxy.http.checks}), times out a request head that arrives too
     slowly, and refuses oversized bodies before reading them. Every refusal
     is a short answer of the proxy's own, an access log line, and the end
     of the connection: nothing more it sent is parsed.
@@ -418,7 +426,7 @@ class ProxyChannel(http.HTTPChannel):
         Our side is closed (a lingering close): wait for the client's.
         """
 
-    # Reading control (see lbproxy.body.ReadingControl).
+    # Reading control (see lbproxy.upstream.body.ReadingControl).
 
     def pauseReading(self, reason: str) -> None:
         """
@@ -438,7 +446,7 @@ class ProxyChannel(http.HTTPChannel):
     def startTunnel(self, toBackend: Any) -> None:
         """
         From now on every byte from the client goes to C{toBackend} (a
-        L{lbproxy.client.BackendTunnel}), which pauses the client's
+        L{lbproxy.upstream.connection.BackendTunnel}), which pauses the client's
         reading while the backend cannot take more; what the client sent
         after the upgrade request goes first.
         """
@@ -668,7 +676,7 @@ class ProxyChannel(http.HTTPChannel):
         # allHeadersReceived, with no body to wait for:
         request.parseCookies()
         self.persistent = self.checkPersistence(request, head.version)
-        request.gotLength(0)
+        _plainGotLength(request, 0)  # (no body: ProxyRequest's own is not needed)
         # allContentReceived: what follows waits until this request is done.
         self._busy = True
         setattr(self, "_HTTPChannel__first_line", 1)  # noqa: B010 - twisted.web's private name
@@ -747,7 +755,7 @@ class ProxyChannel(http.HTTPChannel):
             request.rejected = True
             self.reject(_TOO_LARGE)
             return
-        if type(self._transferDecoder) is http._ChunkedTransferDecoder:
+        if type(self._transferDecoder) is _CHUNKED_DECODER:
             decoder = self._transferDecoder
             self._transferDecoder = _BoundedChunkedDecoder(
                 decoder.dataCallback, decoder.finishCallback

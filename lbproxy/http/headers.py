@@ -15,7 +15,7 @@ import attrs
 from twisted.web.http_headers import Headers
 
 if TYPE_CHECKING:
-    from lbproxy.client import HeaderLines
+    from lbproxy.upstream.connection import HeaderLines
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -123,7 +123,8 @@ def _connectionOptions(headers: RawHeaders) -> frozenset[bytes]:
     The header names that C{Connection} makes hop-by-hop, but for those it
     cannot (L{NEVER_CONNECTION_OPTIONS}).
     """
-    return connectionTokens(headers) - NEVER_CONNECTION_OPTIONS
+    tokens = connectionTokens(headers)
+    return tokens - NEVER_CONNECTION_OPTIONS if tokens else tokens
 
 
 def _endToEnd(

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from lbproxy.httpcheck import validHost
+from lbproxy.http.checks import validHost
 
 __all__ = ["RedirectToHTTPS", "redirectSite"]
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.web.iweb import IRequest
 
-from lbproxy.httpcheck import validHost
+from lbproxy.http.checks import validHost
 
 
 class TargetError(ValueError):
@@ -41,7 +41,7 @@ def routeTarget(request: IRequest) -> Route:
     request's single Host header. For an absolute-form target
     (C{http://authority/path}) the authority wins and becomes the Host
     (RFC 9112 3.2.2), so it must pass the checks a Host header passes
-    (L{lbproxy.httpcheck.validHost}: name or address, numeric port);
+    (L{lbproxy.http.checks.validHost}: name or address, numeric port);
     routing and C{--allow-host} then see it as they would a Host.
     Anything else is refused.
 

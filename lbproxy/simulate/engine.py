@@ -2,7 +2,7 @@
 The discrete-event engine: runs one chooser over one scenario on a
 L{twisted.internet.task.Clock}.
 
-The chooser is built by L{lbproxy.choosers.makeChooser}, exactly as the
+The chooser is built by L{lbproxy.balancing.choosers.makeChooser}, exactly as the
 proxy builds it, and is given the simulated clock and a seeded generator.
 Each request is handled as the proxy handles it: the chooser gets the
 backends that are up (configured order) and the request;
@@ -26,10 +26,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
-from lbproxy.backends import Backend
-from lbproxy.choosers import ChooserFactory, ChooserSettings, makeChooser
+from lbproxy.balancing.choosers import ChooserFactory, ChooserSettings, makeChooser
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.simulate.scenario import Scenario
+from lbproxy.upstream.backends import Backend
 
 SIMULATION_SECRET = b"lbproxy simulator sticky secret"
 

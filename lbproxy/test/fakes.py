@@ -24,15 +24,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend, BackendPool
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.edge import EdgeLimits, ProxySite
+from lbproxy._twisted.transport import batchingSends
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import OutcomeObserver, ProxySettings, ReverseProxyResource
-from lbproxy.retry import RetryBudget
-from lbproxy.transport import batchingSends
-from lbproxy.upstream import EndpointForBackend, Upstream, UpstreamSettings
+from lbproxy.upstream.backends import Backend, BackendPool
+from lbproxy.upstream.pool import EndpointForBackend, Upstream, UpstreamSettings
+from lbproxy.upstream.retry import RetryBudget
 
 reactor = _globalReactor
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.accesslog}.
+Tests for L{lbproxy.http.accesslog}.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend
+from lbproxy.http.accesslog import AccessLog
 from lbproxy.proxy import ProxyRecord
 from lbproxy.test.test_target import parsedRequest
+from lbproxy.upstream.backends import Backend
 
 _CLIENT = IPv4Address("TCP", "192.0.2.7", 50123)
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.backends}.
+Tests for L{lbproxy.upstream.backends}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lbproxy.backends import (
+from lbproxy.upstream.backends import (
     DEFAULT_PORT,
     Backend,
     BackendPool,

@@ -1,5 +1,5 @@
 """
-Tests for C{https://} backends: parsing, and L{lbproxy.tls.BackendTLS}
+Tests for C{https://} backends: parsing, and L{lbproxy.tls.core.BackendTLS}
 through the real proxy against real TLS backends on loopback, with
 certificates from a local CA.
 """
@@ -21,13 +21,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from lbproxy import certs
-from lbproxy.accesslog import AccessLog
-from lbproxy.backends import Backend, BackendPool, parseBackend, parseBackends
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.edge import ProxySite
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.edge import ProxySite
 from lbproxy.proxy import ReverseProxyResource
 from lbproxy.test.fakes import reactor
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     BackendTLS,
     BackendTLSSettings,
     CertificateFiles,
@@ -36,7 +35,8 @@ from lbproxy.tls import (
     TLSConfigError,
     TLSServerEndpoint,
 )
-from lbproxy.upstream import Upstream
+from lbproxy.upstream.backends import Backend, BackendPool, parseBackend, parseBackends
+from lbproxy.upstream.pool import Upstream
 
 Gen = Generator[Any, Any, None]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.body}: a request body streamed from the client to a
+Tests for L{lbproxy.upstream.body}: a request body streamed from the client to a
 backend, with bounded buffering and backpressure both ways.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.body import BUFFER_LIMIT, StreamedBody
+from lbproxy.upstream.body import BUFFER_LIMIT, StreamedBody
 
 
 class _Reading:

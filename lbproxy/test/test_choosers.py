@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.choosers}.
+Tests for L{lbproxy.balancing.choosers}.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.backends import Backend, SlowStart
-from lbproxy.choosers import (
+from lbproxy.balancing.choosers import (
     BUILTIN_CHOOSERS,
     DEFAULT_CHOOSER,
     ChooserError,
@@ -39,10 +38,11 @@ from lbproxy.choosers import (
     registry,
     settingsFromOptions,
 )
+from lbproxy.cli.options import Options
 from lbproxy.interfaces import IAffinityChooser, IChooser
-from lbproxy.tap import Options
 from lbproxy.test.test_backends import assertOneLineError
 from lbproxy.test.test_target import parsedRequest
+from lbproxy.upstream.backends import Backend, SlowStart
 
 _REQUEST = parsedRequest(b"GET / HTTP/1.1\r\nHost: example.com")
 
@@ -288,7 +288,9 @@ class MakeChooserTests(SynchronousTestCase):
         """
         A built-in chooser can be named by its dotted name too.
         """
-        self.assertIsInstance(makeChooser("lbproxy.choosers.RoundRobinChooser"), RoundRobinChooser)
+        self.assertIsInstance(
+            makeChooser("lbproxy.balancing.choosers.RoundRobinChooser"), RoundRobinChooser
+        )
 
     def test_otherRegistry(self) -> None:
         """
@@ -335,7 +337,7 @@ class MakeChooserTests(SynchronousTestCase):
         """
         A dotted name of something that cannot be called is refused.
         """
-        self.assertChooserError("lbproxy.choosers.DEFAULT_CHOOSER", "cannot instantiate")
+        self.assertChooserError("lbproxy.balancing.choosers.DEFAULT_CHOOSER", "cannot instantiate")
 
     def test_constructorFailsOnSeveralLines(self) -> None:
         """

@@ -1,5 +1,5 @@
 """
-Tests for chunk sizes in request bodies at the edge (L{lbproxy.edge}):
+Tests for chunk sizes in request bodies at the edge (L{lbproxy.http.edge}):
 a size too large to represent is refused at once, as twisted.web's decoder
 would otherwise wait for that many bytes.
 """
@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.edge import ProxySite
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.edge import ProxySite
 
 _CLIENT = IPv4Address("TCP", "192.0.2.7", 50000)
 

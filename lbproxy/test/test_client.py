@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.client}: the lean HTTP/1.1 client connection, driven
+Tests for L{lbproxy.upstream.connection}: the lean HTTP/1.1 client connection, driven
 over an in-memory transport so every byte is exact.
 """
 
@@ -14,8 +14,8 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from lbproxy.body import StreamedBody
-from lbproxy.client import BackendConnection, BackendResponse, InvalidResponse
+from lbproxy.upstream.body import StreamedBody
+from lbproxy.upstream.connection import BackendConnection, BackendResponse, InvalidResponse
 
 
 class _Body(Protocol):

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.deadlines}: many deadlines of one length on one timer.
+Tests for L{lbproxy.upstream.deadlines}: many deadlines of one length on one timer.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.deadlines import Deadlines
+from lbproxy.upstream.deadlines import Deadlines
 
 
 class DeadlinesTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.edge}: strict parsing at the edge, as a table of raw
+Tests for L{lbproxy.http.edge}: strict parsing at the edge, as a table of raw
 requests sent over real sockets to a proxy in front of a recording backend,
 plus the header timeout, the connection limit and backend framing errors;
 and request heads parsed in one pass against the same heads parsed line by
@@ -20,9 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.edge import EdgeLimits, ProxyChannel, ProxySite
-from lbproxy.httpcheck import (
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.checks import (
     PlainHead,
     checkFraming,
     checkHost,
@@ -30,6 +29,7 @@ from lbproxy.httpcheck import (
     parsePlainHead,
     validHost,
 )
+from lbproxy.http.edge import EdgeLimits, ProxyChannel, ProxySite
 from lbproxy.test.fakes import (
     answer,
     get,

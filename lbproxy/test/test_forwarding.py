@@ -13,14 +13,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.headers import ClientInfo, originalClient, requestHeadersForBackend
-from lbproxy.health import HealthSettings
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.headers import ClientInfo, originalClient, requestHeadersForBackend
 from lbproxy.listen import parseListen
 from lbproxy.proxy import ProxySettings
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService
 from lbproxy.test.fakes import rawConnect, reactor, startBackend, startProxy
+from lbproxy.upstream.health import HealthSettings
 
 Gen = Generator[Any, Any, None]
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)

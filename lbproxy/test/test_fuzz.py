@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from lbproxy.httpcheck import checkHost, checkRequestLine
+from lbproxy.http.checks import checkHost, checkRequestLine
 from lbproxy.test.fakes import rawConnect, reactor, startBackend, startProxy
 
 Gen = Generator[Any, Any, None]

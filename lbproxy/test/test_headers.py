@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.headers}.
+Tests for L{lbproxy.http.headers}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from lbproxy.headers import (
+from lbproxy.http.headers import (
     HOP_BY_HOP,
     ClientInfo,
     connectionTokens,

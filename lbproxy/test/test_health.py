@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.health}: rise/fall, active checks, outlier ejection and
+Tests for L{lbproxy.upstream.health}: rise/fall, active checks, outlier ejection and
 slow start, all on an injected clock.
 """
 
@@ -18,8 +18,9 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lbproxy.backends import Backend, BackendPool, SlowStart
-from lbproxy.health import (
+from lbproxy.test.fakes import reactor, startBackend
+from lbproxy.upstream.backends import Backend, BackendPool, SlowStart
+from lbproxy.upstream.health import (
     EjectionSettings,
     HealthChecker,
     HealthSettings,
@@ -27,8 +28,7 @@ from lbproxy.health import (
     OutlierDetector,
     RiseFall,
 )
-from lbproxy.test.fakes import reactor, startBackend
-from lbproxy.upstream import Upstream
+from lbproxy.upstream.pool import Upstream
 
 
 class RiseFallTests(SynchronousTestCase):

@@ -27,7 +27,7 @@ from lbproxy.listen import (
     serverEndpointForListen,
 )
 from lbproxy.test.test_tls import writeCertificates
-from lbproxy.tls import ServerTLS, TLSServerEndpoint, adhocCertificate
+from lbproxy.tls.core import ServerTLS, TLSServerEndpoint, adhocCertificate
 
 
 class ParseListenTests(SynchronousTestCase):

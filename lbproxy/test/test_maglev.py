@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.maglev}, including the figures published for Maglev
+Tests for L{lbproxy.balancing.maglev}, including the figures published for Maglev
 (Eisenbud et al., NSDI 2016, section 5.3).
 """
 
@@ -9,7 +9,7 @@ from collections import Counter
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.maglev import DEFAULT_TABLE_SIZE, buildTable, keyHash
+from lbproxy.balancing.maglev import DEFAULT_TABLE_SIZE, buildTable, keyHash
 
 _NAMES = [f"http://10.0.{index // 250}.{index % 250}:80" for index in range(100)]
 

@@ -20,8 +20,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from lbproxy.backends import Backend
-from lbproxy.choosers import RandomChooser
+from lbproxy.balancing.choosers import RandomChooser
 from lbproxy.proxy import ProxySettings
 from lbproxy.test.fakes import (
     answer,
@@ -33,7 +32,8 @@ from lbproxy.test.fakes import (
     startProxy,
     startScripted,
 )
-from lbproxy.upstream import UpstreamSettings
+from lbproxy.upstream.backends import Backend
+from lbproxy.upstream.pool import UpstreamSettings
 
 Gen = Generator[Any, Any, None]
 

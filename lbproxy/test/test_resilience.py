@@ -16,9 +16,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from lbproxy.backends import Backend, BackendPool
-from lbproxy.health import EjectionSettings, OutlierDetector
-from lbproxy.retry import RetryBudget
 from lbproxy.test.fakes import (
     FirstAvailable,
     RunningBackend,
@@ -32,6 +29,9 @@ from lbproxy.test.fakes import (
     startProxy,
     startScripted,
 )
+from lbproxy.upstream.backends import Backend, BackendPool
+from lbproxy.upstream.health import EjectionSettings, OutlierDetector
+from lbproxy.upstream.retry import RetryBudget
 
 Gen = Generator[Any, Any, None]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.retry}: which failures may be retried, and the budget.
+Tests for L{lbproxy.upstream.retry}: which failures may be retried, and the budget.
 """
 
 from __future__ import annotations
@@ -36,16 +36,8 @@ from twisted.web.client import RequestTransmissionFailed, ResponseFailed, Respon
 from zope.interface import implementer
 
 from lbproxy import certs
-from lbproxy.backends import Backend
-from lbproxy.retry import (
-    ConnectTimeoutError,
-    RetryBudget,
-    failedToConnect,
-    mayRetry,
-    nothingWasSent,
-)
 from lbproxy.test.fakes import reactor
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     BackendTLS,
     BackendTLSSettings,
     CertificateFiles,
@@ -53,7 +45,15 @@ from lbproxy.tls import (
     ServerTLSSettings,
     TLSServerEndpoint,
 )
-from lbproxy.upstream import Upstream, UpstreamSettings, _TimeoutEndpoint
+from lbproxy.upstream.backends import Backend
+from lbproxy.upstream.pool import Upstream, UpstreamSettings, _TimeoutEndpoint
+from lbproxy.upstream.retry import (
+    ConnectTimeoutError,
+    RetryBudget,
+    failedToConnect,
+    mayRetry,
+    nothingWasSent,
+)
 
 Gen = Generator[Any, Any, None]
 

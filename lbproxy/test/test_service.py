@@ -26,13 +26,13 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 
 from lbproxy import certs
-from lbproxy.accesslog import AccessLog
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.health import HealthSettings
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.cli.options import Options, makeService
+from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import parseListen
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
-from lbproxy.tap import Options, makeService
 from lbproxy.test.fakes import get, rawConnect, reactor, startBackend
+from lbproxy.upstream.health import HealthSettings
 
 Gen = Generator[Any, Any, None]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.stats}.
+Tests for L{lbproxy.balancing.ewma}.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.backends import Backend
-from lbproxy.stats import PeakEWMA
+from lbproxy.balancing.ewma import PeakEWMA
+from lbproxy.upstream.backends import Backend
 
 
 class PeakEWMATests(SynchronousTestCase):

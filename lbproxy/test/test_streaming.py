@@ -18,10 +18,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from lbproxy.backends import Backend
-from lbproxy.edge import EdgeLimits
+from lbproxy.http.edge import EdgeLimits
 from lbproxy.proxy import ProxySettings
 from lbproxy.test.fakes import RunningProxy, startProxy
+from lbproxy.upstream.backends import Backend
 
 Gen = Generator[Any, Any, None]
 

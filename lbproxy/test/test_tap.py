@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.tap}: the command line, checked before anything starts.
+Tests for L{lbproxy.cli.options}: the command line, checked before anything starts.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
-from lbproxy.choosers import RandomChooser, RoundRobinChooser
+from lbproxy.balancing.choosers import RandomChooser, RoundRobinChooser
+from lbproxy.cli.options import Options, parseSize
 from lbproxy.listen import DEFAULT_LISTEN
-from lbproxy.tap import YOUNG_COLLECTION, Options, _TwistdRoot, parseSize
+from lbproxy.runtime import YOUNG_COLLECTION, ProcessRoot
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -260,7 +261,7 @@ class HeapTests(SynchronousTestCase):
         for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
             self.addCleanup(signal.signal, number, signal.getsignal(number))
         reactor = MemoryReactor()
-        root = _TwistdRoot(Service(), reactor)
+        root = ProcessRoot(Service(), reactor)
         before = object.__new__(_Node)
         root.startService()
         self.assertEqual(gc.get_freeze_count(), 0)

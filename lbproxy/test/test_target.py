@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.target}, over requests parsed by twisted.web from the
+Tests for L{lbproxy.http.target}, over requests parsed by twisted.web from the
 bytes a client sends.
 """
 
@@ -13,8 +13,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from lbproxy.httpcheck import validHost
-from lbproxy.target import Route, TargetError, hostName, routeTarget
+from lbproxy.http.checks import validHost
+from lbproxy.http.target import Route, TargetError, hostName, routeTarget
 
 
 class _HeldRequest(Request):

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.tls}.
+Tests for L{lbproxy.tls.core}.
 
 The handshake tests listen on a real loopback port (port 0, so any free
 one) and connect with real TLS clients: Twisted's, and Python's C{ssl}
@@ -45,7 +45,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy import certs
-from lbproxy.tls import (
+from lbproxy.tls.core import (
     TLS12_CIPHERS,
     TLS13_CIPHERSUITES,
     ServerTLS,
@@ -56,7 +56,7 @@ from lbproxy.tls import (
     parseCertOption,
     serverOptionsFromFiles,
 )
-from lbproxy.tls import CertificateFiles as PEMFiles
+from lbproxy.tls.core import CertificateFiles as PEMFiles
 
 reactor: IReactorTCP = _globalReactor  # type: ignore[assignment]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.tlsoptions}: the TLS command-line options and their
+Tests for L{lbproxy.cli.tlsoptions}: the TLS command-line options and their
 checking.
 """
 
@@ -12,10 +12,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
+from lbproxy.cli.options import Options
+from lbproxy.cli.tlsoptions import TLSOptions, parseHSTS, tlsConfig
 from lbproxy.listen import ListenSpec, parseListen
-from lbproxy.tap import Options
-from lbproxy.tls import BackendTLSSettings, CertificateFiles, ServerTLSSettings
-from lbproxy.tlsoptions import TLSOptions, parseHSTS, tlsConfig
+from lbproxy.tls.core import BackendTLSSettings, CertificateFiles, ServerTLSSettings
 
 _TLS = [parseListen("ssl:0")]
 _PLAIN = [parseListen("tcp:0")]

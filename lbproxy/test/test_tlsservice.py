@@ -19,15 +19,15 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, readBody
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.health import HealthSettings
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.redirect import RedirectToHTTPS
 from lbproxy.listen import parseListen
-from lbproxy.redirect import RedirectToHTTPS
+from lbproxy.runtime import ProcessRoot
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService
-from lbproxy.tap import _TwistdRoot
 from lbproxy.test.fakes import get, reactor, startBackend
 from lbproxy.test.test_tls import _read, _servedTo, _write, writeCertificates
+from lbproxy.upstream.health import HealthSettings
 
 Gen = Generator[Any, Any, None]
 
@@ -205,7 +205,7 @@ class SIGHUPTests(SynchronousTestCase):
         for number in [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]:
             self.addCleanup(signal.signal, number, signal.getsignal(number))
         service = _Reloadable()
-        root = _TwistdRoot(service, _ImmediateReactor())
+        root = ProcessRoot(service, _ImmediateReactor(), service.reloadCertificates)
         root._installSignalHandlers()
         os.kill(os.getpid(), signal.SIGHUP)
         self.assertEqual(service.reloads, 1)

@@ -1,5 +1,5 @@
 """
-Tests for L{lbproxy.transport}: TCP transports that send what was written
+Tests for L{lbproxy._twisted.transport}: TCP transports that send what was written
 during a reactor turn at its end, over real loopback sockets.
 """
 
@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from lbproxy.transport import (
+from lbproxy._twisted.transport import (
     BatchingClient,
     BatchingReactor,
     BatchingServer,

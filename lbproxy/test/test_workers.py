@@ -23,13 +23,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.accesslog import AccessLog
-from lbproxy.choosers import RoundRobinChooser
-from lbproxy.health import HealthSettings
+from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import ListenError, parseListen, socketDescription
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
 from lbproxy.test.fakes import get, reactor, startBackend
 from lbproxy.test.test_tap import OptionsTestCase
+from lbproxy.upstream.health import HealthSettings
 from lbproxy.workers import (
     KILL_GRACE,
     RestartPolicy,

@@ -703,7 +703,7 @@ class _EdgeTLSFactory(TLSMemoryBIOFactory):
     next reactor turn, as Twisted's default C{BufferingTLSTransport} does
     with a timer per connection; lbproxy's edge writes a response head with
     its first data, and lbproxy's TCP transports batch a turn's sends, see
-    L{lbproxy.transport}), and starting cheaper.
+    L{lbproxy._twisted.transport}), and starting cheaper.
     """
 
     protocol = _EdgeTLSProtocol

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.stats import PeakEWMA
+from lbproxy.balancing.ewma import PeakEWMA
 
 DEFAULT_PORT = 80
 DEFAULT_HTTPS_PORT = 443
@@ -76,7 +76,7 @@ class Backend:
     @ivar host: Host name or IP literal (IPv6 without brackets).
     @ivar port: TCP port.
     @ivar scheme: C{"http"}, or C{"https"} for a backend reached over TLS
-        (its certificate verified, see L{lbproxy.tls.BackendTLS}).
+        (its certificate verified, see L{lbproxy.tls.core.BackendTLS}).
     @ivar weight: Relative share of traffic for weighted choosers.
     @ivar inFlight: Requests sent to this backend and not yet finished.
     @ivar requests: Requests ever sent to this backend.

@@ -37,7 +37,7 @@ retry).
 class ReadingControl(Protocol):
     """
     Pauses and resumes reading the client's socket for one reason of its
-    own (see L{lbproxy.edge.ProxyChannel.pauseReading}).
+    own (see L{lbproxy.http.edge.ProxyChannel.pauseReading}).
     """
 
     def pauseReading(self, reason: str) -> None: ...

@@ -10,7 +10,7 @@ retry rules stay as they are.
 Parsing is strict: a response whose framing is ambiguous or malformed fails
 with L{InvalidResponse} and its connection is aborted, never reused.
 
-The request body streams (L{lbproxy.body.StreamedBody}): the head goes out
+The request body streams (L{lbproxy.upstream.body.StreamedBody}): the head goes out
 at once, the body as the client sends it, with the body registered as the
 transport's producer so that a slow backend pauses the client. Interim
 (1xx) responses are handed to the caller as they come; a C{101} to a
@@ -39,7 +39,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from lbproxy.body import StreamedBody
+from lbproxy.upstream.body import StreamedBody
 
 MAX_HEAD = 64 * 1024
 """
@@ -53,7 +53,6 @@ _HEAD = re.compile(
     rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?"
     rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*)*\Z"
 )
-_U = frozenset(b"Uu")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
@@ -281,16 +280,19 @@ class BackendConnection(Protocol):
         headers: Sequence[tuple[bytes, bytes]],
         body: StreamedBody | None,
         interim: Callable[[int, bytes, HeaderLines], None] | None = None,
+        upgrade: bool = False,
     ) -> Deferred[BackendResponse]:
         """
         Send a request; fires with the response once its head has arrived.
 
         @param headers: The request's header lines (no framing headers).
-            An C{Upgrade} among them lets a C{101} answer through.
         @param body: The body, streamed as it arrives (see
             L{StreamedBody}), or L{None}.
         @param interim: Called with each interim (1xx) response other than
             C{101}: its code, reason phrase and header lines.
+        @param upgrade: Whether C{headers} ask for a protocol upgrade: a
+            C{101} answer then turns the connection into a tunnel (and is
+            refused otherwise).
         """
         assert self._state == "idle" and not self._closed
         self._state = "head"
@@ -298,14 +300,11 @@ class BackendConnection(Protocol):
         self._received = False
         self._buffer = b""
         self._interim = interim
-        self._upgrade = False
+        self._upgrade = upgrade
         d: Deferred[BackendResponse] = Deferred(lambda _: self.abort())
         self._pending = d
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
-            # (Only names that start with U are worth a lower().)
-            if name[0] in _U and name.lower() == b"upgrade":
-                self._upgrade = True
             lines += [name, b": ", value, b"\r\n"]
         self._chunkedRequest = body is not None and body.length is None
         if body is None or body.length == 0:

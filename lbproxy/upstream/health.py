@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from lbproxy.backends import Backend, BackendPool, SlowStart
+from lbproxy.upstream.backends import Backend, BackendPool, SlowStart
 
 
 @attrs.frozen
@@ -228,7 +228,7 @@ class HTTPProbe:
     ) -> None:
         """
         @param request: Sends C{(backend, method, target, headers)}, e.g.
-            a bound L{lbproxy.upstream.Upstream.request} with no body.
+            a bound L{lbproxy.upstream.pool.Upstream.request} with no body.
         @param timeout: Seconds the whole exchange may take, connecting,
             the head and the body; a probe still going then fails and its
             connection is dropped.

@@ -1,6 +1,6 @@
 """
 The client side of the proxy: HTTP/1.1 to backends over persistent,
-pooled connections (the protocol itself is in L{lbproxy.client}).
+pooled connections (the protocol itself is in L{lbproxy.upstream.connection}).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 
-from lbproxy.backends import Backend, isIPLiteral
-from lbproxy.body import StreamedBody
-from lbproxy.client import BackendConnection, BackendResponse
-from lbproxy.client import HeaderLines as ResponseHeaderLines
-from lbproxy.retry import IDEMPOTENT_METHODS, ConnectTimeoutError
-from lbproxy.tls import BackendTLS, ClientTLSForHost
+from lbproxy.tls.core import BackendTLS, ClientTLSForHost
+from lbproxy.upstream.backends import Backend, isIPLiteral
+from lbproxy.upstream.body import StreamedBody
+from lbproxy.upstream.connection import BackendConnection, BackendResponse
+from lbproxy.upstream.connection import HeaderLines as ResponseHeaderLines
+from lbproxy.upstream.retry import IDEMPOTENT_METHODS, ConnectTimeoutError
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
 """
@@ -68,7 +68,7 @@ class _TimeoutEndpoint:
     L{twisted.internet.defer.CancelledError}), which C{addTimeout} would
     pass on as it is; whatever the attempt fails with once the time is
     up, it is reported as the connect timeout, so the proxy's status
-    mapping and retry rules (L{lbproxy.retry.failedToConnect}) see one.
+    mapping and retry rules (L{lbproxy.upstream.retry.failedToConnect}) see one.
     """
 
     _wrapped: IStreamClientEndpoint
@@ -153,7 +153,7 @@ class Upstream:
     """
     Sends requests to backends over persistent connections (one bounded
     idle pool per backend) with lbproxy's lean HTTP/1.1 client
-    (L{lbproxy.client}), and hands back the response as soon as its head
+    (L{lbproxy.upstream.connection}), and hands back the response as soon as its head
     arrives; the body streams through C{response.deliverBody}.
     """
 
@@ -190,6 +190,7 @@ class Upstream:
         headers: HeaderLines,
         body: StreamedBody | None,
         interim: Interim | None = None,
+        upgrade: bool = False,
     ) -> Deferred[BackendResponse]:
         """
         Send one request to C{backend}.
@@ -201,6 +202,8 @@ class Upstream:
         @param body: The request body, streamed to the backend as it
             arrives.
         @param interim: Called with each interim (1xx) response.
+        @param upgrade: Whether the request asks for a protocol upgrade (a
+            C{101} answer then makes the connection a tunnel).
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
@@ -209,9 +212,9 @@ class Upstream:
         connection = idle.take() if idle is not None else None
         if connection is not None:
             return self._send(
-                connection, backend, method, target, lines, body, interim, reused=True
+                connection, backend, method, target, lines, body, interim, upgrade, reused=True
             )
-        return self._sendOnNew(backend, method, target, lines, body, interim)
+        return self._sendOnNew(backend, method, target, lines, body, interim, upgrade)
 
     def _sendOnNew(
         self,
@@ -221,10 +224,11 @@ class Upstream:
         lines: HeaderLines,
         body: StreamedBody | None,
         interim: Interim | None,
+        upgrade: bool,
     ) -> Deferred[BackendResponse]:
         def send(connection: BackendConnection) -> Deferred[BackendResponse]:
             return self._send(
-                connection, backend, method, target, lines, body, interim, reused=False
+                connection, backend, method, target, lines, body, interim, upgrade, reused=False
             )
 
         return self._connect(backend).addCallback(send)
@@ -238,12 +242,15 @@ class Upstream:
         lines: HeaderLines,
         body: StreamedBody | None,
         interim: Interim | None,
+        upgrade: bool,
         reused: bool,
     ) -> Deferred[BackendResponse]:
-        d = connection.request(method, target, lines, body, interim)
+        d = connection.request(method, target, lines, body, interim, upgrade)
         if not reused or method not in IDEMPOTENT_METHODS:
             return d
-        return d.addErrback(self._staleRetry, backend, method, target, lines, body, interim)
+        return d.addErrback(
+            self._staleRetry, backend, method, target, lines, body, interim, upgrade
+        )
 
     def _staleRetry(
         self,
@@ -254,12 +261,13 @@ class Upstream:
         lines: HeaderLines,
         body: StreamedBody | None,
         interim: Interim | None,
+        upgrade: bool,
     ) -> Deferred[BackendResponse]:
         # The backend closed a kept-alive connection just as we reused it:
         # nothing was processed, so send the request once more on a new one
         # (with its body, if that can be sent again).
         if failure.check(ResponseNeverReceived) and (body is None or body.replayable()):
-            return self._sendOnNew(backend, method, target, lines, body, interim)
+            return self._sendOnNew(backend, method, target, lines, body, interim, upgrade)
         return fail(failure)
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:

@@ -9,7 +9,7 @@ from twisted.application.service import ServiceMaker
 
 lbproxy = ServiceMaker(
     "lbproxy",
-    "lbproxy.tap",
+    "lbproxy.cli",
     "An HTTPS load balancer and reverse proxy (TLS offloading).",
     "lbproxy",
 )

@@ -1,0 +1,8 @@
+"""
+The command line: C{twistd lbproxy} options parsed into plain settings, and
+the service they make. The only part of lbproxy that knows flag names.
+"""
+
+from lbproxy.cli.options import Options, makeService
+
+__all__ = ["Options", "makeService"]
