@@ -30,6 +30,12 @@ while one is registered every write takes Twisted's path: data sent from
 the queue never passes through C{doWrite}, and a pull producer would wait
 for ever (every request body over 64 KiB once hung that way).
 
+It leans on the TCP transport's private state, checked against Twisted
+26.10 and listed in L{PRIVATE_NAMES}: the buffered path's
+C{_tempDataLen} and C{_writeDisconnected} (with the semi-public
+C{dataBuffer}, C{producer} and C{streamingProducer}), C{Connector}'s
+C{_makeTransport} and C{Port}'s C{_fromListeningDescriptor}.
+
 L{BatchingReactor} hands these transports to code that takes a reactor:
 endpoints built on it (C{TCP4ServerEndpoint}, C{HostnameEndpoint},
 C{AdoptedStreamServerEndpoint}) listen and connect with them.
@@ -45,6 +51,15 @@ from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from zope.interface import directlyProvides, providedBy
+
+PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
+    "twisted.internet.abstract.FileDescriptor": ("_tempDataLen", "_writeDisconnected"),
+    "twisted.internet.tcp.Connector": ("_makeTransport",),
+    "twisted.internet.tcp.Port": ("_fromListeningDescriptor",),
+}
+"""
+Every private Twisted name this module uses, by the object that has it.
+"""
 
 
 class SendQueue:

@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import datetimeToString
@@ -29,6 +28,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from lbproxy._twisted.httpchannel import ChannelInternals
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.checks import (
     MAX_CONTENT_LENGTH,
@@ -44,10 +44,7 @@ from lbproxy.upstream.body import StreamedBody
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
-# Looked up once: an attribute of twisted.web.http costs a deprecation
-# proxy's __getattribute__ on every access (about 3 us).
-_plainGotLength = http.Request.gotLength
-_CHUNKED_DECODER = http._ChunkedTransferDecoder
+
 
 
 @attrs.frozen
@@ -303,23 +300,8 @@ to a reset (nginx's C{lingering_timeout}).
 """
 
 
-class _BoundedChunkedDecoder(http._ChunkedTransferDecoder):
-    """
-    twisted.web's chunked decoder, refusing a chunk size above
-    L{MAX_CONTENT_LENGTH}: twisted.web takes any size and waits for that
-    many bytes, so C{ffffffffffffffffff} got no answer until a timeout.
-    The channel answers the error with a 400 and closes.
-    """
-
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        done = super()._dataReceived_CHUNK_LENGTH()
-        if done and self.length > MAX_CONTENT_LENGTH:
-            raise http._MalformedChunkedDataError("chunk size too large")
-        return done
-
-
 @implementer(IHalfCloseableProtocol)
-class ProxyChannel(http.HTTPChannel):
+class ProxyChannel(ChannelInternals):
     """
     twisted.web's HTTP channel, stricter: it checks the request line, Host,
     framing headers and sizes before twisted.web acts on them (see
@@ -361,8 +343,7 @@ class ProxyChannel(http.HTTPChannel):
         super().connectionMade()
         # twisted.web pauses and resumes its "network producer"; so do we,
         # for reasons of our own: one gate keeps them apart.
-        self._gate = _ReadGate(self._networkProducer)
-        self._networkProducer = self._gate
+        self.wrapNetworkProducer(self._makeGate)
         self.site.channelOpened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -426,6 +407,10 @@ class ProxyChannel(http.HTTPChannel):
         Our side is closed (a lingering close): wait for the client's.
         """
 
+    def _makeGate(self, producer: Any) -> _ReadGate:
+        self._gate = _ReadGate(producer)
+        return self._gate
+
     # Reading control (see lbproxy.upstream.body.ReadingControl).
 
     def pauseReading(self, reason: str) -> None:
@@ -454,8 +439,7 @@ class ProxyChannel(http.HTTPChannel):
         self._stopHeaderTimer()
         self._stopBodyTimer()
         self.setTimeout(None)
-        pending = b"".join(self._dataBuffer) + self.clearLineBuffer()
-        self._dataBuffer = []
+        pending = self.takeUnreadInput()
         toBackend.registerProducer(_PauseFor(self._gate, "tunnel"))
         self.resumeReading("channel")
         if pending:
@@ -473,10 +457,11 @@ class ProxyChannel(http.HTTPChannel):
         assert self.transport is not None
         self.transport.write(b"".join(head))
 
-    def _send100Continue(self) -> None:
-        # The backend decides: Expect is relayed, and its 100 Continue (or
-        # its early final answer) reaches the client.
-        pass
+    def continueExpected(self) -> None:
+        """
+        The backend decides: Expect is relayed, and its 100 Continue (or its
+        early final answer) reaches the client.
+        """
 
     # Request bodies.
 
@@ -636,11 +621,9 @@ class ProxyChannel(http.HTTPChannel):
             self._lastByte
             or self._headerTimer is not None
             or self._phase != "line"
-            or self._buffer
-            or self._busyReceiving
-            or not self.line_mode
             or self.paused
             or not self.persistent
+            or not self.canTakeWholeHead()
         ):
             return False
         end = data.find(b"\r\n\r\n")
@@ -676,26 +659,13 @@ class ProxyChannel(http.HTTPChannel):
         # allHeadersReceived, with no body to wait for:
         request.parseCookies()
         self.persistent = self.checkPersistence(request, head.version)
-        _plainGotLength(request, 0)  # (no body: ProxyRequest's own is not needed)
-        # allContentReceived: what follows waits until this request is done.
+        # allContentReceived: what follows waits until this request is done;
+        # the idle timer runs on (see timeoutConnection) and requestDone
+        # pushes it back.
         self._busy = True
-        setattr(self, "_HTTPChannel__first_line", 1)  # noqa: B010 - twisted.web's private name
-        # twisted.web cancels the idle timer here and makes a new one when
-        # the request is done; here it keeps running (see timeoutConnection)
-        # and requestDone pushes it back: no timer object per request.
-        self._savedTimeOut = None
-        self._handlingRequest = True
-        self.setRawMode()
-        # As inside LineReceiver.dataReceived: the rest is already buffered
-        # while the request is received, then read on unless it closed.
-        self._buffer = rest
-        self._busyReceiving = True
-        try:
-            request.requestReceived(head.method, head.target, head.version)
-        finally:
-            self._busyReceiving = False
-        if self._buffer and not getattr(self.transport, "disconnecting", False):
-            basic.LineReceiver.dataReceived(self, self.clearLineBuffer())
+        self.handOver(
+            request, rest, lambda: request.requestReceived(head.method, head.target, head.version)
+        )
 
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:
@@ -743,7 +713,9 @@ class ProxyChannel(http.HTTPChannel):
         self._phase = "body"
         request = self.requests[-1]
         headers = request.requestHeaders
-        rejection = checkHost(headers.getRawHeaders(b"host", []), self._version) or checkFraming(
+        rejection = checkHost(
+            headers.getRawHeaders(b"host", []), self.requestVersion()
+        ) or checkFraming(
             headers.getRawHeaders(b"content-length", []),
             headers.getRawHeaders(b"transfer-encoding", []),
         )
@@ -755,16 +727,12 @@ class ProxyChannel(http.HTTPChannel):
             request.rejected = True
             self.reject(_TOO_LARGE)
             return
-        if type(self._transferDecoder) is _CHUNKED_DECODER:
-            decoder = self._transferDecoder
-            self._transferDecoder = _BoundedChunkedDecoder(
-                decoder.dataCallback, decoder.finishCallback
-            )
+        self.boundChunkSizes(MAX_CONTENT_LENGTH)
         super().allHeadersReceived()
         if self.length != 0 and not self._rejected:
             # A body follows: hand the request over now and stream it.
             self._bodyTimer = self.callLater(self.site.limits.bodyTimeout, self._bodyTimedOut)
-            request.dispatch(self._command, self._path, self._version)
+            request.dispatch(*self.requestLine())
 
     def rawDataReceived(self, data: bytes) -> None:
         if not self._rejected and not self._discardBody:
@@ -804,7 +772,7 @@ class ProxyChannel(http.HTTPChannel):
             self._discardBody = True
             self._stopBodyTimer()
         super().requestDone(request)
-        if self._savedTimeOut is None:
+        if not self.idleTimerSuspended():
             # The idle timer ran on during the request: idle from now, or
             # no timer at all once the connection is closing.
             if self.persistent:
@@ -820,9 +788,11 @@ class ProxyChannel(http.HTTPChannel):
             return
         super().timeoutConnection()
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's own refusals (bad header syntax, CL+TE and the like)
-        # get the same answer, log line and closing as ours.
+    def malformedRequest(self) -> None:
+        """
+        twisted.web's own refusals (bad header syntax, CL+TE and the like)
+        get the same answer, log line and closing as ours.
+        """
         self.reject(badRequest("malformed request"))
 
     # Timeouts.

@@ -14,7 +14,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError, TCPTimedOutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent
+from lbproxy._twisted.newclient import RequestNotSent
 from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
