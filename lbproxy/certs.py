@@ -8,7 +8,7 @@ C{certs}).  Clients then trust C{ca.crt}, e.g.
 C{curl --cacert certs/ca.crt https://localhost:8443/}.
 
 Everything except L{main} is pure: the functions build keys and
-certificates in memory and do no I/O, so L{lbproxy.tls.core} can make an ad-hoc
+certificates in memory and do no I/O, so L{lbproxy.tls.certificates} can make an ad-hoc
 certificate without touching the disk.
 
 Keys are ECDSA on the NIST P-256 curve rather than RSA 2048: a P-256 key is

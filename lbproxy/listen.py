@@ -4,7 +4,7 @@ Turning C{--listen} descriptions into server endpoints.
 A description is a Twisted endpoint string.  lbproxy parses C{ssl:} itself,
 so that its certificate files get one-line error messages, an C{ssl:}
 listener without C{privateKey} can use the C{--adhoc} certificate, and all
-TLS listeners share one TLS policy (L{lbproxy.tls.core}).  Its syntax::
+TLS listeners share one TLS policy (L{lbproxy.tls.policy}).  Its syntax::
 
     ssl:PORT[:interface=ADDR][:backlog=N][:privateKey=KEY]
         [:certKey=CERT][:extraCertChain=CHAIN]
@@ -31,14 +31,9 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 
-from lbproxy.tls.core import (
-    CertificateFiles,
-    CertificateSource,
-    ServerTLS,
-    ServerTLSSettings,
-    TLSConfigError,
-    TLSServerEndpoint,
-)
+from lbproxy.tls.certificates import CertificateFiles, CertificateSource, TLSConfigError
+from lbproxy.tls.server import TLSServerEndpoint
+from lbproxy.tls.sni import ServerTLS, ServerTLSSettings
 
 __all__ = [
     "DEFAULT_LISTEN",

@@ -32,14 +32,9 @@ from lbproxy.http.redirect import redirectSite
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
-from lbproxy.tls.core import (
-    BackendTLS,
-    BackendTLSSettings,
-    ServerTLS,
-    ServerTLSSettings,
-    TLSConfigError,
-    adhocCertificate,
-)
+from lbproxy.tls.certificates import TLSConfigError, adhocCertificate
+from lbproxy.tls.client import BackendTLS, BackendTLSSettings
+from lbproxy.tls.sni import ServerTLS, ServerTLSSettings
 from lbproxy.upstream.backends import Backend, BackendPool, warnUnresolvable
 from lbproxy.upstream.health import (
     EjectionSettings,

@@ -41,7 +41,8 @@ from lbproxy.listen import (
 from lbproxy.proxy import ProxySettings
 from lbproxy.runtime import ProcessRoot
 from lbproxy.service import LoadBalancerConfig, makeLoadBalancer
-from lbproxy.tls.core import TLSConfigError, serverOptionsFromFiles
+from lbproxy.tls.certificates import TLSConfigError
+from lbproxy.tls.sni import serverOptionsFromFiles
 from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackends
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings

@@ -19,15 +19,10 @@ from typing import Any
 from twisted.python import usage
 
 from lbproxy.listen import ListenError, ListenSpec, parseListen, serverEndpointForListen
-from lbproxy.tls.core import (
-    TLS_VERSIONS,
-    BackendTLS,
-    BackendTLSSettings,
-    ServerTLSSettings,
-    TLSConfigError,
-    loadSNICertificates,
-    parseCertOption,
-)
+from lbproxy.tls.certificates import TLSConfigError, parseCertOption
+from lbproxy.tls.client import BackendTLS, BackendTLSSettings
+from lbproxy.tls.policy import TLS_VERSIONS
+from lbproxy.tls.sni import ServerTLSSettings, loadSNICertificates
 
 __all__ = ["TLSOptions", "parseHSTS", "tlsConfig"]
 

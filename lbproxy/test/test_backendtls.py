@@ -1,5 +1,5 @@
 """
-Tests for C{https://} backends: parsing, and L{lbproxy.tls.core.BackendTLS}
+Tests for C{https://} backends: parsing, and L{lbproxy.tls.client.BackendTLS}
 through the real proxy against real TLS backends on loopback, with
 certificates from a local CA.
 """
@@ -26,15 +26,10 @@ from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import ProxySite
 from lbproxy.proxy import ReverseProxyResource
 from lbproxy.test.fakes import reactor
-from lbproxy.tls.core import (
-    BackendTLS,
-    BackendTLSSettings,
-    CertificateFiles,
-    ServerTLS,
-    ServerTLSSettings,
-    TLSConfigError,
-    TLSServerEndpoint,
-)
+from lbproxy.tls.certificates import CertificateFiles, TLSConfigError
+from lbproxy.tls.client import BackendTLS, BackendTLSSettings
+from lbproxy.tls.server import TLSServerEndpoint
+from lbproxy.tls.sni import ServerTLS, ServerTLSSettings
 from lbproxy.upstream.backends import Backend, BackendPool, parseBackend, parseBackends
 from lbproxy.upstream.pool import Upstream
 

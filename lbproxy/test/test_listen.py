@@ -27,7 +27,9 @@ from lbproxy.listen import (
     serverEndpointForListen,
 )
 from lbproxy.test.test_tls import writeCertificates
-from lbproxy.tls.core import ServerTLS, TLSServerEndpoint, adhocCertificate
+from lbproxy.tls.certificates import adhocCertificate
+from lbproxy.tls.server import TLSServerEndpoint
+from lbproxy.tls.sni import ServerTLS
 
 
 class ParseListenTests(SynchronousTestCase):

@@ -37,14 +37,10 @@ from zope.interface import implementer
 
 from lbproxy import certs
 from lbproxy.test.fakes import reactor
-from lbproxy.tls.core import (
-    BackendTLS,
-    BackendTLSSettings,
-    CertificateFiles,
-    ServerTLS,
-    ServerTLSSettings,
-    TLSServerEndpoint,
-)
+from lbproxy.tls.certificates import CertificateFiles
+from lbproxy.tls.client import BackendTLS, BackendTLSSettings
+from lbproxy.tls.server import TLSServerEndpoint
+from lbproxy.tls.sni import ServerTLS, ServerTLSSettings
 from lbproxy.upstream.backends import Backend
 from lbproxy.upstream.pool import Upstream, UpstreamSettings, _TimeoutEndpoint
 from lbproxy.upstream.retry import (

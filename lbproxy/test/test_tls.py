@@ -1,5 +1,6 @@
 """
-Tests for L{lbproxy.tls.core}.
+Tests for L{lbproxy.tls}: the policy, certificates, SNI and reload, and the
+server endpoint.
 
 The handshake tests listen on a real loopback port (port 0, so any free
 one) and connect with real TLS clients: Twisted's, and Python's C{ssl}
@@ -45,18 +46,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy import certs
-from lbproxy.tls.core import (
-    TLS12_CIPHERS,
-    TLS13_CIPHERSUITES,
-    ServerTLS,
-    ServerTLSSettings,
-    TLSConfigError,
-    TLSServerEndpoint,
-    adhocCertificate,
-    parseCertOption,
-    serverOptionsFromFiles,
-)
-from lbproxy.tls.core import CertificateFiles as PEMFiles
+from lbproxy.tls.certificates import CertificateFiles as PEMFiles
+from lbproxy.tls.certificates import TLSConfigError, adhocCertificate, parseCertOption
+from lbproxy.tls.policy import TLS12_CIPHERS, TLS13_CIPHERSUITES
+from lbproxy.tls.server import TLSServerEndpoint
+from lbproxy.tls.sni import ServerTLS, ServerTLSSettings, serverOptionsFromFiles
 
 reactor: IReactorTCP = _globalReactor  # type: ignore[assignment]
 

@@ -15,7 +15,9 @@ from lbproxy import certs
 from lbproxy.cli.options import Options
 from lbproxy.cli.tlsoptions import TLSOptions, parseHSTS, tlsConfig
 from lbproxy.listen import ListenSpec, parseListen
-from lbproxy.tls.core import BackendTLSSettings, CertificateFiles, ServerTLSSettings
+from lbproxy.tls.certificates import CertificateFiles
+from lbproxy.tls.client import BackendTLSSettings
+from lbproxy.tls.sni import ServerTLSSettings
 
 _TLS = [parseListen("ssl:0")]
 _PLAIN = [parseListen("tcp:0")]

@@ -1,4 +1,6 @@
 """
-TLS: the server policy, certificates and their reload, SNI, the edge's
-server side and the backend client side.
+TLS: the server policy (L{policy}), certificates and their loading
+(L{certificates}), the server contexts chosen by name and their reload
+(L{sni}), the edge's server endpoint (L{server}) and the backend client
+side (L{client}).
 """

@@ -76,7 +76,7 @@ class Backend:
     @ivar host: Host name or IP literal (IPv6 without brackets).
     @ivar port: TCP port.
     @ivar scheme: C{"http"}, or C{"https"} for a backend reached over TLS
-        (its certificate verified, see L{lbproxy.tls.core.BackendTLS}).
+        (its certificate verified, see L{lbproxy.tls.client.BackendTLS}).
     @ivar weight: Relative share of traffic for weighted choosers.
     @ivar inFlight: Requests sent to this backend and not yet finished.
     @ivar requests: Requests ever sent to this backend.

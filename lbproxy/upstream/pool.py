@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 
-from lbproxy.tls.core import BackendTLS, ClientTLSForHost
+from lbproxy.tls.client import BackendTLS, ClientTLSForHost
 from lbproxy.upstream.backends import Backend, isIPLiteral
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendConnection, BackendResponse
