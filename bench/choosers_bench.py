@@ -29,7 +29,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from lbproxy.balancing.choosers import ChooserSettings, makeChooser
+from lbproxy.balancing.registry import ChooserSettings, makeChooser
 from lbproxy.proxy import ReverseProxyResource
 from lbproxy.upstream.backends import Backend, BackendPool
 from lbproxy.upstream.pool import Upstream

@@ -75,8 +75,8 @@ class LoadBalancerConfig:
 
 class StartupError(Exception):
     """
-    The service could not start (a port could not be bound); the message
-    is one line for the operator.
+    The service could not start (a port could not be bound, the access log
+    could not be opened); the message is one line for the operator.
     """
 
 
@@ -156,10 +156,12 @@ class LoadBalancerService(MultiService):
 
     def privilegedStartService(self) -> None:
         """
-        Bind every listener (and start the demo backends); raise
-        L{StartupError} and bind nothing if any of them fails.
+        Open the access log file, bind every listener (and start the demo
+        backends); raise L{StartupError} and bind nothing if any of them
+        fails.
         """
         if not self._listening:
+            _openAccessLog(self._config.accessLog)
             self._listening = True
             _raiseOpenFileLimit(self._config.limits.maxConnections)
             try:
@@ -312,6 +314,18 @@ class LoadBalancerService(MultiService):
         )
         self.demoPorts = []
         self._config.accessLog.close()
+
+
+def _openAccessLog(accessLog: AccessLog) -> None:
+    """
+    Open C{accessLog}'s file, if it writes to one.
+
+    @raise StartupError: If it cannot be opened.
+    """
+    try:
+        accessLog.open()
+    except OSError as e:
+        raise StartupError(f"cannot open --access-log {accessLog.path!r}: {e.strerror}") from None
 
 
 def makeLoadBalancer(

@@ -37,7 +37,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import attrs
@@ -68,6 +68,7 @@ __all__ = [
     "KILL_GRACE",
     "RestartPolicy",
     "WorkerSupervisor",
+    "WorkersError",
     "checkWorkers",
     "makeSupervisor",
     "parseWorkers",
@@ -124,35 +125,32 @@ def _sharedListens(config: LoadBalancerConfig) -> list[ListenSpec]:
     return list(config.listens) + ([config.redirectHTTP] if config.redirectHTTP is not None else [])
 
 
-def checkWorkers(
-    count: int, config: LoadBalancerConfig, options: Mapping[str, Any] | None = None
-) -> None:
+class WorkersError(ValueError):
     """
-    Refuse what C{--workers} C{count} cannot do with C{config} (built from
-    C{options}): C{--demo} (its backends live in one process), listeners
-    whose socket lbproxy does not bind itself (C{systemd:}, plugins), and
-    C{--chooser sticky} without C{--sticky-secret-file} (each worker would
-    sign cookies with a random key of its own, and ignore the others').
+    What C{--workers} asks for cannot be done with the configuration; the
+    message is one line for the operator.
+    """
 
-    @raise usage.UsageError: With one line saying which.
+
+def checkWorkers(count: int, config: LoadBalancerConfig) -> None:
+    """
+    Refuse what C{count} workers cannot do with C{config}: C{--demo} (its
+    backends live in one process) and listeners whose socket lbproxy does
+    not bind itself (C{systemd:}, plugins).
+
+    @raise WorkersError: With one line saying which.
     """
     if count == 1:
         return
-    options = options or {}
-    if options.get("chooser") == "sticky" and options.get("sticky-secret-file") is None:
-        raise usage.UsageError(
-            "--chooser sticky with --workers needs --sticky-secret-file, so that "
-            "every worker signs and accepts the same cookies"
-        )
     if config.demo:
-        raise usage.UsageError(
+        raise WorkersError(
             "--demo runs its backends inside the one lbproxy process; use it without --workers"
         )
     for spec in _sharedListens(config):
         try:
             socketDescription(spec)
         except ListenError as e:
-            raise usage.UsageError(str(e)) from None
+            raise WorkersError(str(e)) from None
 
 
 @attrs.frozen
@@ -500,9 +498,9 @@ def makeSupervisor(
     """
     The supervisor of C{count} workers for C{config}, each started with the
     same lbproxy C{arguments}.  The supervisor serves no requests, so it
-    closes the access log file C{config} opened (each worker opens its own).
+    never opens the access log file (each worker opens its own when it
+    starts).
     """
-    config.accessLog.close()
     return WorkerSupervisor(
         count,
         [socketDescription(spec) for spec in _sharedListens(config)],

@@ -1,5 +1,7 @@
+# -*- test-case-name: lbproxy.test.test_choosers -*-
 """
-Cookie affinity: the C{sticky} chooser.
+Cookie affinity: the C{sticky} chooser, and its settings (the cookie's
+name, the signing key, the fallback chooser) and their validation.
 
 The proxy marks each response with a cookie naming the backend that served
 it; later requests carrying the cookie go back to that backend while it can
@@ -17,13 +19,17 @@ import hmac
 import os
 from collections.abc import Sequence
 
+import attrs
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from lbproxy.balancing.errors import ChooserError
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.upstream.backends import Backend
 
 DEFAULT_COOKIE = "lbproxy_backend"
+DEFAULT_FALLBACK = "random"
+MIN_SECRET_BYTES = 16
 
 _TOKEN_BYTES = 16
 _CONTEXT = b"lbproxy sticky backend v1\x00"
@@ -50,6 +56,40 @@ def checkCookieName(name: str) -> None:
         )
 
 
+@attrs.frozen
+class StickySettings:
+    """
+    What C{sticky} can be configured with.
+
+    @ivar cookie: The name of its cookie.
+    @ivar secret: The key it signs cookies with (at least 16 bytes);
+        L{None} generates a random one per process.
+    @ivar fallback: The name of the chooser it uses for requests without
+        a valid cookie (or whose backend is gone); not C{sticky}.
+    """
+
+    cookie: str = DEFAULT_COOKIE
+    secret: bytes | None = None
+    fallback: str = DEFAULT_FALLBACK
+
+    def check(self) -> None:
+        """
+        @raise ChooserError: With a one-line message, for a bad cookie name,
+            a fallback that is C{sticky} itself or a secret that is too
+            short.
+        """
+        try:
+            checkCookieName(self.cookie)
+        except ValueError as e:
+            raise ChooserError(str(e)) from None
+        if self.fallback == "sticky":
+            raise ChooserError("--sticky-fallback cannot be sticky itself")
+        if self.secret is not None and len(self.secret) < MIN_SECRET_BYTES:
+            raise ChooserError(
+                f"the sticky cookie secret must be at least {MIN_SECRET_BYTES} bytes"
+            )
+
+
 @implementer(IAffinityChooser)
 class StickyChooser:
     """
@@ -64,6 +104,18 @@ class StickyChooser:
 
     @ivar _secret: The HMAC key; cookies made with another key are ignored.
     """
+
+    @classmethod
+    def fromSettings(cls, settings: StickySettings, fallback: IChooser) -> StickyChooser:
+        """
+        The chooser C{settings} (checked) describe, falling back to
+        C{fallback} (the chooser C{settings.fallback} names).
+
+        @raise ChooserError: For settings that do not check.
+        """
+        settings.check()
+        secret = settings.secret if settings.secret is not None else newSecret()
+        return cls(fallback, secret, settings.cookie)
 
     def __init__(self, fallback: IChooser, secret: bytes, cookieName: str = DEFAULT_COOKIE) -> None:
         checkCookieName(cookieName)
@@ -120,4 +172,12 @@ class StickyChooser:
         return [(b"Set-Cookie", cookie)]
 
 
-__all__ = ["DEFAULT_COOKIE", "StickyChooser", "checkCookieName", "newSecret"]
+__all__ = [
+    "DEFAULT_COOKIE",
+    "DEFAULT_FALLBACK",
+    "MIN_SECRET_BYTES",
+    "StickyChooser",
+    "StickySettings",
+    "checkCookieName",
+    "newSecret",
+]

@@ -5,7 +5,9 @@ starts, and L{makeService}.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,16 +17,15 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from lbproxy.balancing.choosers import (
+from lbproxy.balancing.hash import DEFAULT_BALANCE_FACTOR, DEFAULT_HASH_KEY
+from lbproxy.balancing.registry import (
     BUILTIN_CHOOSERS,
-    DEFAULT_BALANCE_FACTOR,
     DEFAULT_CHOOSER,
-    DEFAULT_HASH_KEY,
     ChooserError,
     makeChooser,
-    settingsFromOptions,
 )
 from lbproxy.balancing.sticky import DEFAULT_COOKIE
+from lbproxy.cli.choosers import settingsFromOptions
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.http.accesslog import AccessLog
@@ -46,7 +47,7 @@ from lbproxy.tls.sni import serverOptionsFromFiles
 from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackends
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings
-from lbproxy.workers import checkWorkers, makeSupervisor, parseWorkers
+from lbproxy.workers import WorkersError, checkWorkers, makeSupervisor, parseWorkers
 
 ADHOC_LISTEN = "ssl:443"
 
@@ -421,7 +422,29 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         """
         self.config = buildConfig(self)
         self.workers = parseWorkers(self["workers"])
-        checkWorkers(self.workers, self.config, self)
+        _checkWorkers(self, self.workers, self.config)
+
+
+def _checkWorkers(options: Options, count: int, config: LoadBalancerConfig) -> None:
+    """
+    Refuse what C{--workers} C{count} cannot do: C{--chooser sticky} without
+    C{--sticky-secret-file} (each worker would sign cookies with a random
+    key of its own, and ignore the others'), and whatever
+    L{lbproxy.workers.checkWorkers} refuses in C{config}.
+
+    @raise usage.UsageError: With one line saying which.
+    """
+    if count == 1:
+        return
+    if options["chooser"] == "sticky" and options["sticky-secret-file"] is None:
+        raise usage.UsageError(
+            "--chooser sticky with --workers needs --sticky-secret-file, so that "
+            "every worker signs and accepts the same cookies"
+        )
+    try:
+        checkWorkers(count, config)
+    except WorkersError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def _backends(options: Options) -> list[Backend]:
@@ -514,12 +537,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         maxIdle = -1
     if maxIdle < 0:
         raise usage.UsageError("--max-idle-per-backend must be a whole number >= 0")
-    try:
-        accessLog = AccessLog.fromOption(options["access-log"])
-    except OSError as e:
-        raise usage.UsageError(
-            f"cannot open --access-log {options['access-log']!r}: {e.strerror}"
-        ) from None
+    accessLog = _accessLog(options["access-log"])
     allowed = frozenset(options["allow-host"]) or None
     return LoadBalancerConfig(
         backends=backends,
@@ -545,6 +563,39 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         **resilienceConfig(options),
         **tlsConfig(options, listens),
     )
+
+
+def _accessLog(option: str | None) -> AccessLog:
+    """
+    The access log C{--access-log} asks for, its file (if any) not opened:
+    the service opens it when it starts. A file that plainly cannot be
+    opened (its directory is missing, it is a directory, or it may not be
+    written) is a usage error now.
+
+    @raise usage.UsageError: Naming the file and why.
+    """
+    accessLog = AccessLog.fromOption(option)
+    path = accessLog.path
+    if path is not None:
+        reason = _unwritable(path)
+        if reason is not None:
+            raise usage.UsageError(f"cannot open --access-log {path!r}: {reason}")
+    return accessLog
+
+
+def _unwritable(path: str) -> str | None:
+    """
+    Why the file at C{path} cannot be opened for appending, as C{open}
+    would say it; L{None} if it looks like it can. Opens nothing.
+    """
+    if os.path.isdir(path):
+        return os.strerror(errno.EISDIR)
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else os.strerror(errno.EACCES)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return os.strerror(errno.ENOENT)
+    return None if os.access(parent, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
 
 
 def _number(options: usage.Options, name: str, low: float, integer: bool = False) -> float:

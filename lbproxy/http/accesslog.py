@@ -1,6 +1,10 @@
 """
 The access log: one line per request, to twisted.logger, a file, stdout,
 or nowhere.
+
+A log to a file is built with only the file's path (L{AccessLog.fromOption}
+does no I/O); the service opens the file when it starts
+(L{AccessLog.open}) and closes it when it stops.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import IO, Any
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
+
+from lbproxy.proxy import ProxyRecord
 
 _FORMAT = (
     '{client} "{method} {path} {protocol}" {status} {bytes} '
@@ -38,15 +44,14 @@ class AccessLog:
         self._write = write
         self._enabled = enabled
         self._file: IO[str] | None = None
+        self.path: str | None = None
 
     @classmethod
     def fromOption(cls, option: str | None) -> AccessLog:
         """
         Build the log C{--access-log} asks for: L{None} for twisted.logger,
         C{-} for stdout, C{none} for nothing, anything else a file path
-        (appended to, line-buffered).
-
-        @raise OSError: If the file cannot be opened.
+        (appended to, line-buffered, once L{open}ed). Opens nothing.
         """
         if option is None:
             return cls(None)
@@ -54,18 +59,30 @@ class AccessLog:
             return cls(None, enabled=False)
         if option == "-":
             return cls(_stdoutWriter())
-        logFile = open(option, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open
-        log = cls(logFile.write)
-        log._file = logFile
+        log = cls(_discard)
+        log.path = option
         return log
+
+    def open(self) -> None:
+        """
+        Open the log's file, if it writes to one that is not open yet; until
+        then its lines are dropped.
+
+        @raise OSError: If the file cannot be opened.
+        """
+        if self.path is not None and self._file is None:
+            logFile = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open
+            self._file = logFile
+            self._write = logFile.write
 
     def close(self) -> None:
         """
-        Close the log file, if this log owns one.
+        Close the log file, if this log owns one (L{open} opens it again).
         """
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._write = _discard
 
     def logRequest(self, request: Request) -> None:
         """
@@ -73,27 +90,24 @@ class AccessLog:
         """
         if not self._enabled:
             return
-        record = getattr(request, "proxyRecord", None)
-        backend = getattr(record, "backend", None)
-        upstream = getattr(record, "upstreamSeconds", None)
+        record = proxyRecordOf(request) or ProxyRecord()
         extra = ""
-        tried = getattr(record, "tried", [])
+        tried = record.tried
         if len(tried) > 1:
             extra += f" retries={len(tried) - 1} tried={','.join(str(b) for b in tried)}"
-        toBackend = getattr(record, "tunnelToBackend", None)
-        if toBackend is not None:
-            seconds = getattr(record, "tunnelSeconds", None)
-            extra += (
-                f" tunnel_up={toBackend} tunnel_down={getattr(record, 'tunnelToClient', 0)}"
-                + (f" tunnel_time={seconds:.3f}s" if seconds is not None else "")
-            )
-        if getattr(record, "truncated", False):
+        if record.tunnelToBackend is not None:
+            seconds = record.tunnelSeconds
+            extra += f" tunnel_up={record.tunnelToBackend} tunnel_down={record.tunnelToClient}"
+            if seconds is not None:
+                extra += f" tunnel_time={seconds:.3f}s"
+        if record.truncated:
             extra += " truncated"
-        error = getattr(record, "error", None)
-        if error:
-            extra += f' error="{error}"'
+        if record.error:
+            extra += f' error="{record.error}"'
+        backend = record.backend
+        upstream = record.upstreamSeconds
         self._emit(
-            client=getattr(record, "client", None) or _host(request.getClientAddress()),
+            client=record.client or _host(request.getClientAddress()),
             method=_text(request.method),
             path=_text(request.uri),
             protocol=_text(request.clientproto),
@@ -136,6 +150,35 @@ class AccessLog:
             self._log.info(_FORMAT, **fields)
         else:
             self._write(_FORMAT.format(**fields) + "\n")
+
+
+RECORD_ATTRIBUTE = "proxyRecord"
+"""
+The request attribute where the proxy keeps its L{ProxyRecord}
+(L{setProxyRecord}) and the access log reads it (L{proxyRecordOf}). The
+request may be the edge's or a plain twisted.web one (a twisted.web site
+can mount the proxy resource), so the attribute is not declared on a class.
+"""
+
+
+def setProxyRecord(request: Request, record: ProxyRecord) -> None:
+    """
+    Keep C{record} on C{request}, for the access log.
+    """
+    setattr(request, RECORD_ATTRIBUTE, record)
+
+
+def proxyRecordOf(request: Request) -> ProxyRecord | None:
+    """
+    The record kept on C{request} by L{setProxyRecord}; L{None} for a
+    request the proxy did not handle.
+    """
+    record = getattr(request, RECORD_ATTRIBUTE, None)
+    return record if isinstance(record, ProxyRecord) else None
+
+
+def _discard(line: str) -> None:
+    pass
 
 
 def _stdoutWriter() -> Callable[[str], object]:

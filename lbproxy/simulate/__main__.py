@@ -12,7 +12,7 @@ from pathlib import Path
 
 import attrs
 
-from lbproxy.balancing.choosers import ChooserError
+from lbproxy.balancing.registry import ChooserError
 from lbproxy.simulate.engine import simulate
 from lbproxy.simulate.report import formatTable, writePlot
 from lbproxy.simulate.scenario import ScenarioError, builtinScenarios, loadScenario, readReplay

@@ -2,7 +2,7 @@
 The discrete-event engine: runs one chooser over one scenario on a
 L{twisted.internet.task.Clock}.
 
-The chooser is built by L{lbproxy.balancing.choosers.makeChooser}, exactly as the
+The chooser is built by L{lbproxy.balancing.registry.makeChooser}, exactly as the
 proxy builds it, and is given the simulated clock and a seeded generator.
 Each request is handled as the proxy handles it: the chooser gets the
 backends that are up (configured order) and the request;
@@ -18,20 +18,58 @@ import random
 from bisect import insort
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
-from lbproxy.balancing.choosers import ChooserFactory, ChooserSettings, makeChooser
+from lbproxy.balancing.hash import HashSettings
+from lbproxy.balancing.registry import ChooserFactory, ChooserSettings, makeChooser
+from lbproxy.balancing.sticky import StickySettings
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.simulate.scenario import Scenario
 from lbproxy.upstream.backends import Backend
 
 SIMULATION_SECRET = b"lbproxy simulator sticky secret"
+
+_HASH_SETTINGS = {
+    "hashKey": "key",
+    "hashBalanceFactor": "balanceFactor",
+    "hashTableSize": "tableSize",
+}
+_STICKY_SETTINGS = {
+    "stickyCookie": "cookie",
+    "stickySecret": "secret",
+    "stickyFallback": "fallback",
+}
+
+
+def _chooserSettings(
+    given: Mapping[str, Any], rng: random.Random, clock: IReactorTime
+) -> ChooserSettings:
+    """
+    The L{ChooserSettings} for a scenario's C{settings} (C{hashKey},
+    C{hashBalanceFactor}, C{hashTableSize}, C{stickyCookie},
+    C{stickySecret}, C{stickyFallback}), with C{rng} and C{clock}; C{sticky}
+    signs with L{SIMULATION_SECRET} unless told otherwise.
+
+    @raise TypeError: For a setting of another name.
+    """
+    hashSettings = {_HASH_SETTINGS[k]: v for k, v in given.items() if k in _HASH_SETTINGS}
+    sticky: dict[str, Any] = {"secret": SIMULATION_SECRET}
+    sticky.update({_STICKY_SETTINGS[k]: v for k, v in given.items() if k in _STICKY_SETTINGS})
+    rest = {k: v for k, v in given.items() if k not in _HASH_SETTINGS.keys() | _STICKY_SETTINGS}
+    return ChooserSettings(
+        rng=rng,
+        clock=clock,
+        hash=HashSettings(**hashSettings),
+        sticky=StickySettings(**sticky),
+        **rest,
+    )
 
 
 @attrs.define
@@ -227,12 +265,7 @@ class _Run:
         self.arrivalRandom = random.Random(seed)
         self.serviceRandom = random.Random(seed + 1)
         self.clientRandom = random.Random(seed + 2)
-        settings = ChooserSettings(
-            rng=random.Random(seed + 3),
-            clock=self.clock,
-            stickySecret=SIMULATION_SECRET,
-            **scenario.settings,
-        )
+        settings = _chooserSettings(scenario.settings, random.Random(seed + 3), self.clock)
         self.chooser: IChooser = makeChooser(chooserName, registry, settings)
         self.affinity = IAffinityChooser.providedBy(self.chooser)
         self.clients: dict[int, _Client] = {}

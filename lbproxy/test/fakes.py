@@ -25,7 +25,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from lbproxy._twisted.transport import batchingSends
-from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.interfaces import IChooser

@@ -15,7 +15,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.accesslog import AccessLog, setProxyRecord
 from lbproxy.proxy import ProxyRecord
 from lbproxy.test.test_target import parsedRequest
 from lbproxy.upstream.backends import Backend
@@ -32,11 +32,11 @@ def _answered(
 ) -> Request:
     """
     A request parsed from C{head}, received from C{peer}, answered with
-    C{status} and C{body}, carrying C{record} as its C{proxyRecord}.
+    C{status} and C{body}, carrying C{record} (L{setProxyRecord}).
     """
     request = parsedRequest(head, StringTransport(peerAddress=peer))
     if record is not None:
-        request.proxyRecord = record  # type: ignore[attr-defined]
+        setProxyRecord(request, record)
     request.setResponseCode(status)
     request.write(body)
     request.finish()
@@ -187,6 +187,7 @@ class DestinationTests(SynchronousTestCase):
         for _ in range(2):
             log = AccessLog.fromOption(path)
             self.addCleanup(log.close)
+            log.open()
             log.logRequest(_answered(record=_record()))
             log.close()
         with open(path, encoding="utf-8") as f:
@@ -199,19 +200,43 @@ class DestinationTests(SynchronousTestCase):
         path = self.mktemp()
         log = AccessLog.fromOption(path)
         self.addCleanup(log.close)
+        log.open()
         log.logRequest(_answered(record=_record()))
         with open(path, encoding="utf-8") as f:
             self.assertEqual(f.read(), _LINE)
 
+    def test_openedOnlyByOpen(self) -> None:
+        """
+        L{AccessLog.fromOption} opens nothing: the file is created by
+        L{AccessLog.open} (which the service calls when it starts), and
+        lines logged before it are dropped. Closed, it can be opened again.
+        """
+        path = self.mktemp()
+        log = AccessLog.fromOption(path)
+        self.addCleanup(log.close)
+        self.assertEqual(log.path, path)
+        log.logRequest(_answered(record=_record()))
+        self.assertFalse(os.path.exists(path))
+        log.open()
+        log.open()
+        log.logRequest(_answered(record=_record()))
+        log.close()
+        log.logRequest(_answered(record=_record()))
+        log.open()
+        log.logRequest(_answered(record=_record()))
+        log.close()
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), _LINE * 2)
+
     def test_unopenable(self) -> None:
         """
-        A path that cannot be opened raises L{OSError}.
+        A path that cannot be opened raises L{OSError} when it is opened.
         """
         missing = os.path.join(self.mktemp(), "no-such-directory", "access.log")
-        self.assertRaises(OSError, AccessLog.fromOption, missing)
+        self.assertRaises(OSError, AccessLog.fromOption(missing).open)
         directory = self.mktemp()
         os.mkdir(directory)
-        self.assertRaises(OSError, AccessLog.fromOption, directory)
+        self.assertRaises(OSError, AccessLog.fromOption(directory).open)
 
     def test_none(self) -> None:
         """

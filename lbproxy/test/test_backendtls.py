@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from lbproxy import certs
-from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import ProxySite
 from lbproxy.proxy import ReverseProxyResource

@@ -1,10 +1,13 @@
 """
-Tests for L{lbproxy.balancing.choosers}.
+Tests for the choosers (L{lbproxy.balancing.random}, L{roundrobin<lbproxy.balancing.roundrobin>},
+L{leastconn<lbproxy.balancing.leastconn>}, L{p2c<lbproxy.balancing.p2c>},
+L{peakewma<lbproxy.balancing.peakewma>}, L{hash<lbproxy.balancing.hash>},
+L{sticky<lbproxy.balancing.sticky>}) and their registry
+(L{lbproxy.balancing.registry}).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import random
 import sys
@@ -21,24 +24,21 @@ from twisted.web.server import Request
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.balancing.choosers import (
+from lbproxy.balancing.hash import HashChooser, HashSettings, parseHashKey
+from lbproxy.balancing.leastconn import LeastConnChooser
+from lbproxy.balancing.p2c import P2CChooser
+from lbproxy.balancing.peakewma import PeakEWMAChooser
+from lbproxy.balancing.random import RandomChooser
+from lbproxy.balancing.registry import (
     BUILTIN_CHOOSERS,
     DEFAULT_CHOOSER,
     ChooserError,
     ChooserSettings,
-    HashChooser,
-    LeastConnChooser,
-    P2CChooser,
-    PeakEWMAChooser,
-    RandomChooser,
-    RoundRobinChooser,
-    StickyChooser,
     makeChooser,
-    parseHashKey,
     registry,
-    settingsFromOptions,
 )
-from lbproxy.cli.options import Options
+from lbproxy.balancing.roundrobin import RoundRobinChooser
+from lbproxy.balancing.sticky import StickyChooser, StickySettings
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.test.test_backends import assertOneLineError
 from lbproxy.test.test_target import parsedRequest
@@ -289,7 +289,7 @@ class MakeChooserTests(SynchronousTestCase):
         A built-in chooser can be named by its dotted name too.
         """
         self.assertIsInstance(
-            makeChooser("lbproxy.balancing.choosers.RoundRobinChooser"), RoundRobinChooser
+            makeChooser("lbproxy.balancing.roundrobin.RoundRobinChooser"), RoundRobinChooser
         )
 
     def test_otherRegistry(self) -> None:
@@ -337,7 +337,7 @@ class MakeChooserTests(SynchronousTestCase):
         """
         A dotted name of something that cannot be called is refused.
         """
-        self.assertChooserError("lbproxy.balancing.choosers.DEFAULT_CHOOSER", "cannot instantiate")
+        self.assertChooserError("lbproxy.balancing.registry.DEFAULT_CHOOSER", "cannot instantiate")
 
     def test_constructorFailsOnSeveralLines(self) -> None:
         """
@@ -926,7 +926,8 @@ class StickyChooserTests(SynchronousTestCase):
         The sticky chooser is an L{IAffinityChooser}, built by name with
         its fallback.
         """
-        chooser = makeChooser("sticky", settings=ChooserSettings(stickyFallback="round-robin"))
+        settings = ChooserSettings(sticky=StickySettings(fallback="round-robin"))
+        chooser = makeChooser("sticky", settings=settings)
         self.assertTrue(verifyObject(IAffinityChooser, chooser))
         assert isinstance(chooser, StickyChooser)
         self.assertIsInstance(chooser._fallback, RoundRobinChooser)
@@ -992,65 +993,35 @@ class EntryPointTests(SynchronousTestCase):
 
 class SettingsTests(SynchronousTestCase):
     """
-    Tests for L{settingsFromOptions} and L{checkSettings}.
+    Tests for L{lbproxy.balancing.registry.checkSettings}; the settings
+    read from the command line are tested in L{lbproxy.test.test_clichoosers}.
     """
 
-    def options(self, **overrides: str | None) -> dict[str, str | None]:
-        options: dict[str, str | None] = {
-            "hash-key": "client-ip",
-            "hash-balance-factor": "1.25",
-            "sticky-cookie": "lbproxy_backend",
-            "sticky-fallback": "random",
-            "sticky-secret-file": None,
-        }
-        options.update(overrides)
-        return options
-
-    def test_defaults(self) -> None:
+    def test_checkedWhicheverChooser(self) -> None:
         """
-        The default options give the default settings.
+        Each policy's settings are checked by the policy's own module, and
+        L{makeChooser} refuses a bad one (with a one-line L{ChooserError}
+        naming it) whichever chooser it builds.
         """
-        self.assertEqual(settingsFromOptions(self.options()), ChooserSettings())
-
-    def test_secretFile(self) -> None:
-        """
-        The sticky secret is read from the file, without surrounding
-        whitespace.
-        """
-        path = FilePath(self.mktemp())
-        path.setContent(b"  0123456789abcdef0123\n")
-        settings = settingsFromOptions(self.options(**{"sticky-secret-file": path.path}))
-        self.assertEqual(settings.stickySecret, b"0123456789abcdef0123")
-
-    def test_refused(self) -> None:
-        """
-        Bad values are one-line L{ChooserError}s naming the option.
-        """
-        short = FilePath(self.mktemp())
-        short.setContent(b"short")
-        cases: list[tuple[dict[str, str | None], str]] = [
-            ({"hash-key": "ip"}, "--hash-key"),
-            ({"hash-balance-factor": "lots"}, "--hash-balance-factor"),
-            ({"hash-balance-factor": "0.9"}, "--hash-balance-factor"),
-            ({"hash-balance-factor": "nan"}, "--hash-balance-factor"),
-            ({"sticky-cookie": "a b"}, "--sticky-cookie"),
-            ({"sticky-fallback": "sticky"}, "--sticky-fallback"),
-            ({"sticky-secret-file": "/nonexistent/secret"}, "--sticky-secret-file"),
-            ({"sticky-secret-file": short.path}, "at least 16 bytes"),
+        cases: list[tuple[ChooserSettings, str]] = [
+            (ChooserSettings(hash=HashSettings(key="ip")), "--hash-key"),
+            (ChooserSettings(hash=HashSettings(balanceFactor=0.5)), "--hash-balance-factor"),
+            (ChooserSettings(sticky=StickySettings(cookie="a b")), "--sticky-cookie"),
+            (ChooserSettings(sticky=StickySettings(fallback="sticky")), "--sticky-fallback"),
+            (ChooserSettings(sticky=StickySettings(secret=b"short")), "at least 16 bytes"),
         ]
-        for overrides, fragment in cases:
-            message = str(
-                self.assertRaises(ChooserError, settingsFromOptions, self.options(**overrides))
-            )
-            self.assertIn(fragment, message)
-            self.assertEqual(len(message.splitlines()), 1)
+        for settings, fragment in cases:
+            for name in ("random", "hash", "sticky"):
+                raised = self.assertRaises(ChooserError, makeChooser, name, None, settings)
+                self.assertIn(fragment, str(raised))
+                self.assertEqual(len(str(raised).splitlines()), 1)
 
     def test_unknownFallback(self) -> None:
         """
         An unknown fallback chooser is refused when the sticky chooser is
         built.
         """
-        settings = ChooserSettings(stickyFallback="fastest")
+        settings = ChooserSettings(sticky=StickySettings(fallback="fastest"))
         self.assertRaises(ChooserError, makeChooser, "sticky", settings=settings)
 
 
@@ -1095,53 +1066,3 @@ class BallsIntoBinsTests(SynchronousTestCase):
         loads = self.maxLoads("p2c", range(8))
         self.assertTrue(set(loads) <= {3, 4}, loads)
         _assertNear(self, sum(loads) / len(loads), 3.0, 0.5)
-
-
-class CommandLineTests(SynchronousTestCase):
-    """
-    The chooser options of C{twistd lbproxy}.
-    """
-
-    def config(self, *argv: str) -> IChooser:
-        """
-        The chooser configured by C{argv} (with a backend and a plain TCP
-        listener).
-        """
-        options = Options()
-        options.parseOptions(["--backends", "127.0.0.2=3,127.0.0.3", "--listen", "tcp:0", *argv])
-        assert options.config is not None
-        return options.config.chooser
-
-    def test_choosersByName(self) -> None:
-        """
-        Each built-in name on the command line builds its chooser.
-        """
-        cases: list[tuple[list[str], type]] = [
-            ([], RandomChooser),
-            (["--chooser", "least-conn"], LeastConnChooser),
-            (["--chooser", "p2c"], P2CChooser),
-            (["--chooser", "peak-ewma"], PeakEWMAChooser),
-            (["--chooser", "hash", "--hash-key", "cookie:session"], HashChooser),
-            (["--chooser", "sticky", "--sticky-fallback", "hash"], StickyChooser),
-        ]
-        for argv, kind in cases:
-            self.assertIsInstance(self.config(*argv), kind)
-
-    def test_badValuesRefused(self) -> None:
-        """
-        A bad chooser option stops start-up with one line and status 2,
-        whichever chooser is in use.
-        """
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        for argv in [
-            ["--hash-key", "ip"],
-            ["--chooser", "hash", "--hash-balance-factor", "0.5"],
-            ["--sticky-cookie", "a;b"],
-            ["--sticky-secret-file", "/nonexistent/secret"],
-        ]:
-            stderr.truncate(0)
-            stderr.seek(0)
-            raised = self.assertRaises(SystemExit, self.config, *argv)
-            self.assertEqual(raised.code, 2)
-            self.assertEqual(stderr.getvalue().count("\n"), 1, stderr.getvalue())

@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
-from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.headers import ClientInfo, originalClient, requestHeadersForBackend
 from lbproxy.listen import parseListen

@@ -20,7 +20,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from lbproxy.balancing.choosers import RandomChooser
+from lbproxy.balancing.random import RandomChooser
 from lbproxy.proxy import ProxySettings
 from lbproxy.test.fakes import (
     answer,

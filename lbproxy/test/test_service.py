@@ -5,6 +5,7 @@ sockets, with real TLS.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import io
@@ -26,7 +27,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 
 from lbproxy import certs
-from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.cli.options import Options, makeService
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import parseListen
@@ -188,6 +189,49 @@ class StartupTests(ServiceTestCase):
         yield self.assertFailure(
             get(self, b"http://127.0.0.1:%d/" % (freePort,)), ConnectionRefusedError
         )
+
+    def test_accessLogOpenedAtStart(self) -> None:
+        """
+        The access log file is opened when the service starts, not when
+        the configuration is built, and closed when it stops.
+        """
+        path = os.path.abspath(self.mktemp())
+        service = LoadBalancerService(
+            LoadBalancerConfig(
+                backends=[],
+                listens=[parseListen("tcp:0:interface=127.0.0.1")],
+                chooser=RoundRobinChooser(),
+                accessLog=AccessLog.fromOption(path),
+            ),
+            reactor,  # type: ignore[arg-type]
+            reactor,  # type: ignore[arg-type]
+        )
+        self.assertFalse(os.path.exists(path))
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertTrue(os.path.exists(path))
+
+    def test_accessLogUnopenable(self) -> None:
+        """
+        An access log file that cannot be opened at start-up is a one-line
+        L{StartupError} naming it, and nothing is left listening.
+        """
+        path = os.path.join(os.path.abspath(self.mktemp()), "missing", "access.log")
+        service = LoadBalancerService(
+            LoadBalancerConfig(
+                backends=[],
+                listens=[parseListen("tcp:0:interface=127.0.0.1")],
+                chooser=RoundRobinChooser(),
+                accessLog=AccessLog.fromOption(path),
+            ),
+            reactor,  # type: ignore[arg-type]
+            reactor,  # type: ignore[arg-type]
+        )
+        with self.assertRaises(StartupError) as raised:
+            service.privilegedStartService()
+        message = str(raised.exception)
+        self.assertEqual(message, f"cannot open --access-log {path!r}: {os.strerror(errno.ENOENT)}")
+        self.assertEqual(service.ports, [])
 
     @inlineCallbacks
     def test_stopClosesListeners(self) -> Gen:

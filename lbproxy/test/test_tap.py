@@ -15,7 +15,8 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
-from lbproxy.balancing.choosers import RandomChooser, RoundRobinChooser
+from lbproxy.balancing.random import RandomChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.cli.options import Options, parseSize
 from lbproxy.listen import DEFAULT_LISTEN
 from lbproxy.runtime import YOUNG_COLLECTION, ProcessRoot

@@ -23,7 +23,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.balancing.choosers import RoundRobinChooser
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import ListenError, parseListen, socketDescription
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
@@ -33,6 +33,7 @@ from lbproxy.upstream.health import HealthSettings
 from lbproxy.workers import (
     KILL_GRACE,
     RestartPolicy,
+    WorkersError,
     WorkerSupervisor,
     checkWorkers,
     parseWorkers,
@@ -136,7 +137,7 @@ class WorkersOptionTests(OptionsTestCase):
                 chooser=RoundRobinChooser(),
                 redirectHTTP=None if redirect is None else parseListen(redirect),
             )
-            with self.assertRaises(usage.UsageError) as raised:
+            with self.assertRaises(WorkersError) as raised:
                 checkWorkers(2, config)
             self.assertIn("systemd:domain=INET", str(raised.exception))
             self.assertIn("can be shared by --workers", str(raised.exception))
