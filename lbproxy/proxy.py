@@ -138,6 +138,31 @@ class ProxyRecord:
     tunnelSeconds: float | None = None
 
 
+RECORD_ATTRIBUTE = "proxyRecord"
+"""
+The request attribute where the proxy keeps its L{ProxyRecord}
+(L{setProxyRecord}) and the access log reads it (L{proxyRecordOf}). The
+request may be the edge's or a plain twisted.web one (a twisted.web site
+can mount the proxy resource), so the attribute is not declared on a class.
+"""
+
+
+def setProxyRecord(request: Request, record: ProxyRecord) -> None:
+    """
+    Keep C{record} on C{request}, for the access log.
+    """
+    setattr(request, RECORD_ATTRIBUTE, record)
+
+
+def proxyRecordOf(request: Request) -> ProxyRecord | None:
+    """
+    The record kept on C{request} by L{setProxyRecord}; L{None} for a
+    request the proxy did not handle.
+    """
+    record = getattr(request, RECORD_ATTRIBUTE, None)
+    return record if isinstance(record, ProxyRecord) else None
+
+
 class ReverseProxyResource(Resource):
     """
     Answers every request by relaying it to a backend chosen by an
@@ -187,7 +212,7 @@ class ReverseProxyResource(Resource):
         Relay C{request} to a backend; the response is written later.
         """
         record = ProxyRecord()
-        request.proxyRecord = record  # type: ignore[attr-defined]
+        setProxyRecord(request, record)
         try:
             route = routeTarget(request)
         except TargetError as e:
@@ -308,6 +333,31 @@ class _Exchange:
     relays bytes both ways until either side closes.
     """
 
+    # State most exchanges never change, as class defaults: an exchange is
+    # made per request, and each assignment in __init__ costs.
+    _target = b""
+    _needsHost = False
+    _pending: Deferred[BackendResponse] | None = None
+    _timedOut = False
+    _clientGone = False
+    _abandoned = False
+    _done = False
+    _started = 0.0
+    _attempts = 0
+    _connectFailures = 0
+    _bodyProducer: IPushProducer | None = None
+    _body: StreamedBody | None = None
+    _tunnel: Any = None
+    _logged = False
+    _upgrade = False
+    _tunnelOpened = 0.0
+    # Whether the response body is being watched for stalls: only once it
+    # did not arrive with its head (most small bodies do), so that a small
+    # response costs no timer.
+    _watching = False
+    _bodyEnded = False
+    _clientPaused = False
+
     def __init__(
         self,
         proxy: ReverseProxyResource,
@@ -321,29 +371,7 @@ class _Exchange:
         self._backend = backend
         self._record = record
         self._log = proxy.log
-        self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._needsHost = False
-        self._pending: Deferred[BackendResponse] | None = None
-        self._timedOut = False
-        self._clientGone = False
-        self._abandoned = False
-        self._done = False
-        self._started = 0.0
-        self._attempts = 0
-        self._connectFailures = 0
-        self._bodyProducer: IPushProducer | None = None
-        self._body: StreamedBody | None = None
-        self._tunnel: Any = None
-        self._logged = False
-        self._upgrade = False
-        self._tunnelOpened = 0.0
-        # Whether the response body is being watched for stalls: only once
-        # it did not arrive with its head (most small bodies do), so that a
-        # small response costs no timer.
-        self._watching = False
-        self._bodyEnded = False
-        self._clientPaused = False
 
     def start(self, target: bytes, client: ClientInfo) -> None:
         request = self._request
@@ -535,6 +563,8 @@ class _Exchange:
         if self._clientGone:
             return  # Already given up on (and logged).
         self._clientGone = True
+        if self._body is not None:
+            self._body.abandon()
         if self._tunnel is not None:
             self._tunnel.loseConnection()
             return
@@ -556,6 +586,8 @@ class _Exchange:
         L{lbproxy.http.edge.ProxyRequest.onAbandon}): drop the backend side.
         """
         self._abandoned = True
+        if self._body is not None:
+            self._body.abandon()
         if self._pending is not None:
             self._pending.cancel()
         elif self._bodyProducer is not None:

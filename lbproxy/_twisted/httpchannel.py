@@ -120,6 +120,13 @@ class ChannelInternals(http.HTTPChannel):
             bounded.limit = limit
             self._transferDecoder = bounded
 
+    def forgetRequest(self) -> None:
+        """
+        Drop the body decoder of a request cut short (it holds bound
+        methods of this channel and of the request: a cycle).
+        """
+        self._transferDecoder = None
+
     # Reading.
 
     def wrapNetworkProducer(self, wrap: Callable[[Any], Any]) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from lbproxy.proxy import ProxyRecord
+from lbproxy.proxy import ProxyRecord, proxyRecordOf
 
 _FORMAT = (
     '{client} "{method} {path} {protocol}" {status} {bytes} '
@@ -150,31 +150,6 @@ class AccessLog:
             self._log.info(_FORMAT, **fields)
         else:
             self._write(_FORMAT.format(**fields) + "\n")
-
-
-RECORD_ATTRIBUTE = "proxyRecord"
-"""
-The request attribute where the proxy keeps its L{ProxyRecord}
-(L{setProxyRecord}) and the access log reads it (L{proxyRecordOf}). The
-request may be the edge's or a plain twisted.web one (a twisted.web site
-can mount the proxy resource), so the attribute is not declared on a class.
-"""
-
-
-def setProxyRecord(request: Request, record: ProxyRecord) -> None:
-    """
-    Keep C{record} on C{request}, for the access log.
-    """
-    setattr(request, RECORD_ATTRIBUTE, record)
-
-
-def proxyRecordOf(request: Request) -> ProxyRecord | None:
-    """
-    The record kept on C{request} by L{setProxyRecord}; L{None} for a
-    request the proxy did not handle.
-    """
-    record = getattr(request, RECORD_ATTRIBUTE, None)
-    return record if isinstance(record, ProxyRecord) else None
 
 
 def _discard(line: str) -> None:

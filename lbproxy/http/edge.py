@@ -45,8 +45,6 @@ from lbproxy.upstream.body import StreamedBody
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
 
-
-
 @attrs.frozen
 class EdgeLimits:
     """
@@ -157,6 +155,9 @@ class ProxyRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         onConnectionLost, self.onConnectionLost = self.onConnectionLost, None
+        # The proxy's hooks hold this request (a cycle): let go of them.
+        self.onAbandon = None
+        self.__dict__.pop("requestReceived", None)
         if onConnectionLost is not None and not self.finished:
             onConnectionLost(reason)
 
@@ -353,6 +354,10 @@ class ProxyChannel(ChannelInternals):
             self._lingerTimer.cancel()
         self._lingerTimer = None
         super().connectionLost(reason)
+        # Requests (and their bodies, which read through this channel)
+        # would otherwise hold it in a cycle after a client left mid-request.
+        self.requests = []
+        self.forgetRequest()
         self.site.channelClosed(self)
 
     # Closing.

@@ -15,8 +15,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from lbproxy.http.accesslog import AccessLog, setProxyRecord
-from lbproxy.proxy import ProxyRecord
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.proxy import ProxyRecord, setProxyRecord
 from lbproxy.test.test_target import parsedRequest
 from lbproxy.upstream.backends import Backend
 

@@ -142,10 +142,11 @@ def _privateUses(path: pathlib.Path, module: str) -> list[str]:
         elif isinstance(node, ast.ClassDef):
             bases: list[type] = []
             for base in node.bases:
-                name = _dotted(base)
-                if name is None or name.split(".")[0] not in imported:
+                baseName = _dotted(base)
+                if baseName is None or baseName.split(".")[0] not in imported:
                     continue
-                path_ = imported[name.split(".")[0]] + name[len(name.split(".")[0]) :]
+                head = baseName.split(".")[0]
+                path_ = imported[head] + baseName[len(head) :]
                 try:
                     resolved = _resolve(path_)
                 except (ImportError, AttributeError):

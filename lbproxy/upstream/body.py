@@ -155,6 +155,17 @@ class StreamedBody:
         """
         return self.sent == 0 or (self.complete and self._kept is not None)
 
+    def abandon(self) -> None:
+        """
+        Nobody waits for this body any more (the client left or the edge
+        gave up): forget the writer and the callbacks (which hold the
+        exchange).
+        """
+        self._whenSent = []
+        self._waiting = []
+        self._kept = None
+        self.detach()
+
     def whenSent(self, callback: Callable[[], None]) -> None:
         """
         Call C{callback} once the whole body has been handed to a writer.

@@ -14,12 +14,13 @@ from twisted.internet.defer import TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError, TCPTimedOutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from lbproxy._twisted.newclient import RequestNotSent
 from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
 )
+
+from lbproxy._twisted.newclient import RequestNotSent
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
