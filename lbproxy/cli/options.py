@@ -385,6 +385,13 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         self.workers = 1
         self.arguments: list[str] = []
 
+    def opt_version(self) -> None:
+        """
+        Print lbproxy's version (and Twisted's and Python's) and exit.
+        """
+        print(versionLine())
+        raise SystemExit(0)
+
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
 
@@ -445,6 +452,23 @@ def _checkWorkers(options: Options, count: int, config: LoadBalancerConfig) -> N
         checkWorkers(count, config)
     except WorkersError as e:
         raise usage.UsageError(str(e)) from None
+
+
+def versionLine() -> str:
+    """
+    What C{twistd lbproxy --version} prints: lbproxy's version, then
+    Twisted's and Python's.
+    """
+    import platform
+
+    import twisted
+
+    from lbproxy import __version__
+
+    return (
+        f"lbproxy {__version__} (Twisted {twisted.__version__}, "
+        f"Python {platform.python_version()})"
+    )
 
 
 def _backends(options: Options) -> list[Backend]:

@@ -278,3 +278,31 @@ class _Node:
     """
     A container object the collector tracks.
     """
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    C{--version} says which lbproxy this is.
+    """
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints lbproxy's version (the package's one
+        C{__version__}, which setup.cfg also reads) with Twisted's, and
+        exits 0.
+        """
+        import io
+        import sys
+
+        import twisted
+
+        from lbproxy import __version__
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        exit = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual(exit.code, 0)
+        self.assertTrue(
+            out.getvalue().startswith(f"lbproxy {__version__} (Twisted {twisted.__version__}, "),
+            out.getvalue(),
+        )
