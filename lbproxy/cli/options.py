@@ -462,7 +462,6 @@ def versionLine() -> str:
     import platform
 
     import twisted
-
     from lbproxy import __version__
 
     return (

@@ -295,7 +295,6 @@ class VersionTests(SynchronousTestCase):
         import sys
 
         import twisted
-
         from lbproxy import __version__
 
         out = io.StringIO()
