@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_transport -*-
 """
 TCP transports that send what was written during a reactor turn at the end
 of that turn, all connections back to back, without asking the reactor.
@@ -210,7 +211,18 @@ class BatchingClient(_BatchedSends, tcp.Client):
     """
 
     def _sendQueue(self) -> SendQueue:
-        return self.connector.sendQueue  # type: ignore[attr-defined,no-any-return]
+        queue: SendQueue = self.connector.sendQueue
+        return queue
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        # Twisted's connector refers to its transport and (through the
+        # endpoint's factory and its Deferred's canceller) to itself; a
+        # closed backend connection would wait for the cyclic collector
+        # (with lbproxy's GC settings, a full collection) to be freed.
+        connector = self.connector
+        connector.transport = None
+        connector.factory = None
 
 
 class BatchingPort(tcp.Port):
