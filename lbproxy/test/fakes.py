@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -87,7 +88,7 @@ class RecordingResource(Resource):
         self.arrived: list[Deferred[Request]] = []
         self.handler = handler
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         assert request.content is not None
         self.received.append(
             Received(
@@ -212,7 +213,7 @@ def startProxy(
     network = batchingSends(reactor)  # the transports the service uses
     lines: list[str] = []
     pool = BackendPool(list(backends))
-    upstream = Upstream(network, timers, upstreamSettings or UpstreamSettings(), endpointFor)  # type: ignore[arg-type]
+    upstream = Upstream(network, timers, upstreamSettings or UpstreamSettings(), endpointFor)
     case.addCleanup(upstream.close)
     resource = ReverseProxyResource(
         pool,
@@ -253,6 +254,38 @@ def get(
     return response, body
 
 
+DEADLINE = 10.0
+"""
+Seconds (on the real reactor's clock) a test waits for loopback sockets to
+deliver before it fails: far more than they ever need.
+"""
+
+
+def turn() -> Deferred[None]:
+    """
+    Let the real reactor run once: what loopback sockets have ready is
+    delivered.
+    """
+    return deferLater(reactor, 0, lambda: None)
+
+
+@inlineCallbacks
+def until(
+    condition: Callable[[], object], what: str = "the condition", deadline: float = DEADLINE
+) -> Generator[Any, Any, None]:
+    """
+    The one poll of the unit tests, for state that has no Deferred to wait
+    on: run the real reactor, a turn at a time, until C{condition()} holds;
+    fail naming C{what} after C{deadline} seconds.
+    """
+    clock: IReactorTime = reactor
+    giveUp = clock.seconds() + deadline
+    while not condition():
+        if clock.seconds() > giveUp:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield turn()
+
+
 class RawClient(Protocol):
     """
     A client connection that sends bytes as given and collects everything
@@ -262,28 +295,29 @@ class RawClient(Protocol):
     def __init__(self) -> None:
         self.data = b""
         self.closed: Deferred[None] = Deferred()
-        self.received: list[Deferred[bytes]] = []
-        self.waitFor: bytes | None = None
+        self.waiting: list[tuple[bytes, int, Deferred[bytes]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
-        if self.waitFor is not None and self.waitFor in self.data:
-            self.waitFor = None
-            waiters, self.received = self.received, []
-            for waiter in waiters:
-                waiter.callback(self.data)
+        waiting, self.waiting = self.waiting, []
+        for marker, count, d in waiting:
+            if self.data.count(marker) >= count:
+                d.callback(self.data)
+            else:
+                self.waiting.append((marker, count, d))
 
-    def until(self, marker: bytes) -> Deferred[bytes]:
+    def until(self, marker: bytes, count: int = 1) -> Deferred[bytes]:
         """
-        Fires with all data received once it contains C{marker}.
+        Fires with all data received once it contains C{marker} (at least
+        C{count} times); fails with L{TimeoutError} after L{DEADLINE}
+        seconds.
         """
         d: Deferred[bytes] = Deferred()
-        if marker in self.data:
+        if self.data.count(marker) >= count:
             d.callback(self.data)
             return d
-        self.waitFor = marker
-        self.received.append(d)
-        return d
+        self.waiting.append((marker, count, d))
+        return d.addTimeout(DEADLINE, reactor)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.closed.callback(None)
@@ -301,7 +335,8 @@ def rawConnect(case: TestCase, portNumber: int) -> Generator[Any, Any, RawClient
     def close() -> Deferred[None]:
         if client.transport is not None and client.transport.connected:
             client.transport.abortConnection()
-        return client.closed
+        closed: Deferred[None] = client.closed
+        return closed
 
     case.addCleanup(close)
     return client  # type: ignore[no-any-return]
@@ -373,7 +408,7 @@ def startScripted(
         return protocol
 
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Factory.forProtocol(build)  # type: ignore[arg-type]
+        Factory.forProtocol(build)
     )
     case.addCleanup(port.stopListening)
     return ScriptedBackend(Backend("127.0.0.1", port.getHost().port), connections)

@@ -34,10 +34,11 @@ from lbproxy.test.fakes import (
     answer,
     get,
     rawConnect,
-    reactor,
     startBackend,
     startProxy,
     startScripted,
+    turn,
+    until,
 )
 
 Gen = Generator[Any, Any, None]
@@ -219,11 +220,13 @@ class HeaderTimeoutTests(TestCase):
         )
         client = yield rawConnect(self, proxy.portNumber)
         client.transport.write(b"GET / HT")
-        yield _until(lambda: any(c._headerTimer for c in proxy.site.channels))
+        yield until(
+            lambda: any(c._headerTimer for c in proxy.site.channels), "the head timer to start"
+        )
         for piece in (b"TP/1.1\r\n", b"Host: a\r\n", b"X-Slow: 1\r\n"):
             client.transport.write(piece)
             clock.advance(3)
-        yield _turn()
+        yield turn()
         self.assertEqual(client.data, b"")
         clock.advance(1)
         yield client.closed
@@ -448,7 +451,7 @@ class _Recorder(Resource):
         self.seen: list[tuple[Any, ...]] = []
         self.held: list[Request] = []
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         self.seen.append(
             (
                 request.method,
@@ -552,7 +555,7 @@ def converse(
     lines: list[str] = []
     resource = _Recorder(atOnce)
     site = ProxySite(resource, AccessLog(lines.append), reactor=clock)
-    site.protocol = _LineByLine if lineByLine else _Counting  # type: ignore[assignment]
+    site.protocol = _LineByLine if lineByLine else _Counting
     channel, transport = _connected(site)
     for data in reads:
         channel.dataReceived(data)
@@ -824,7 +827,7 @@ class _Sized(Resource):
         super().__init__()
         self.length = length
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         if self.length:
             request.setHeader(b"Content-Length", b"5")
         request.write(b"hello")
@@ -892,21 +895,3 @@ class ResponseWriteTests(SynchronousTestCase):
         self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(first.endswith(b"\r\n\r\n5\r\nhello\r\n"))
         self.assertEqual(last, b"0\r\n\r\n")
-
-
-def _turn() -> Any:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0.001, lambda: None)
-
-
-@inlineCallbacks
-def _until(predicate: Any) -> Gen:
-    """
-    Wait (a bounded number of reactor turns) until C{predicate()} holds.
-    """
-    for _ in range(2000):
-        if predicate():
-            return
-        yield _turn()
-    raise AssertionError("condition never held")

@@ -31,6 +31,7 @@ from lbproxy.test.fakes import (
     startBackend,
     startProxy,
     startScripted,
+    until,
 )
 from lbproxy.upstream.backends import Backend
 from lbproxy.upstream.pool import UpstreamSettings
@@ -405,9 +406,7 @@ class GarbageTests(TestCase):
         try:
             for index, request in enumerate(requests, 1):
                 client.transport.write(request)
-                while client.data.count(b"HTTP/1.1 ") < index:
-                    yield client.until(b"HTTP/1.1 ")
-                    yield _turn()
+                yield client.until(b"HTTP/1.1 ", count=index)
             gc.collect()
             return [type(o).__qualname__ for o in gc.garbage]
         finally:
@@ -449,16 +448,10 @@ class GarbageTests(TestCase):
                     b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000
                 )
                 # Wait until the proxy has sent the request on, then leave.
-                for _ in range(1000):
-                    if proxy.pool.backends[0].inFlight:
-                        break
-                    yield _turn()
+                yield until(lambda: proxy.pool.backends[0].inFlight, "the request to be sent on")
                 client.transport.abortConnection()
                 yield client.closed
-                for _ in range(1000):
-                    if not proxy.pool.backends[0].inFlight:
-                        break
-                    yield _turn()
+                yield until(lambda: not proxy.pool.backends[0].inFlight, "the request to end")
                 self.assertEqual(proxy.pool.backends[0].inFlight, 0)
             gc.collect()
             garbage = [type(o).__qualname__ for o in gc.garbage]
@@ -536,12 +529,16 @@ class FailureTests(TestCase):
         reached a backend), and the attempt is abandoned.
         """
         attempts: list[Deferred[Any]] = []
+        connecting: Deferred[None] = Deferred()
 
         @implementer(IStreamClientEndpoint)
         class BlackHole:
             def connect(self, factory: object) -> Deferred[Any]:
                 attempt: Deferred[Any] = Deferred()
                 attempts.append(attempt)
+                # The test goes on once the attempt has been returned (and
+                # given its timeout), not inside this call.
+                reactor.callLater(0, connecting.callback, None)
                 return attempt
 
         clock = Clock()
@@ -553,10 +550,7 @@ class FailureTests(TestCase):
             endpointFor=lambda host, port: BlackHole(),
         )
         result: Deferred[Any] = get(self, proxy.url())
-        for _ in range(100):
-            if attempts:
-                break
-            yield _turn()
+        yield connecting
         clock.advance(4.9)
         self.assertNoResult(result)
         clock.advance(0.1)
@@ -778,12 +772,15 @@ class _Stream:
         self.stopped = False
         self.digest = hashlib.sha256()
         self.done: Deferred[None] = Deferred()
+        self.firstPause: Deferred[None] = Deferred()
         request.registerProducer(self, True)
         reactor.callLater(0, self.resumeProducing)
 
     def pauseProducing(self) -> None:
         self.paused = True
         self.pauses += 1
+        if not self.firstPause.called:
+            self.firstPause.callback(None)
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -849,20 +846,14 @@ class StreamingTests(TestCase):
         yield arrived
         stream = streams[0]
         # Wait until the backend has been paused by backpressure.
-        for _ in range(2000):
-            if stream.paused:
-                break
-            yield _turn()
+        yield stream.firstPause
         self.assertTrue(stream.paused)
         sent = total - stream.remaining
         self.assertLess(sent, 64 * 1024 * 1024)
         client.transport.abortConnection()
         yield client.closed
         # The client went away: the proxy stops the backend transfer.
-        for _ in range(2000):
-            if stream.stopped or backend.backend.inFlight == 0:
-                break
-            yield _turn()
+        yield until(lambda: stream.stopped or backend.backend.inFlight == 0, "the transfer to stop")
         self.assertEqual(backend.backend.inFlight, 0)
 
     @inlineCallbacks
@@ -894,9 +885,3 @@ def _hang(into: list[Request]) -> Any:
         return NOT_DONE_YET
 
     return handler
-
-
-def _turn() -> Deferred[None]:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0.001, lambda: None)

@@ -14,35 +14,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from lbproxy.http.edge import EdgeLimits
 from lbproxy.proxy import ProxySettings
-from lbproxy.test.fakes import RunningProxy, startProxy
+from lbproxy.test.fakes import RunningProxy, startProxy, until
 from lbproxy.upstream.backends import Backend
 
 Gen = Generator[Any, Any, None]
-
-
-def _turn() -> Deferred[None]:
-    """
-    Let the real reactor run once (loopback sockets deliver).
-    """
-    return deferLater(reactor, 0, lambda: None)  # type: ignore[arg-type]
-
-
-@inlineCallbacks
-def _until(condition: Callable[[], object], turns: int = 2000) -> Gen:
-    """
-    Run the reactor until C{condition()} holds (bounded).
-    """
-    for _ in range(turns):
-        if condition():
-            return
-        yield _turn()
-    raise AssertionError("condition never held")
 
 
 class _Backend(Protocol):
@@ -116,7 +97,7 @@ class StreamingTestCase(TestCase):
             return protocol
 
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(build)  # type: ignore[arg-type]
+            Factory.forProtocol(build)
         )
         self.addCleanup(port.stopListening)
         backend = Backend("127.0.0.1", port.getHost().port)
@@ -194,10 +175,10 @@ class RequestBodyTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"0123456789", OK))
         client = yield self.connect(proxy)
         client.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234")
-        yield _until(lambda: self.backends and self.backends[0].received.endswith(b"01234"))
+        yield until(lambda: self.backends and self.backends[0].received.endswith(b"01234"))
         self.assertIn(b"Content-Length: 10\r\n", self.backends[0].received)
         client.send(b"56789")
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
 
     @inlineCallbacks
     def test_chunkedRelayedChunked(self) -> Gen:
@@ -208,10 +189,10 @@ class RequestBodyTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"0\r\n\r\n", OK))
         client = yield self.connect(proxy)
         client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        yield _until(lambda: self.backends and b"abc" in self.backends[0].received)
+        yield until(lambda: self.backends and b"abc" in self.backends[0].received)
         self.assertIn(b"Transfer-Encoding: chunked\r\n", self.backends[0].received)
         client.send(b"0\r\n\r\n")
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
         self.assertTrue(self.backends[0].received.endswith(b"3\r\nabc\r\n0\r\n\r\n"))
 
     @inlineCallbacks
@@ -224,10 +205,10 @@ class RequestBodyTests(StreamingTestCase):
         proxy = yield self.start(_ignore, limits=EdgeLimits(bodyTimeout=5))
         client = yield self.connect(proxy)
         client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
-        yield _until(lambda: self.backends and self.backends[0].received.endswith(b"ab"))
+        yield until(lambda: self.backends and self.backends[0].received.endswith(b"ab"))
         self.clock.advance(4)
         client.send(b"c")
-        yield _until(lambda: self.backends[0].received.endswith(b"c"))
+        yield until(lambda: self.backends[0].received.endswith(b"c"))
         self.clock.advance(4)
         self.assertFalse(client.lost.called)
         self.clock.advance(1)
@@ -246,7 +227,7 @@ class RequestBodyTests(StreamingTestCase):
         client = yield self.connect(proxy)
         client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
         client.send(b"50\r\n" + b"x" * 80 + b"\r\n")
-        yield _until(lambda: self.backends and b"x" * 80 in self.backends[0].received)
+        yield until(lambda: self.backends and b"x" * 80 in self.backends[0].received)
         client.send(b"50\r\n" + b"y" * 80 + b"\r\n")
         yield client.lost
         self.assertTrue(client.data.startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
@@ -264,12 +245,12 @@ class RequestBodyTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", early))
         client = yield self.connect(proxy)
         client.send(b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"z" * 1000)
-        yield _until(lambda: client.data.endswith(b"big!"))
+        yield until(lambda: client.data.endswith(b"big!"))
         self.assertIn(b"Connection: close\r\n", client.data)
         # The client goes on sending what is left of its body: the proxy
         # reads it and discards it, then closes.
         client.send(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n" + b"z" * 1000)
-        client.transport.loseWriteConnection()  # type: ignore[union-attr]
+        client.transport.loseWriteConnection()
         yield client.lost
         self.assertEqual(client.data.count(b"HTTP/1.1"), 1)
         self.assertTrue(client.reason is not None and client.reason.check(ConnectionDone))
@@ -292,9 +273,9 @@ class RequestBodyTests(StreamingTestCase):
         client.send(
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
-        yield _until(lambda: b"100 Continue" in client.data)
+        yield until(lambda: b"100 Continue" in client.data)
         client.send(b"hello")
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
         self.assertTrue(client.data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"))
 
     @inlineCallbacks
@@ -316,7 +297,7 @@ class RequestBodyTests(StreamingTestCase):
             return protocol
 
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(build)  # type: ignore[arg-type]
+            Factory.forProtocol(build)
         )
         self.addCleanup(port.stopListening)
         first = Backend("127.0.0.1", port.getHost().port)
@@ -327,7 +308,7 @@ class RequestBodyTests(StreamingTestCase):
         proxy.pool.backends.append(good.pool.backends[0])
         client = yield self.connect(proxy)
         client.send(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\npayload")
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
         self.assertTrue(self.backends[0].received.endswith(b"\r\n\r\npayload"))
 
 
@@ -347,7 +328,7 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", hints + OK))
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
         self.assertTrue(client.data.startswith(hints + b"HTTP/1.1 200 OK\r\n"))
 
     @inlineCallbacks
@@ -373,7 +354,7 @@ class ResponseTests(StreamingTestCase):
         )
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: client.data.endswith(b"\r\n\r\n"))
+        yield until(lambda: client.data.endswith(b"\r\n\r\n"))
         self.assertIn(b"\r\nContent-Length: 1234\r\n", client.data)
 
     @inlineCallbacks
@@ -384,7 +365,7 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"))
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: client.data.endswith(b"\r\n\r\n"))
+        yield until(lambda: client.data.endswith(b"\r\n\r\n"))
         self.assertTrue(client.data.startswith(b"HTTP/1.1 204 "))
         self.assertNotIn(b"content-length", client.data.lower())
 
@@ -399,7 +380,7 @@ class ResponseTests(StreamingTestCase):
         )
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: b"\r\n\r\n" in client.data)
+        yield until(lambda: b"\r\n\r\n" in client.data)
         self.assertTrue(client.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), client.data)
         self.assertIn(b"line ending without CR", client.data)
 
@@ -417,7 +398,7 @@ class ResponseTests(StreamingTestCase):
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         # Relayed chunked (the client cannot see the end otherwise).
-        yield _until(lambda: client.data.count(b"x") >= 5000)
+        yield until(lambda: client.data.count(b"x") >= 5000)
         self.backends[0].transport.abortConnection()  # type: ignore[union-attr]
         yield client.lost
         self.assertIsNotNone(client.reason)
@@ -456,7 +437,7 @@ class ResponseTests(StreamingTestCase):
         )
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: client.data.endswith(b"0123456789"))
+        yield until(lambda: client.data.endswith(b"0123456789"))
         self.clock.advance(4.9)
         self.assertFalse(client.lost.called)
         self.clock.advance(0.1)
@@ -476,10 +457,10 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(_ignore)
         client = yield self.connect(proxy)
         client.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
-        yield _until(lambda: bool(self.backends) and self.backends[0].received)
-        client.transport.loseConnection()  # type: ignore[union-attr]
+        yield until(lambda: bool(self.backends) and self.backends[0].received)
+        client.transport.loseConnection()
         yield self.backends[0].lost
-        yield _until(lambda: bool(proxy.lines))
+        yield until(lambda: bool(proxy.lines))
         [line] = proxy.lines
         self.assertIn(" 499 ", line)
         self.assertIn("client closed", line)
@@ -493,7 +474,7 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", OK))
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        client.transport.loseWriteConnection()  # type: ignore[union-attr]
+        client.transport.loseWriteConnection()
         yield client.lost
         self.assertTrue(client.data.endswith(b"ok"), client.data)
 
@@ -538,18 +519,18 @@ class TunnelTests(StreamingTestCase):
         proxy = yield self.start(_switching)
         client = yield self.connect(proxy)
         client.send(_UPGRADE)
-        yield _until(lambda: b"\r\n\r\n" in client.data)
+        yield until(lambda: b"\r\n\r\n" in client.data)
         self.assertTrue(client.data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"))
         self.assertIn(b"Upgrade: websocket\r\n", client.data)
         received = self.backends[0].received
         self.assertIn(b"Upgrade: websocket\r\n", received)
         self.assertIn(b"Connection: Upgrade\r\n", received)
         client.send(b"hello")
-        yield _until(lambda: client.data.endswith(b"HELLO"))
+        yield until(lambda: client.data.endswith(b"HELLO"))
         self.assertEqual(proxy.pool.backends[0].inFlight, 1)
-        client.transport.loseConnection()  # type: ignore[union-attr]
+        client.transport.loseConnection()
         yield self.backends[0].lost
-        yield _until(lambda: bool(proxy.lines))
+        yield until(lambda: bool(proxy.lines))
         self.assertEqual(proxy.pool.backends[0].inFlight, 0)
         [line] = proxy.lines
         self.assertIn(" 101 ", line)
@@ -564,7 +545,7 @@ class TunnelTests(StreamingTestCase):
         proxy = yield self.start(_switching)
         client = yield self.connect(proxy)
         client.send(_UPGRADE)
-        yield _until(lambda: b"\r\n\r\n" in client.data)
+        yield until(lambda: b"\r\n\r\n" in client.data)
         self.backends[0].transport.loseConnection()  # type: ignore[union-attr]
         yield client.lost
 
@@ -577,10 +558,10 @@ class TunnelTests(StreamingTestCase):
         proxy = yield self.start(_switching, settings=ProxySettings(tunnelIdleTimeout=60))
         client = yield self.connect(proxy)
         client.send(_UPGRADE)
-        yield _until(lambda: b"\r\n\r\n" in client.data)
+        yield until(lambda: b"\r\n\r\n" in client.data)
         self.clock.advance(50)
         client.send(b"ping")
-        yield _until(lambda: client.data.endswith(b"PING"))
+        yield until(lambda: client.data.endswith(b"PING"))
         self.clock.advance(50)
         self.assertFalse(client.lost.called)
         self.clock.advance(10)
@@ -598,7 +579,7 @@ class TunnelTests(StreamingTestCase):
             b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
             b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
         )
-        yield _until(lambda: client.data.endswith(b"ok"))
+        yield until(lambda: client.data.endswith(b"ok"))
         received = self.backends[0].received.lower()
         self.assertNotIn(b"upgrade", received)
         self.assertNotIn(b"http2-settings", received)

@@ -15,7 +15,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -27,6 +26,7 @@ from lbproxy._twisted.transport import (
     BatchingServer,
     batchingSends,
 )
+from lbproxy.test.fakes import turn
 
 
 class _Accepted(Protocol):
@@ -119,7 +119,7 @@ class BatchedSendTests(TestCase):
         transport.writeSequence([b"a", b"b"])
         self.assertEqual(_recvNow(client), b"")
         self.assertFalse(transport.dataBuffer or transport._tempDataLen)
-        yield deferLater(reactor, 0, lambda: None)
+        yield turn()
         received = b""
         while len(received) < len(b"HTTP/1.1 200 OK\r\nab"):
             received += client.recv(65536)  # blocking: the reactor cannot help
@@ -148,7 +148,7 @@ class BatchedSendTests(TestCase):
         transport: Any = accepted.transport
         self.assertRaises(TypeError, transport.write, "text")
         transport.write(b"bytes")
-        yield deferLater(reactor, 0, lambda: None)
+        yield turn()
         self.assertEqual(client.recv(65536), b"bytes")
 
     @inlineCallbacks
@@ -386,7 +386,7 @@ class ProducerContractTests(TestCase):
             Factory.forProtocol(lambda: accepted)
         )
         self.addCleanup(port.stopListening)
-        clock: IReactorTime = reactor  # type: ignore[assignment]
+        clock: IReactorTime = reactor
         reader = _Reader(slow, clock)
         yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
             Factory.forProtocol(lambda: reader)
@@ -426,15 +426,15 @@ class ProducerContractTests(TestCase):
     @inlineCallbacks
     def _push(self, slow: bool) -> Generator[Any, Any, None]:
         transport, reader = yield self._connect(slow)
-        reader.transport.pauseProducing()  # type: ignore[union-attr]
-        clock: IReactorTime = reactor  # type: ignore[assignment]
+        reader.transport.pauseProducing()
+        clock: IReactorTime = reactor
         producer = _PushProducer(transport, clock)
         producer.start()
         # The reader takes nothing yet: the transport's buffer fills and
         # the producer is paused.
         yield producer.firstPause
         self.assertLess(producer.written, PRODUCED)
-        reader.transport.resumeProducing()  # type: ignore[union-attr]
+        reader.transport.resumeProducing()
         received = yield reader.done
         self.assertEqual(len(received), PRODUCED)
         self.assertTrue(received == self._expected(), "data out of order or corrupted")
