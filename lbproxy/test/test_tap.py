@@ -12,14 +12,20 @@ import sys
 
 from twisted.application.service import Service
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lbproxy import certs
 from lbproxy.balancing.random import RandomChooser
 from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.cli.options import Options, parseSize
+from lbproxy.http.edge import EdgeLimits
 from lbproxy.listen import DEFAULT_LISTEN
+from lbproxy.proxy import ProxySettings
 from lbproxy.runtime import YOUNG_COLLECTION, ProcessRoot
+from lbproxy.service import LoadBalancerConfig
+from lbproxy.tls.sni import ServerTLSSettings
+from lbproxy.upstream.health import EjectionSettings, HealthSettings
+from lbproxy.upstream.pool import UpstreamSettings
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -81,6 +87,54 @@ class DefaultsTests(OptionsTestCase):
         self.assertEqual(config.upstream.connectTimeout, 5)
         self.assertEqual(config.limits.maxBodySize, 100 * 1024 * 1024)
         self.assertFalse(config.adhoc)
+
+    def test_settingsDefaultsAgree(self) -> None:
+        """
+        A default is written once in effect: what the command line gives
+        without options equals what each settings class gives when built
+        with no arguments (so code that makes settings directly, tests and
+        Twisted users, gets what operators get).
+        """
+        self.makeCertificates()
+        config = self.parse("--backends", "127.0.0.2").config
+        assert config is not None
+        self.assertEqual(config.limits, EdgeLimits())
+        self.assertEqual(config.proxy, ProxySettings())
+        self.assertEqual(config.upstream, UpstreamSettings())
+        self.assertEqual(config.health, HealthSettings())
+        self.assertEqual(config.ejection, EjectionSettings())
+        self.assertEqual(config.tls.handshakeTimeout, ServerTLSSettings().handshakeTimeout)
+        drain = LoadBalancerConfig.__attrs_attrs__.drainTimeout.default
+        self.assertEqual(config.drainTimeout, drain)
+
+    def test_docsAgreeWithHelp(self) -> None:
+        """
+        The options table in docs/operations.md (when the source tree is
+        at hand) gives each option the default that C{--help} prints.
+        """
+        table = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "operations.md")
+        if not os.path.exists(table):
+            raise SkipTest("docs/ is not installed with the package")
+        documented = {}
+        with open(table) as f:
+            for line in f:
+                cells = [c.strip() for c in line.replace("\\|", "\0").split("|")[1:-1]]
+                if len(cells) < 2 or not cells[0].startswith("`--"):
+                    continue
+                options = [o.strip().strip("`").split()[0] for o in cells[0].split(" / ")]
+                defaults = [d.strip().strip("`") for d in cells[1].split(" / ")]
+                if len(defaults) != len(options):
+                    defaults = [cells[1].strip("`")] * len(options)
+                documented.update(zip(options, defaults, strict=True))
+        self.assertGreater(len(documented), 40, "the options table was not found")
+        wrong = [
+            f"--{long}: --help says {default!r}, the docs say {documented[f'--{long}']!r}"
+            for long, _short, default, _doc in Options.optParameters
+            if default is not None
+            and f"--{long}" in documented
+            and documented[f"--{long}"] != str(default)
+        ]
+        self.assertEqual(wrong, [])
 
     def test_everyOptionSet(self) -> None:
         """
