@@ -115,7 +115,7 @@ class DefaultsTests(OptionsTestCase):
         table = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "operations.md")
         if not os.path.exists(table):
             raise SkipTest("docs/ is not installed with the package")
-        documented = {}
+        documented: dict[str, str] = {}
         with open(table) as f:
             for line in f:
                 cells = [c.strip() for c in line.replace("\\|", "\0").split("|")[1:-1]]
