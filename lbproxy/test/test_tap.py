@@ -12,7 +12,7 @@ import sys
 
 from twisted.application.service import Service
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import certs
 from lbproxy.balancing.random import RandomChooser
@@ -106,35 +106,6 @@ class DefaultsTests(OptionsTestCase):
         self.assertEqual(config.tls.handshakeTimeout, ServerTLSSettings().handshakeTimeout)
         drain = LoadBalancerConfig.__attrs_attrs__.drainTimeout.default
         self.assertEqual(config.drainTimeout, drain)
-
-    def test_docsAgreeWithHelp(self) -> None:
-        """
-        The options table in docs/operations.md (when the source tree is
-        at hand) gives each option the default that C{--help} prints.
-        """
-        table = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "operations.md")
-        if not os.path.exists(table):
-            raise SkipTest("docs/ is not installed with the package")
-        documented: dict[str, str] = {}
-        with open(table) as f:
-            for line in f:
-                cells = [c.strip() for c in line.replace("\\|", "\0").split("|")[1:-1]]
-                if len(cells) < 2 or not cells[0].startswith("`--"):
-                    continue
-                options = [o.strip().strip("`").split()[0] for o in cells[0].split(" / ")]
-                defaults = [d.strip().strip("`") for d in cells[1].split(" / ")]
-                if len(defaults) != len(options):
-                    defaults = [cells[1].strip("`")] * len(options)
-                documented.update(zip(options, defaults, strict=True))
-        self.assertGreater(len(documented), 40, "the options table was not found")
-        wrong = [
-            f"--{long}: --help says {default!r}, the docs say {documented[f'--{long}']!r}"
-            for long, _short, default, _doc in Options.optParameters
-            if default is not None
-            and f"--{long}" in documented
-            and documented[f"--{long}"] != str(default)
-        ]
-        self.assertEqual(wrong, [])
 
     def test_everyOptionSet(self) -> None:
         """
