@@ -458,7 +458,15 @@ class GarbageTests(TestCase):
         finally:
             gc.set_debug(0)
             del gc.garbage[:]
-        for name in ("ProxyRequest", "_Exchange", "StreamedBody", "ProxyChannel"):
+        for name in (
+            "ProxyRequest",
+            "_Exchange",
+            "StreamedBody",
+            "ProxyChannel",
+            # The aborted backend connection and Twisted's connector of it.
+            "BatchingClient",
+            "BatchingConnector",
+        ):
             self.assertNotIn(name, garbage)
 
 
