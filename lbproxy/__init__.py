@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tap -*-
 """
 lbproxy: an HTTPS load balancer and reverse proxy built on Twisted.
 

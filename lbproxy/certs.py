@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_certs -*-
 """
 Certificates for running lbproxy over HTTPS without a public CA.
 

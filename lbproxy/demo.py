@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_service -*-
 """
 The built-in demo: two tiny backends answering like the original
 write-up's containers (C{<p>HTTP Server-N</p>}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_choosers -*-
 """
 The zope interfaces that connect lbproxy's parts.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_listen -*-
 """
 Turning C{--listen} descriptions into server endpoints.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tap,lbproxy.test.test_tlsservice -*-
 """
 Process concerns of a running lbproxy, the same under twistd and in each
 worker process: the cyclic garbage collector tuned for a long-running

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_service -*-
 """
 Assembly: configuration in, one running service out. Listeners, the site,
 the pool, the chooser and the upstream client are built here and passed to

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_workers -*-
 """
 Several processes, one set of sockets: C{--workers N}.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_twistedwall -*-
 """
 Every use of Twisted's private state, behind one wall (see each module's
 docstring for the names it uses and the Twisted version they were checked

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_twistedwall,lbproxy.test.test_edge,lbproxy.test.test_chunks -*-  # noqa: E501
 """
 twisted.web's C{HTTPChannel} with named operations over the private state
 that lbproxy's edge (L{lbproxy.http.edge}) needs: the one-pass hand-over

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_twistedwall,lbproxy.test.test_client -*-
 """
 Names of twisted.web's HTTP client that lbproxy's retry rules recognise
 but that twisted.web exports only from its private C{_newclient} module.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_choosers -*-
 """
 Choosing a backend for each request. One module per policy, each with its
 settings and their validation beside its C{choose()}: L{random} (random and

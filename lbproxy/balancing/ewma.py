@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_stats -*-
 """
 Latency statistics kept on each backend for latency-aware choosers.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_maglev -*-
 """
 Maglev consistent hashing (Eisenbud et al., NSDI 2016), with Envoy's
 weighting.

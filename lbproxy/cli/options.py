@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tap,lbproxy.test.test_clichoosers,lbproxy.test.test_tlsoptions -*-  # noqa: E501
 """
 The command line: C{twistd lbproxy} options, checked before anything
 starts, and L{makeService}.

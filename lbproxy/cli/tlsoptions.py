@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tlsoptions -*-
 """
 The TLS command-line options of C{twistd lbproxy}, mixed into
 L{lbproxy.cli.options.Options}, and their checking into configuration values.

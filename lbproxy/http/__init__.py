@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_edge -*-
 """
 The client side: the edge's HTTP/1.1 channel and request (L{edge}), strict
 head checks and the one-pass parser (L{checks}), request targets

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_accesslog -*-
 """
 The access log: one line per request, to twisted.logger, a file, stdout,
 or nowhere.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_edge,lbproxy.test.test_target,lbproxy.test.test_fuzz -*-
 """
 Strict checks of what a client sends, beyond what twisted.web's parser
 enforces: the request line, the Host header, Content-Length and

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_edge,lbproxy.test.test_chunks,lbproxy.test.test_streaming -*-  # noqa: E501
 """
 The client-facing HTTP server: a twisted.web L{Site} whose channel parses
 strictly and enforces the limits, and whose log is lbproxy's access log.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_headers,lbproxy.test.test_forwarding -*-
 """
 Header rules for relaying a request to a backend and its answer back:
 hop-by-hop removal and the X-Forwarded-* / Forwarded / X-Real-IP headers.

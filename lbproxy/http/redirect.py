@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tlsservice -*-
 """
 C{--redirect-http}: a plain-HTTP listener that answers every request with a
 308 Permanent Redirect to the same host and path over HTTPS, so that a

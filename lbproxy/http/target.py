@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_target -*-
 """
 Reading where a request is going: its request-target and Host.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_simulate -*-
 """
 A deterministic discrete-event simulator for lbproxy's choosers:
 C{python -m lbproxy.simulate SCENARIO}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_simulate -*-
 """
 C{python -m lbproxy.simulate SCENARIO...}: run the choosers over shipped or
 custom scenarios and print a table per scenario (and write a plot).

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_simulate -*-
 """
 The discrete-event engine: runs one chooser over one scenario on a
 L{twisted.internet.task.Clock}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_simulate -*-
 """
 The simulator's output: a text table per scenario and a plot (latency CDF
 per chooser, share per backend) as SVG written by hand, or as PNG through

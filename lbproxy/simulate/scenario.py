@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_simulate -*-
 """
 Simulation scenarios: backends (latency distributions, capacities, slow and
 down windows), the arrival process and the choosers to compare, read from

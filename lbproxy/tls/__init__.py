@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_tls -*-
 """
 TLS: the server policy (L{policy}), certificates and their loading
 (L{certificates}), the server contexts chosen by name and their reload

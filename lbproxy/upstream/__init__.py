@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_client -*-
 """
 The backend side: the lean HTTP/1.1 backend connection (L{connection}), the
 pooled connections per backend (L{pool}), the request body streamed from

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_backends -*-
 """
 Backends: where requests go, their live counters, and parsing of the
 C{--backends} list.

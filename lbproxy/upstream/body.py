@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_body -*-
 """
 A request body on its way from the client to a backend, streamed as it
 arrives rather than spooled first.

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_client -*-
 """
 A lean HTTP/1.1 client connection to one backend: writes a request head in
 one write, parses the response head in one pass, and streams the body to a

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_deadlines -*-
 """
 One timer for many deadlines of the same length.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_pool,lbproxy.test.test_retry -*-
 """
 The client side of the proxy: HTTP/1.1 to backends over persistent,
 pooled connections (the protocol itself is in L{lbproxy.upstream.connection}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: lbproxy.test.test_retry -*-
 """
 When a failed request may be tried again, and how many retries the pool
 can afford (a retry budget, as Finagle and Envoy have).
