@@ -21,7 +21,7 @@ class DemoBackendResource(Resource):
         super().__init__()
         self._body = f"<p>HTTP Server-{number}</p>\n".encode("ascii")
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return self._body
 

@@ -254,9 +254,7 @@ def _serverFromString(reactor: IReactorTCP, description: str) -> IStreamServerEn
     L{ListenError}.
     """
     try:
-        endpoint: IStreamServerEndpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
-            reactor, description
-        )
+        endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, KeyError, IndexError) as e:
         raise _error(description, str(e) or type(e).__name__) from e
     except TypeError as e:

@@ -208,7 +208,7 @@ class ReverseProxyResource(Resource):
         self.sending = Deadlines(clock, self.settings.sendTimeout)
         self.tunnels = Deadlines(clock, self.settings.tunnelIdleTimeout)
 
-    def render(self, request: Request) -> int | bytes:  # type: ignore[override]
+    def render(self, request: Request) -> int | bytes:
         """
         Relay C{request} to a backend; the response is written later.
         """

@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 from twisted.application.service import Service
@@ -325,7 +325,7 @@ class WorkerSupervisor(Service):
         factory.noisy = False
         results: list[Any] = []
         try:
-            endpoint = serverFromString(self._reactor, description)  # type: ignore[no-untyped-call]
+            endpoint = serverFromString(self._reactor, description)
             endpoint.listen(factory).addBoth(results.append)
         except (ValueError, KeyError, TypeError) as e:
             raise StartupError(f"cannot listen on {description!r}: {e}") from None
@@ -547,14 +547,14 @@ def _textObserver(stream: TextIO) -> ILogObserver:
         stream.write(eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
         stream.flush()
 
-    return observe  # type: ignore[return-value]
+    return cast(ILogObserver, observe)
 
 
 def _adopted(reactor: Any, fd: int) -> AdoptedStreamServerEndpoint:
     with socket.socket(fileno=fd) as s:
         family = s.family
         s.detach()
-    return AdoptedStreamServerEndpoint(batchingSends(reactor), fd, family)  # type: ignore[no-untyped-call]
+    return AdoptedStreamServerEndpoint(batchingSends(reactor), fd, family)
 
 
 def workerMain(argv: Sequence[str] | None = None) -> int:
@@ -584,14 +584,14 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         config,
         reactor,
         reactor,
-        [_adopted(reactor, fd) for fd in fds],  # type: ignore[arg-type]
+        [_adopted(reactor, fd) for fd in fds],
     )
     root = ProcessRoot(service, reactor, service.reloadCertificates)
     root.privilegedStartService()
     _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
     root.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    reactor.run()
     return 0
 
 

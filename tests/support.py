@@ -315,7 +315,7 @@ class _Answer(Resource):
         super().__init__()
         self._body = body
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return self._body
 
@@ -348,7 +348,7 @@ class _TrackingFactory(WrappingFactory):
         for p in list(self.protocols):
             transport = p.transport
             if transport is not None:
-                transport.abortConnection()  # type: ignore[attr-defined]
+                transport.abortConnection()
         return d
 
 

@@ -29,7 +29,7 @@ class _Held(Resource):
         self.held: list[Request] = []
         self.arrived: Deferred[Request] = Deferred()
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         self.held.append(request)
         if not self.arrived.called:
             self.arrived.callback(request)
@@ -56,7 +56,7 @@ class DrainTests(TestCase):
         resource = _Held()
         site = Site(resource)
         site.log = lambda request: None  # type: ignore[method-assign]
-        backendPort = reactor.listenTCP(0, site, interface="127.0.0.2")  # type: ignore[attr-defined,arg-type]
+        backendPort = reactor.listenTCP(0, site, interface="127.0.0.2")  # type: ignore[arg-type]
         self.addCleanup(backendPort.stopListening)
         port = freePort()
         process = await startTwistd(

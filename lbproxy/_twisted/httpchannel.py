@@ -108,7 +108,7 @@ class ChannelInternals(http.HTTPChannel):
         """
         The version of the request whose head was just parsed.
         """
-        return self._version  # type: ignore[no-any-return]
+        return self._version
 
     def boundChunkSizes(self, limit: int) -> None:
         """
@@ -142,7 +142,9 @@ class ChannelInternals(http.HTTPChannel):
         Everything received and not parsed yet (pipelined data held while
         a request is handled), now taken out of the channel.
         """
-        pending = b"".join(self._dataBuffer) + self.clearLineBuffer()
+        held = b"".join(self._dataBuffer)
+        unparsed: bytes = self.clearLineBuffer()
+        pending = held + unparsed
         self._dataBuffer = []
         return pending
 

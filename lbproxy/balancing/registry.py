@@ -81,7 +81,7 @@ class ChooserSettings:
             return self.clock
         from twisted.internet import reactor
 
-        return reactor  # type: ignore[return-value]
+        return reactor
 
 
 ChooserFactory = Callable[[ChooserSettings], IChooser]

@@ -532,7 +532,7 @@ def _checkEndpoint(spec: ListenSpec) -> None:
     from twisted.internet import reactor
 
     try:
-        serverEndpointForListen(reactor, spec, None)  # type: ignore[arg-type]
+        serverEndpointForListen(reactor, spec, None)
     except ListenError as e:
         raise usage.UsageError(str(e)) from None
 

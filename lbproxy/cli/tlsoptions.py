@@ -138,7 +138,7 @@ def _redirect(options: usage.Options, listens: list[ListenSpec]) -> ListenSpec |
             )
         from twisted.internet import reactor
 
-        serverEndpointForListen(reactor, spec, None)  # type: ignore[arg-type]
+        serverEndpointForListen(reactor, spec, None)
     except ListenError as e:
         raise usage.UsageError(f"--redirect-http: {e}") from None
     return spec

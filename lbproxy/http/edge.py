@@ -658,7 +658,7 @@ class ProxyChannel(ChannelInternals):
         follows the head in the same data.
         """
         # lineReceived, for the request line and the end of the head:
-        request = self.requestFactory(self, len(self.requests))  # type: ignore[call-arg]
+        request = self.requestFactory(self, len(self.requests))
         request.requestHeaders = head.headers
         self.requests.append(request)
         self._requestLine = head.requestLine
@@ -937,7 +937,7 @@ class ProxySite(Site):
                 count=len(self.channels),
             )
             overloaded = _Overloaded()
-            overloaded.factory = self  # type: ignore[assignment]
+            overloaded.factory = self
             return overloaded
         return super().buildProtocol(addr)
 

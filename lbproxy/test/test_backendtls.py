@@ -172,8 +172,8 @@ class HTTPSBackendTests(TestCase):
             return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
 
         upstream = Upstream(
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
             endpointFor=loopback,
             tlsFor=BackendTLS(settings).creatorFor,
         )
@@ -184,7 +184,7 @@ class HTTPSBackendTests(TestCase):
             BackendPool([backend]),
             RoundRobinChooser(),
             upstream,
-            reactor,  # type: ignore[arg-type]
+            reactor,
         )
         site = ProxySite(resource, AccessLog(lines.append), reactor=reactor)
         proxyPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)

@@ -153,8 +153,8 @@ class ProxyProtocolTests(TestCase):
                 accessLog=AccessLog(lines.append),
                 health=HealthSettings(interval=0),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         service.startService()
         self.addCleanup(service.stopService)

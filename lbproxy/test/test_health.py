@@ -175,7 +175,7 @@ class _FakeResponse:
 
     def deliverBody(self, protocol: Protocol) -> None:
         self.protocol = protocol
-        protocol.makeConnection(self)  # type: ignore[arg-type]
+        protocol.makeConnection(self)
 
     def stopProducing(self) -> None:
         self.stopped = True
@@ -312,7 +312,7 @@ class HTTPProbeTests(TestCase):
             return b""
 
         backend = yield startBackend(self, b"", handler)
-        upstream = Upstream(reactor, reactor)  # type: ignore[arg-type]
+        upstream = Upstream(reactor, reactor)
         self.addCleanup(upstream.close)
         probe = HTTPProbe(
             lambda b, m, t, h: upstream.request(b, m, t, h, None), reactor, b"/healthz", 1.0
@@ -337,7 +337,7 @@ class HTTPProbeTests(TestCase):
 
         backend = yield startBackend(self, b"", hold)
         clock = Clock()
-        upstream = Upstream(reactor, clock)  # type: ignore[arg-type]
+        upstream = Upstream(reactor, clock)
         self.addCleanup(upstream.close)
         probe = HTTPProbe(lambda b, m, t, h: upstream.request(b, m, t, h, None), clock, b"/", 1.0)
         result = probe(backend.backend)
@@ -352,7 +352,7 @@ class HTTPProbeTests(TestCase):
         """
         backend = yield startBackend(self, b"")
         yield backend.port.stopListening()
-        upstream = Upstream(reactor, reactor)  # type: ignore[arg-type]
+        upstream = Upstream(reactor, reactor)
         self.addCleanup(upstream.close)
         probe = HTTPProbe(lambda b, m, t, h: upstream.request(b, m, t, h, None), reactor, b"/", 1.0)
         self.assertIs((yield probe(backend.backend)), False)

@@ -56,7 +56,8 @@ class ResilienceTestCase(TestCase):
         """
         running = yield startBackend(self, b"")
         yield running.port.stopListening()
-        return running.backend
+        backend: Backend = running.backend
+        return backend
 
 
 class RetryTests(ResilienceTestCase):

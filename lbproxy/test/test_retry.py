@@ -177,7 +177,7 @@ class ConnectTimeoutTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ConnectTimeoutError)
         self.assertTrue(failedToConnect(failure))
         [connector] = memory.connectors
-        self.assertTrue(connector.stoppedConnecting)  # type: ignore[attr-defined]
+        self.assertTrue(connector.stoppedConnecting)
 
     def test_endpointWithoutCanceller(self) -> None:
         """
@@ -259,8 +259,8 @@ class TLSHandshakeTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         upstream = Upstream(
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
             endpointFor=lambda host, number: TCP4ClientEndpoint(reactor, "127.0.0.1", number),
             tlsFor=BackendTLS(BackendTLSSettings()).creatorFor,
         )

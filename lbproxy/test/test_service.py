@@ -71,7 +71,7 @@ class ServiceTestCase(TestCase):
     """
 
     def start(self, config: LoadBalancerConfig) -> LoadBalancerService:
-        service = LoadBalancerService(config, reactor, reactor)  # type: ignore[arg-type]
+        service = LoadBalancerService(config, reactor, reactor)
         service.startService()
         self.addCleanup(service.stopService)
         return service
@@ -177,8 +177,8 @@ class StartupTests(ServiceTestCase):
                 ],
                 chooser=RoundRobinChooser(),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         with self.assertRaises(StartupError) as raised:
             service.privilegedStartService()
@@ -203,8 +203,8 @@ class StartupTests(ServiceTestCase):
                 chooser=RoundRobinChooser(),
                 accessLog=AccessLog.fromOption(path),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         self.assertFalse(os.path.exists(path))
         service.privilegedStartService()
@@ -224,8 +224,8 @@ class StartupTests(ServiceTestCase):
                 chooser=RoundRobinChooser(),
                 accessLog=AccessLog.fromOption(path),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         with self.assertRaises(StartupError) as raised:
             service.privilegedStartService()
@@ -245,8 +245,8 @@ class StartupTests(ServiceTestCase):
                 listens=[parseListen(f"tcp:{port}:interface=127.0.0.1")],
                 chooser=RoundRobinChooser(),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         service.startService()
         response, _ = yield get(self, b"http://127.0.0.1:%d/" % (port,))
@@ -312,8 +312,8 @@ class DrainTests(ServiceTestCase):
                 health=HealthSettings(interval=0),
                 drainTimeout=3600,
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         service.startService()
         client = yield rawConnect(self, port)

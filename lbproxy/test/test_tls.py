@@ -52,7 +52,7 @@ from lbproxy.tls.policy import TLS12_CIPHERS, TLS13_CIPHERSUITES
 from lbproxy.tls.server import TLSServerEndpoint
 from lbproxy.tls.sni import ServerTLS, ServerTLSSettings, serverOptionsFromFiles
 
-reactor: IReactorTCP = _globalReactor  # type: ignore[assignment]
+reactor: IReactorTCP = _globalReactor
 
 _PING = b"ping over TLS"
 
@@ -438,7 +438,7 @@ class LoopbackTLSTestCase(TestCase):
         if options is None:
             options = serverOptionsFromFiles(self.files.serverKey, self.files.serverCert)
         factory = Factory()
-        factory.buildProtocol = self.buildEcho  # type: ignore[method-assign,assignment]
+        factory.buildProtocol = self.buildEcho  # type: ignore[method-assign]
         endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), options)
         port: IListeningPort = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)

@@ -58,8 +58,8 @@ class TLSServiceTests(TestCase):
                 health=HealthSettings(interval=0),
                 **fields,
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
+            reactor,
         )
         service.startService()
         self.addCleanup(service.stopService)

@@ -248,7 +248,7 @@ class _Processes:
 
     def __init__(self) -> None:
         self.started: list[_Process] = []
-        self.listenTCP = reactor.listenTCP  # type: ignore[attr-defined]
+        self.listenTCP = reactor.listenTCP
 
     def spawnProcess(
         self,
@@ -264,7 +264,7 @@ class _Processes:
     ) -> _Process:
         process = _Process(protocol, list(args), dict(childFDs or {}), 1000 + len(self.started))
         self.started.append(process)
-        protocol.makeConnection(process)  # type: ignore[arg-type]
+        protocol.makeConnection(process)
         return process
 
 
@@ -325,7 +325,7 @@ class SupervisorTests(TestCase):
         supervisor = self.supervisor(1, ["tcp:0:interface=127.0.0.1"])
         supervisor.privilegedStartService()
         port = supervisor.ports[0]
-        self.assertNotIn(port, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertNotIn(port, reactor.getReaders())
         with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5):  # type: ignore[attr-defined]
             pass
 
@@ -503,7 +503,7 @@ class RealProcessTests(TestCase):
             ["tcp:0:interface=127.0.0.1"],
             lambda fds: [sys.executable, "-c", script, str(fds[0])],
             reactor,
-            reactor,  # type: ignore[arg-type]
+            reactor,
             drainTimeout=5,
         )
         with capturedLogs() as events:
@@ -542,9 +542,9 @@ class AdoptedSocketTests(TestCase):
                 accessLog=AccessLog(None, enabled=False),
                 health=HealthSettings(interval=0),
             ),
-            reactor,  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
-            [AdoptedStreamServerEndpoint(reactor, fd, socket.AF_INET)],  # type: ignore[no-untyped-call]
+            reactor,
+            reactor,
+            [AdoptedStreamServerEndpoint(reactor, fd, socket.AF_INET)],
         )
         service.startService()
         self.addCleanup(service.stopService)

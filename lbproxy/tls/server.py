@@ -63,7 +63,7 @@ class TLSServerEndpoint:
             if self.clock is None:
                 from twisted.internet import reactor
 
-                factory.clock = reactor  # type: ignore[assignment]
+                factory.clock = reactor
             else:
                 factory.clock = self.clock
         return self.wrapped.listen(factory)

@@ -508,7 +508,7 @@ class BackendConnection(Protocol):
         See L{BackendResponse.deliverBody}.
         """
         self._bodyProtocol = protocol
-        protocol.makeConnection(_BodyProducer(self))  # type: ignore[arg-type]
+        protocol.makeConnection(_BodyProducer(self))
         buffered, self._bodyBuffer = self._bodyBuffer, []
         for data in buffered:
             protocol.dataReceived(data)

@@ -287,7 +287,7 @@ class Upstream:
             self._open.add(connection)
             return connection
 
-        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        factory = Factory.forProtocol(build)
         factory.noisy = False
         return endpoint.connect(factory)  # type: ignore[return-value]
 
