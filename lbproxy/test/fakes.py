@@ -412,3 +412,19 @@ def startScripted(
     )
     case.addCleanup(port.stopListening)
     return ScriptedBackend(Backend("127.0.0.1", port.getHost().port), connections)
+
+
+class RecordedReading:
+    """
+    A client's reading control (see L{lbproxy.upstream.body.ReadingControl})
+    that records why reading is paused.
+    """
+
+    def __init__(self) -> None:
+        self.paused: set[str] = set()
+
+    def pauseReading(self, reason: str) -> None:
+        self.paused.add(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        self.paused.discard(reason)

@@ -7,22 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbproxy.test.fakes import RecordedReading
 from lbproxy.upstream.body import BUFFER_LIMIT, StreamedBody
-
-
-class _Reading:
-    """
-    A client's reading control that records why it is paused.
-    """
-
-    def __init__(self) -> None:
-        self.paused: set[str] = set()
-
-    def pauseReading(self, reason: str) -> None:
-        self.paused.add(reason)
-
-    def resumeReading(self, reason: str) -> None:
-        self.paused.discard(reason)
 
 
 class _Writer:
@@ -50,7 +36,7 @@ class StreamedBodyTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.reading = _Reading()
+        self.reading = RecordedReading()
         self.body = StreamedBody(None, self.reading)
 
     def test_waitsForWriter(self) -> None:

@@ -14,6 +14,7 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from lbproxy.test.fakes import RecordedReading
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendConnection, BackendResponse, InvalidResponse
 
@@ -79,7 +80,7 @@ class RequestTests(ClientTestCase):
         transport's streaming producer until it is complete; the
         connection is reusable afterwards.
         """
-        reading = _Reading()
+        reading = RecordedReading()
         body = StreamedBody(200 * 1024, reading)
         d = self.connection.request(b"PUT", b"/", [(b"Host", b"h")], body)
         self.assertIs(self.transport.producer, body)
@@ -293,26 +294,11 @@ class InvalidResponseTests(ClientTestCase):
         self.assertTrue(self.transport.disconnecting)
 
 
-class _Reading:
-    """
-    A client's reading control that records why it is paused.
-    """
-
-    def __init__(self) -> None:
-        self.paused: set[str] = set()
-
-    def pauseReading(self, reason: str) -> None:
-        self.paused.add(reason)
-
-    def resumeReading(self, reason: str) -> None:
-        self.paused.discard(reason)
-
-
 def _body(data: bytes) -> StreamedBody:
     """
     A complete body of C{data}.
     """
-    body = StreamedBody(len(data), _Reading())
+    body = StreamedBody(len(data), RecordedReading())
     body.received(data)
     body.receivedAll()
     return body

@@ -1,91 +1,47 @@
 """
-Tests of the package's shape: no import circles between lbproxy's modules.
+Tests that every module names its tests: Twisted's C{test-case-name}
+header on its first line (read by C{trial --testmodule} and by editors),
+naming test modules that exist.
 """
 
 from __future__ import annotations
 
-import ast
-import pathlib
+import importlib.util
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-import lbproxy
+from lbproxy.test.test_layout import _modules
 
-_PACKAGE = pathlib.Path(lbproxy.__file__).parent
+_HEADER = re.compile(r"^# -\*- test-case-name: ([\w., ]+) -\*-")
 
 
-def _modules() -> dict[str, pathlib.Path]:
+class TestCaseNameTests(SynchronousTestCase):
     """
-    Every module of lbproxy but the tests, by dotted name.
-    """
-    found = {}
-    for path in _PACKAGE.rglob("*.py"):
-        parts = ("lbproxy", *path.relative_to(_PACKAGE).with_suffix("").parts)
-        if "test" in parts:
-            continue
-        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def _importGraph() -> dict[str, set[str]]:
-    """
-    For each module, the lbproxy modules it imports when it is imported
-    (module-level imports; not those under C{if TYPE_CHECKING:} or inside
-    functions, which cannot make a circle at import time).
-    """
-    modules = _modules()
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        imported: set[str] = set()
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lbproxy"):
-                assert node.module is not None
-                for alias in node.names:
-                    full = f"{node.module}.{alias.name}"
-                    imported.add(full if full in modules else node.module)
-            elif isinstance(node, ast.Import):
-                imported.update(a.name for a in node.names if a.name.startswith("lbproxy"))
-        graph[name] = {m for m in imported if m in modules and m != name}
-    return graph
-
-
-def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    circles: list[list[str]] = []
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(module: str) -> None:
-        state[module] = 1
-        path.append(module)
-        for other in sorted(graph[module]):
-            if state.get(other) == 1:
-                circles.append([*path[path.index(other) :], other])
-            elif other not in state:
-                visit(other)
-        path.pop()
-        state[module] = 2
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module)
-    return circles
-
-
-class LayoutTests(SynchronousTestCase):
-    """
-    The package imports in one direction.
+    A reader (and trial) can find the tests of every module.
     """
 
-    def test_noImportCircles(self) -> None:
+    def test_everyModuleNamesItsTests(self) -> None:
         """
-        No lbproxy module imports, at import time, a module that imports it
-        back (directly or through others).
+        Each module of lbproxy (tests aside) starts with a test-case-name
+        header, and every test module it names exists.
         """
-        self.assertEqual(_circles(_importGraph()), [])
+        problems = []
+        for name, path in sorted(_modules().items()):
+            first = path.read_text().split("\n", 1)[0]
+            match = _HEADER.match(first)
+            if match is None:
+                problems.append(f"{name}: no test-case-name header")
+                continue
+            for test in (t.strip() for t in match.group(1).split(",")):
+                if importlib.util.find_spec(test) is None:
+                    problems.append(f"{name}: names {test}, which does not exist")
+        self.assertEqual(problems, [])
 
-    def test_circleFound(self) -> None:
+    def test_headerRead(self) -> None:
         """
-        The check finds a circle where there is one.
+        The header is read as trial reads it: comma-separated module names.
         """
-        graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
-        self.assertEqual(_circles(graph), [["a", "b", "c", "a"]])
+        match = _HEADER.match("# -*- test-case-name: a.test_b, a.test_c -*-")
+        assert match is not None
+        self.assertEqual(match.group(1), "a.test_b, a.test_c")
