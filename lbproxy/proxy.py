@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from lbproxy.http.headers import (
     ClientInfo,
+    connectionTokens,
     originalClient,
     requestHeaderLines,
     responseHeadersForClient,
@@ -379,10 +380,9 @@ class _Exchange:
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
         self._body = _requestBody(request)
-        controls = _relayedControls(request, self._body)
+        controls, self._upgrade = _relayedControls(request, self._body)
         if controls:
             self._headers += controls
-            self._upgrade = controls[-1][0] == b"Upgrade"
         self._needsHost = client.host is None
         if hasattr(request, "onConnectionLost"):
             request.onConnectionLost = self._clientLost
@@ -830,12 +830,16 @@ class _NoReading:
         pass
 
 
-def _relayedControls(request: Request, body: StreamedBody | None) -> list[tuple[bytes, bytes]]:
+def _relayedControls(
+    request: Request, body: StreamedBody | None
+) -> tuple[list[tuple[bytes, bytes]], bool]:
     """
     The request's control headers that go to the backend: C{Expect:
     100-continue} for a body still to come (the backend's 100 or early
     answer reaches the client), and an upgrade request (except to h2c,
     which is HTTP/2 and not relayed).
+
+    @return: The header lines, and whether they ask for an upgrade.
     """
     headers = request.requestHeaders
     lines: list[tuple[bytes, bytes]] = []
@@ -844,12 +848,16 @@ def _relayedControls(request: Request, body: StreamedBody | None) -> list[tuple[
         if expect and expect[0].lower() == b"100-continue":
             lines.append((b"Expect", b"100-continue"))
     upgrade = headers.getRawHeaders(b"upgrade")
-    if upgrade and request.clientproto == b"HTTP/1.1" and body is None:
-        connection = headers.getRawHeaders(b"connection", [])
-        tokens = {t.strip().lower() for v in connection for t in v.split(b",")}
-        if b"upgrade" in tokens and upgrade[0].strip().lower() != b"h2c":
-            lines += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade[0])]
-    return lines
+    if (
+        upgrade
+        and request.clientproto == b"HTTP/1.1"
+        and body is None
+        and b"upgrade" in connectionTokens(headers)
+        and upgrade[0].strip().lower() != b"h2c"
+    ):
+        lines += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade[0])]
+        return lines, True
+    return lines, False
 
 
 @implementer(IPushProducer)

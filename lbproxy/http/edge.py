@@ -41,6 +41,7 @@ from lbproxy.http.checks import (
     checkRequestLine,
     parsePlainHead,
 )
+from lbproxy.http.headers import connectionTokens
 from lbproxy.upstream.body import StreamedBody
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
@@ -759,11 +760,7 @@ class ProxyChannel(ChannelInternals):
         HTTP/1.0 never), reading every C{Connection} line and token
         (twisted.web reads the first line only, split on spaces).
         """
-        tokens = {
-            token.strip().lower()
-            for line in request.requestHeaders.getRawHeaders(b"connection", [])
-            for token in line.split(b",")
-        }
+        tokens = connectionTokens(request.requestHeaders)
         if version == b"HTTP/1.1" and b"close" not in tokens:
             return True
         if version == b"HTTP/1.1":

@@ -131,6 +131,33 @@ Called with each interim (1xx) response: code, reason phrase, header lines.
 HeaderLines = Sequence[tuple[bytes, bytes]]
 
 
+class _Outgoing:
+    """
+    One request on its way to a backend, as L{Upstream.request} was given
+    it (kept whole for a resend on a new connection).
+    """
+
+    __slots__ = ("backend", "body", "headers", "interim", "method", "target", "upgrade")
+
+    def __init__(
+        self,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: HeaderLines,
+        body: StreamedBody | None,
+        interim: Interim | None,
+        upgrade: bool,
+    ) -> None:
+        self.backend = backend
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.interim = interim
+        self.upgrade = upgrade
+
+
 class _Idle:
     """
     The idle connections of one backend, most recently used last.
@@ -208,67 +235,41 @@ class Upstream:
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
-        lines = headers
+        outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
         if connection is not None:
-            return self._send(
-                connection, backend, method, target, lines, body, interim, upgrade, reused=True
-            )
-        return self._sendOnNew(backend, method, target, lines, body, interim, upgrade)
+            return self._send(connection, outgoing, reused=True)
+        return self._sendOnNew(outgoing)
 
-    def _sendOnNew(
-        self,
-        backend: Backend,
-        method: bytes,
-        target: bytes,
-        lines: HeaderLines,
-        body: StreamedBody | None,
-        interim: Interim | None,
-        upgrade: bool,
-    ) -> Deferred[BackendResponse]:
+    def _sendOnNew(self, outgoing: _Outgoing) -> Deferred[BackendResponse]:
         def send(connection: BackendConnection) -> Deferred[BackendResponse]:
-            return self._send(
-                connection, backend, method, target, lines, body, interim, upgrade, reused=False
-            )
+            return self._send(connection, outgoing, reused=False)
 
-        return self._connect(backend).addCallback(send)
+        return self._connect(outgoing.backend).addCallback(send)
 
     def _send(
-        self,
-        connection: BackendConnection,
-        backend: Backend,
-        method: bytes,
-        target: bytes,
-        lines: HeaderLines,
-        body: StreamedBody | None,
-        interim: Interim | None,
-        upgrade: bool,
-        reused: bool,
+        self, connection: BackendConnection, outgoing: _Outgoing, reused: bool
     ) -> Deferred[BackendResponse]:
-        d = connection.request(method, target, lines, body, interim, upgrade)
-        if not reused or method not in IDEMPOTENT_METHODS:
-            return d
-        return d.addErrback(
-            self._staleRetry, backend, method, target, lines, body, interim, upgrade
+        d = connection.request(
+            outgoing.method,
+            outgoing.target,
+            outgoing.headers,
+            outgoing.body,
+            outgoing.interim,
+            outgoing.upgrade,
         )
+        if not reused or outgoing.method not in IDEMPOTENT_METHODS:
+            return d
+        return d.addErrback(self._staleRetry, outgoing)
 
-    def _staleRetry(
-        self,
-        failure: Failure,
-        backend: Backend,
-        method: bytes,
-        target: bytes,
-        lines: HeaderLines,
-        body: StreamedBody | None,
-        interim: Interim | None,
-        upgrade: bool,
-    ) -> Deferred[BackendResponse]:
+    def _staleRetry(self, failure: Failure, outgoing: _Outgoing) -> Deferred[BackendResponse]:
         # The backend closed a kept-alive connection just as we reused it:
         # nothing was processed, so send the request once more on a new one
         # (with its body, if that can be sent again).
+        body = outgoing.body
         if failure.check(ResponseNeverReceived) and (body is None or body.replayable()):
-            return self._sendOnNew(backend, method, target, lines, body, interim, upgrade)
+            return self._sendOnNew(outgoing)
         return fail(failure)
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
