@@ -289,8 +289,11 @@ def until(
 class RawClient(Protocol):
     """
     A client connection that sends bytes as given and collects everything
-    it receives; C{closed} fires when the connection ends.
+    it receives; C{closed} fires when the connection ends, and C{reason}
+    says how.
     """
+
+    reason: Failure | None = None
 
     def __init__(self) -> None:
         self.data = b""
@@ -320,6 +323,7 @@ class RawClient(Protocol):
         return d.addTimeout(DEADLINE, reactor)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        self.reason = reason
         self.closed.callback(None)
 
 

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from lbproxy.http.edge import EdgeLimits
 from lbproxy.proxy import ProxySettings
-from lbproxy.test.fakes import RunningProxy, startProxy, until
+from lbproxy.test.fakes import RawClient, RunningProxy, startProxy, until
 from lbproxy.upstream.backends import Backend
 
 Gen = Generator[Any, Any, None]
@@ -51,22 +51,10 @@ class _Backend(Protocol):
         self.lost.callback(None)
 
 
-class _Client(Protocol):
+class _Client(RawClient):
     """
-    A raw client connection: what it received, and why it ended.
+    A raw client connection (see L{RawClient}) with a shorter way to send.
     """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.reason: Failure | None = None
-        self.lost: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.reason = reason
-        self.lost.callback(None)
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -131,9 +119,9 @@ class StreamingTestCase(TestCase):
         )
 
         def close() -> Deferred[None]:
-            if client.transport is not None and not client.lost.called:
+            if client.transport is not None and not client.closed.called:
                 client.transport.abortConnection()  # type: ignore[attr-defined]
-            return client.lost
+            return client.closed
 
         self.addCleanup(close)
         return client
@@ -210,9 +198,9 @@ class RequestBodyTests(StreamingTestCase):
         client.send(b"c")
         yield until(lambda: self.backends[0].received.endswith(b"c"))
         self.clock.advance(4)
-        self.assertFalse(client.lost.called)
+        self.assertFalse(client.closed.called)
         self.clock.advance(1)
-        yield client.lost
+        yield client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
         yield self.backends[0].lost
         self.assertTrue(any(" 408 " in line for line in proxy.lines), proxy.lines)
@@ -229,7 +217,7 @@ class RequestBodyTests(StreamingTestCase):
         client.send(b"50\r\n" + b"x" * 80 + b"\r\n")
         yield until(lambda: self.backends and b"x" * 80 in self.backends[0].received)
         client.send(b"50\r\n" + b"y" * 80 + b"\r\n")
-        yield client.lost
+        yield client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
         yield self.backends[0].lost
         self.assertNotIn(b"y", self.backends[0].received.split(b"\r\n\r\n", 1)[1])
@@ -251,7 +239,7 @@ class RequestBodyTests(StreamingTestCase):
         # reads it and discards it, then closes.
         client.send(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n" + b"z" * 1000)
         client.transport.loseWriteConnection()
-        yield client.lost
+        yield client.closed
         self.assertEqual(client.data.count(b"HTTP/1.1"), 1)
         self.assertTrue(client.reason is not None and client.reason.check(ConnectionDone))
 
@@ -340,7 +328,7 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", hints + OK))
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
-        yield client.lost
+        yield client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.0 200 OK\r\n"), client.data)
 
     @inlineCallbacks
@@ -400,7 +388,7 @@ class ResponseTests(StreamingTestCase):
         # Relayed chunked (the client cannot see the end otherwise).
         yield until(lambda: client.data.count(b"x") >= 5000)
         self.backends[0].transport.abortConnection()  # type: ignore[union-attr]
-        yield client.lost
+        yield client.closed
         self.assertIsNotNone(client.reason)
         assert client.reason is not None
         self.assertFalse(client.reason.check(ConnectionDone), client.reason)
@@ -420,7 +408,7 @@ class ResponseTests(StreamingTestCase):
         proxy = yield self.start(onData)
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
-        yield client.lost
+        yield client.closed
         assert client.reason is not None
         self.assertFalse(client.reason.check(ConnectionDone), client.reason)
 
@@ -439,9 +427,9 @@ class ResponseTests(StreamingTestCase):
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         yield until(lambda: client.data.endswith(b"0123456789"))
         self.clock.advance(4.9)
-        self.assertFalse(client.lost.called)
+        self.assertFalse(client.closed.called)
         self.clock.advance(0.1)
-        yield client.lost
+        yield client.closed
         yield self.backends[0].lost
         assert client.reason is not None
         self.assertFalse(client.reason.check(ConnectionDone))
@@ -475,7 +463,7 @@ class ResponseTests(StreamingTestCase):
         client = yield self.connect(proxy)
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         client.transport.loseWriteConnection()
-        yield client.lost
+        yield client.closed
         self.assertTrue(client.data.endswith(b"ok"), client.data)
 
 
@@ -547,7 +535,7 @@ class TunnelTests(StreamingTestCase):
         client.send(_UPGRADE)
         yield until(lambda: b"\r\n\r\n" in client.data)
         self.backends[0].transport.loseConnection()  # type: ignore[union-attr]
-        yield client.lost
+        yield client.closed
 
     @inlineCallbacks
     def test_tunnelIdleTimeout(self) -> Gen:
@@ -563,9 +551,9 @@ class TunnelTests(StreamingTestCase):
         client.send(b"ping")
         yield until(lambda: client.data.endswith(b"PING"))
         self.clock.advance(50)
-        self.assertFalse(client.lost.called)
+        self.assertFalse(client.closed.called)
         self.clock.advance(10)
-        yield client.lost
+        yield client.closed
         yield self.backends[0].lost
 
     @inlineCallbacks
