@@ -31,12 +31,13 @@ from zope.interface import implementer
 
 from lbproxy.http.headers import (
     ClientInfo,
+    HeaderEdits,
     connectionTokens,
     originalClient,
     requestHeaderLines,
     responseHeadersForClient,
 )
-from lbproxy.http.target import TargetError, hostName, routeTarget
+from lbproxy.http.target import Route, TargetError, hostName, routeTarget
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.upstream.backends import Backend, BackendPool
 from lbproxy.upstream.body import StreamedBody
@@ -127,6 +128,8 @@ class ProxyRecord:
         backend sent through it.
     @ivar tunnelSeconds: For an upgraded connection that closed, how long
         it was open.
+    @ivar pool: The name of the pool the request was routed to, when a
+        router routed it.
     """
 
     backend: Backend | None = None
@@ -138,6 +141,7 @@ class ProxyRecord:
     tunnelToBackend: int | None = None
     tunnelToClient: int = 0
     tunnelSeconds: float | None = None
+    pool: str | None = None
 
 
 RECORD_ATTRIBUTE = "proxyRecord"
@@ -218,21 +222,48 @@ class ReverseProxyResource(Resource):
         try:
             route = routeTarget(request)
         except TargetError as e:
-            return _answer(request, 400, str(e), record)
+            return answer(request, 400, str(e), record)
         allowed = self.settings.allowedHosts
         if allowed is not None and hostName(route.host) not in allowed:
-            return _answer(request, 421, "This proxy does not serve that host.", record)
+            return answer(request, 421, "This proxy does not serve that host.", record)
+        return self.relay(request, route, record)
+
+    def relay(
+        self,
+        request: Request,
+        route: Route,
+        record: ProxyRecord,
+        requestEdits: HeaderEdits | None = None,
+        responseEdits: HeaderEdits | None = None,
+    ) -> int | bytes:
+        """
+        Relay C{request}, already checked and routed to this pool, to one
+        of its backends (a router's entry point, see
+        L{lbproxy.routing.Router}).
+
+        @param route: The target to send and the Host to forward.
+        @param record: The request's L{ProxyRecord}, already set on it.
+        @param requestEdits: Header changes for the request sent on.
+        @param responseEdits: Header changes for the response relayed back.
+        @return: What C{render} returns.
+        """
         backend = self.chooser.choose(self.pool.available(), request)
         if backend is None:
             request.setHeader(b"Retry-After", b"%d" % (self.settings.retryAfter,))
             self._log.warn(
-                "no backend available for {method} {path}", method=request.method, path=request.uri
+                "no backend available for {method} {path}",
+                method=_text(request.method),
+                path=_text(request.uri),
             )
-            return _answer(request, 503, "No backend is available.", record)
+            return answer(request, 503, "No backend is available.", record)
         peer = _clientAddress(request)
         trusted = peer is not None and self.isTrustedProxy(peer)
         record.client = originalClient(request.requestHeaders, peer, self.isTrustedProxy)
         exchange = _Exchange(self, request, backend, record)
+        if requestEdits:
+            exchange.requestEdits = requestEdits
+        if responseEdits:
+            exchange.responseEdits = responseEdits
         exchange.start(
             route.target,
             ClientInfo(
@@ -266,6 +297,7 @@ def _clientAddress(request: Request) -> str | None:
 
 _REASONS = {
     400: "Bad Request",
+    404: "Not Found",
     408: "Request Timeout",
     413: "Content Too Large",
     421: "Misdirected Request",
@@ -275,9 +307,10 @@ _REASONS = {
 }
 
 
-def _answer(request: Request, code: int, message: str, record: ProxyRecord) -> bytes:
+def answer(request: Request, code: int, message: str, record: ProxyRecord) -> bytes:
     """
-    Make C{request} a short plain-text answer of the proxy's own.
+    Make C{request} a short plain-text answer of the proxy's own, noting
+    C{message} in C{record}; returns the body to write.
     """
     record.error = message
     reason = _REASONS.get(code, "")
@@ -359,6 +392,8 @@ class _Exchange:
     _watching = False
     _bodyEnded = False
     _clientPaused = False
+    requestEdits: HeaderEdits | None = None
+    responseEdits: HeaderEdits | None = None
 
     def __init__(
         self,
@@ -379,6 +414,8 @@ class _Exchange:
         request = self._request
         self._target = target
         self._headers = requestHeaderLines(request.requestHeaders, client)
+        if self.requestEdits is not None:
+            self._headers = self.requestEdits.applyToLines(self._headers)
         self._body = _requestBody(request)
         controls, self._upgrade = _relayedControls(request, self._body)
         if controls:
@@ -488,6 +525,8 @@ class _Exchange:
         elif response.length is not UNKNOWN_LENGTH:
             request.setHeader(b"Content-Length", b"%d" % (cast(int, response.length),))
         request.defaultContentType = None
+        if self.responseEdits is not None:
+            self.responseEdits.applyToHeaders(request.responseHeaders)
         chooser = self._proxy.chooser
         if IAffinityChooser.providedBy(chooser):
             for name, value in chooser.responseHeaders(self._backend, request):
@@ -530,7 +569,7 @@ class _Exchange:
             return
         if code == 503:
             self._request.setHeader(b"Retry-After", b"%d" % (self._proxy.settings.retryAfter,))
-        body = _answer(self._request, code, reason, self._record)
+        body = answer(self._request, code, reason, self._record)
         self._request.write(body)
         self._request.finish()
 

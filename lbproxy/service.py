@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy._twisted.transport import batchingSends
+from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
 from lbproxy.http.accesslog import AccessLog
@@ -32,20 +33,19 @@ from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.http.redirect import redirectSite
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
-from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.proxy import ProxySettings
+from lbproxy.routing import RouteRule, RouteTable
 from lbproxy.tls.certificates import TLSConfigError, adhocCertificate
 from lbproxy.tls.client import BackendTLS, BackendTLSSettings
 from lbproxy.tls.sni import ServerTLS, ServerTLSSettings
-from lbproxy.upstream.backends import Backend, BackendPool, warnUnresolvable
-from lbproxy.upstream.health import (
-    EjectionSettings,
-    HealthChecker,
-    HealthSettings,
-    HTTPProbe,
-    OutlierDetector,
-)
+from lbproxy.upstream.backends import Backend, warnUnresolvable
+from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import Upstream, UpstreamSettings
-from lbproxy.upstream.retry import RetryBudget
+
+DEFAULT_POOL = "default"
+"""
+The name of the one pool the command line describes.
+"""
 
 
 @attrs.define
@@ -72,6 +72,35 @@ class LoadBalancerConfig:
     backendTLS: BackendTLSSettings = attrs.Factory(BackendTLSSettings)
     hsts: bytes | None = None
     redirectHTTP: ListenSpec | None = None
+    pools: tuple[PoolConfig, ...] = ()
+    routes: RouteTable | None = None
+
+    def balancerConfig(self) -> BalancerConfig:
+        """
+        The pools and routes: those of a config file, or else one pool
+        called C{default} made of the single-pool fields (C{backends},
+        C{chooser}, ...) with one route that takes every request.
+        """
+        pools = self.pools or (
+            PoolConfig(
+                name=DEFAULT_POOL,
+                backends=tuple(self.backends),
+                chooser=self.chooser,
+                proxy=self.proxy,
+                upstream=self.upstream,
+                health=self.health,
+                ejection=self.ejection,
+                slowStart=self.slowStart,
+                retryBudgetPercent=self.retryBudgetPercent,
+            ),
+        )
+        routes = self.routes or RouteTable((RouteRule(pool=pools[0].name),))
+        return BalancerConfig(
+            pools=pools,
+            routes=routes,
+            allowedHosts=self.proxy.allowedHosts,
+            drainTimeout=self.drainTimeout,
+        )
 
 
 class StartupError(Exception):
@@ -96,7 +125,7 @@ class LoadBalancerService(MultiService):
 
     @ivar ports: The listening ports, in C{--listen} order, once started.
     @ivar site: The proxy's site.
-    @ivar pool: The backends.
+    @ivar balancer: The pools and routes.
     """
 
     _log = Logger()
@@ -116,44 +145,24 @@ class LoadBalancerService(MultiService):
         reactor = batchingSends(reactor)
         self._reactor = reactor
         self._clock = clock
-        self.pool = BackendPool(list(config.backends))
         self.backendTLS = BackendTLS(config.backendTLS)
-        self.upstream = Upstream(reactor, clock, config.upstream, tlsFor=self.backendTLS.creatorFor)
-        self.outliers = OutlierDetector(self.pool, clock, config.ejection, config.slowStart)
-        self.resource = ReverseProxyResource(
-            self.pool,
-            config.chooser,
-            self.upstream,
-            clock,
-            config.proxy,
-            outcomes=self.outliers,
-            budget=RetryBudget(clock, ratio=config.retryBudgetPercent / 100),
-        )
-        # Probes use connections of their own, so that a probe never waits
-        # behind client traffic and client traffic never reuses a probe's.
-        self.probeUpstream = Upstream(
-            reactor,
-            clock,
-            UpstreamSettings(
-                connectTimeout=config.health.timeout, maxIdlePerBackend=1, idleTimeout=5.0
-            ),
-            tlsFor=self.backendTLS.creatorFor,
-        )
-        probe = HTTPProbe(
-            lambda backend, method, target, headers: self.probeUpstream.request(
-                backend, method, target, headers, None
-            ),
-            clock,
-            config.health.path,
-            config.health.timeout,
-        )
-        self.healthChecker = HealthChecker(self.pool, probe, clock, config.health, config.slowStart)
-        self.site = ProxySite(self.resource, config.accessLog, config.limits, reactor=clock)
+        self.balancer = Balancer(config.balancerConfig(), reactor, clock, self._makeUpstream)
+        self.site = ProxySite(self.balancer.router, config.accessLog, config.limits, reactor=clock)
         self.site.hsts = config.hsts
         self.serverTLS: list[ServerTLS] = []
         self.ports: list[IListeningPort] = []
         self.demoPorts: list[IListeningPort] = []
         self._listening = False
+
+    def _makeUpstream(self, settings: UpstreamSettings) -> Upstream:
+        return Upstream(self._reactor, self._clock, settings, tlsFor=self.backendTLS.creatorFor)
+
+    @property
+    def backends(self) -> list[Backend]:
+        """
+        Every backend of every pool.
+        """
+        return [b for pool in self.balancer.pools.values() for b in pool.backends.backends]
 
     def privilegedStartService(self) -> None:
         """
@@ -184,7 +193,8 @@ class LoadBalancerService(MultiService):
             for number in (1, 2):
                 port = self._listenNow("tcp:0:interface=127.0.0.1", demoBackendSite(number))
                 self.demoPorts.append(port)
-                self.pool.backends.append(
+                pool = next(iter(self.balancer.pools.values()))
+                pool.backends.backends.append(
                     Backend(host="127.0.0.1", port=port.getHost().port)  # type: ignore[attr-defined]
                 )
         adhoc = None
@@ -207,10 +217,15 @@ class LoadBalancerService(MultiService):
                 self.serverTLS.append(endpoint.contextFactory)  # type: ignore[attr-defined]
         if config.redirectHTTP is not None:
             self._listenRedirect(config.redirectHTTP)
+        for pool in self.balancer.pools.values():
+            self._log.info(
+                "lbproxy balancing pool {pool} over {backends} with chooser {chooser}",
+                pool=pool.name,
+                backends=", ".join(b.authority for b in pool.backends.backends) or "(none)",
+                chooser=type(pool.chooser).__name__,
+            )
         self._log.info(
-            "lbproxy balancing over {backends} with chooser {chooser}, listening on {listens}",
-            backends=", ".join(b.authority for b in self.pool.backends),
-            chooser=type(config.chooser).__name__,
+            "lbproxy listening on {listens}",
             listens=", ".join(s.description for s in config.listens),
         )
         if config.demo:
@@ -220,13 +235,13 @@ class LoadBalancerService(MultiService):
                 "--backend-insecure: the certificates of https:// backends are NOT "
                 "verified; anyone on the path to them can read and change the traffic"
             )
-        self.healthChecker.start()
+        self.balancer.start()
         resolver = getattr(self._reactor, "nameResolver", None)
         if resolver is not None:
             # A name that does not resolve yet is worth a warning, not a
             # refusal to start: DNS may catch up, and requests meanwhile go
             # to the other backends (a failed lookup is retried elsewhere).
-            warnUnresolvable(self.pool.backends, resolver, self._log)
+            warnUnresolvable(self.backends, resolver, self._log)
 
     def _listenRedirect(self, spec: ListenSpec) -> None:
         """
@@ -302,15 +317,12 @@ class LoadBalancerService(MultiService):
         log.
         """
         super().stopService()
-        self.healthChecker.stop()
         yield DeferredList([maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
         self._listening = False
         yield self.site.drain(self._config.drainTimeout)
-        self.outliers.stop()
         yield DeferredList(
-            [maybeDeferred(p.stopListening) for p in self.demoPorts]
-            + [self.upstream.close(), self.probeUpstream.close()],
+            [maybeDeferred(p.stopListening) for p in self.demoPorts] + [self.balancer.stop()],
             consumeErrors=True,
         )
         self.demoPorts = []

@@ -299,3 +299,104 @@ def _token(value: bytes) -> bytes:
         return value
     escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"' + escaped + b'"'
+
+
+UNEDITABLE: frozenset[bytes] = HOP_BY_HOP | frozenset({b"content-length", b"expect"})
+"""
+Headers a route may not set or remove: framing and connection control are
+lbproxy's own to write.
+"""
+
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+
+
+class HeaderEditError(ValueError):
+    """
+    A header edit names a header that may not be edited, or is not a valid
+    header; the message says which.
+    """
+
+
+@attrs.frozen
+class HeaderEdits:
+    """
+    Header changes a route makes to what it relays: C{remove} drops every
+    header of those (lower-case) names, then C{set} replaces each named
+    header with one value (or adds it).
+
+    @ivar set: C{(name, value)} pairs, names as given.
+    @ivar remove: Lower-case names.
+    """
+
+    set: tuple[tuple[bytes, bytes], ...] = ()
+    remove: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def fromText(cls, set: Iterable[tuple[str, str]], remove: Iterable[str]) -> HeaderEdits:
+        """
+        Check and encode edits given as text (a config file's).
+
+        @raise HeaderEditError: For a name that is not a token, a value
+            with control characters, or a header in L{UNEDITABLE}.
+        """
+        pairs = tuple((_editable(name), _fieldValue(name, value)) for name, value in set)
+        return cls(set=pairs, remove=frozenset(_editable(name).lower() for name in remove))
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+    @property
+    def _touched(self) -> frozenset[bytes]:
+        return self.remove | frozenset(name.lower() for name, _ in self.set)
+
+    def applyToLines(self, lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """
+        The header lines C{lines} with these edits made.
+        """
+        touched = self._touched
+        kept = [(name, value) for name, value in lines if name.lower() not in touched]
+        kept.extend(self.set)
+        return kept
+
+    def applyToHeaders(self, headers: Headers) -> None:
+        """
+        Make these edits to C{headers} in place.
+        """
+        for name in self.remove:
+            headers.removeHeader(name)
+        for name, value in self.set:
+            headers.setRawHeaders(name, [value])
+
+    def asText(self) -> dict[str, object]:
+        """
+        These edits as a config file states them (empty parts left out).
+        """
+        text: dict[str, object] = {}
+        if self.set:
+            text["set"] = {
+                name.decode("ascii"): value.decode("latin-1") for name, value in self.set
+            }
+        if self.remove:
+            text["remove"] = sorted(name.decode("ascii") for name in self.remove)
+        return text
+
+
+def _editable(name: str) -> bytes:
+    encoded = name.encode("latin-1", "replace")
+    if not _TOKEN.match(encoded):
+        raise HeaderEditError(f"{name!r} is not a valid header name")
+    if encoded.lower() in UNEDITABLE:
+        raise HeaderEditError(f"header {name!r} is lbproxy's own and cannot be edited")
+    return encoded
+
+
+def _fieldValue(name: str, value: str) -> bytes:
+    try:
+        encoded = value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise HeaderEditError(f"the value of header {name!r} is not Latin-1 text") from None
+    if not _FIELD_VALUE.match(encoded) or encoded != encoded.strip():
+        raise HeaderEditError(
+            f"the value of header {name!r} has control characters or surrounding spaces"
+        )
+    return encoded

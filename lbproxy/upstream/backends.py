@@ -89,6 +89,8 @@ class Backend:
     @ivar ejections: How many times it has been ejected.
     @ivar retries: Requests retried away from this backend.
     @ivar slowStart: Its traffic ramp after coming back, if one is running.
+    @ivar draining: Whether it is being taken out of service: it gets no
+        new requests, and those in flight finish.
     @ivar latencyEWMA: Peak-sensitive moving average of its latencies, for
         latency-aware choosers.
     """
@@ -106,6 +108,7 @@ class Backend:
     ejections: int = 0
     retries: int = 0
     slowStart: SlowStart | None = None
+    draining: bool = False
     latencyEWMA: PeakEWMA = attrs.field(factory=PeakEWMA, repr=False)
 
     @property
@@ -121,10 +124,10 @@ class Backend:
     @property
     def available(self) -> bool:
         """
-        Whether this backend can take traffic now: healthy and not ejected.
-        Choosers are only ever given available backends.
+        Whether this backend can take traffic now: healthy, not ejected and
+        not draining. Choosers are only ever given available backends.
         """
-        return self.healthy and not self.ejected
+        return self.healthy and not self.ejected and not self.draining
 
     @property
     def authority(self) -> str:
@@ -140,6 +143,31 @@ class Backend:
         The base URL of this backend, e.g. C{http://127.0.0.2:80}.
         """
         return f"{self.scheme}://{self.authority}"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """
+        What makes two configurations' backends the same backend: scheme,
+        host and port (a reload keeps the state of a backend whose key is
+        in both).
+        """
+        return (self.scheme, self.host.lower(), self.port)
+
+    @property
+    def state(self) -> str:
+        """
+        One word for its state: C{draining}, C{down} (health checks
+        fail), C{ejected}, C{slow-start} or C{up}.
+        """
+        if self.draining:
+            return "draining"
+        if not self.healthy:
+            return "down"
+        if self.ejected:
+            return "ejected"
+        if self.slowStart is not None and not self.slowStart.finished():
+            return "slow-start"
+        return "up"
 
     def __str__(self) -> str:
         return self.authority

@@ -133,34 +133,80 @@ class HealthChecker:
         self._settings = settings
         self._slowStart = slowStart
         self._states: dict[int, RiseFall] = {}
-        self._calls: list[LoopingCall] = []
+        self._calls: dict[int, LoopingCall] = {}
         self._probing: set[int] = set()
+        self._running = False
+
+    @property
+    def settings(self) -> HealthSettings:
+        """
+        How this checker probes.
+        """
+        return self._settings
 
     def start(self) -> None:
         """
         Start probing; the first probe of each backend runs at once.
         """
-        if self._settings.interval <= 0:
-            return
+        self._running = True
         for backend in self._pool.backends:
-            call = LoopingCall(self._check, backend)
-            call.clock = self._clock
-            call.start(self._settings.interval, now=True)
-            self._calls.append(call)
+            self.add(backend)
+
+    def add(self, backend: Backend) -> None:
+        """
+        Start probing C{backend} (one that joined the pool while running).
+        Its state starts from C{backend.healthy}.
+        """
+        key = id(backend)
+        if not self._running or self._settings.interval <= 0 or key in self._calls:
+            return
+        if key not in self._states:
+            self._states[key] = RiseFall(self._settings.rise, self._settings.fall, backend.healthy)
+        call = LoopingCall(self._check, backend)
+        call.clock = self._clock
+        self._calls[key] = call
+        call.start(self._settings.interval, now=True)
+
+    def remove(self, backend: Backend) -> None:
+        """
+        Stop probing C{backend} (one that left the pool).
+        """
+        key = id(backend)
+        call = self._calls.pop(key, None)
+        if call is not None and call.running:
+            call.stop()
+        self._states.pop(key, None)
+
+    def takeOver(self, previous: HealthChecker) -> None:
+        """
+        Carry on from C{previous} (a reload's old checker, which is
+        stopped): every backend both know keeps its rise/fall streak when
+        the thresholds are unchanged.
+        """
+        previous.stop()
+        if (previous._settings.rise, previous._settings.fall) == (
+            self._settings.rise,
+            self._settings.fall,
+        ):
+            for backend in self._pool.backends:
+                state = previous._states.get(id(backend))
+                if state is not None:
+                    self._states[id(backend)] = state
 
     def stop(self) -> None:
         """
         Stop probing.
         """
-        for call in self._calls:
+        self._running = False
+        for call in self._calls.values():
             if call.running:
                 call.stop()
-        self._calls = []
+        self._calls = {}
 
     def _state(self, backend: Backend) -> RiseFall:
         key = id(backend)
         if key not in self._states:
-            self._states[key] = RiseFall(self._settings.rise, self._settings.fall)
+            self._states[key] = RiseFall(self._settings.rise, self._settings.fall, backend.healthy)
         return self._states[key]
 
     def _check(self, backend: Backend) -> None:
@@ -172,6 +218,8 @@ class HealthChecker:
 
     def _result(self, healthy: bool, backend: Backend) -> None:
         self._probing.discard(id(backend))
+        if id(backend) not in self._calls:
+            return  # removed, or the checker stopped, while it was probed
         state = self._state(backend)
         if not state.record(healthy):
             return
@@ -301,6 +349,15 @@ class OutlierDetector:
         self._readmitted: dict[int, float] = {}
         self._level: dict[int, int] = {}
         self._timers: dict[int, IDelayedCall] = {}
+
+    def update(self, pool: BackendPool, settings: EjectionSettings, slowStart: float) -> None:
+        """
+        Judge C{pool} by C{settings} from now on (a reload); ejections in
+        progress run their course.
+        """
+        self._pool = pool
+        self._settings = settings
+        self._slowStart = slowStart
 
     def succeeded(self, backend: Backend, status: int) -> None:
         """

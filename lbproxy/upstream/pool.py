@@ -206,7 +206,8 @@ class Upstream:
         self._endpointFor = endpointFor or directEndpointFactory(reactor)
         self._tlsFor = tlsFor or BackendTLS().creatorFor
         self._idle: dict[str, _Idle] = {}
-        self._open: set[BackendConnection] = set()
+        # Every open connection, with its backend's URL.
+        self._open: dict[BackendConnection, str] = {}
         self._sweep: IDelayedCall | None = None
         self._closing: list[Deferred[None]] = []
 
@@ -285,7 +286,7 @@ class Upstream:
             connection = BackendConnection()
             connection.onIdle = lambda c: self._becameIdle(backend, c)
             connection.onClosed = lambda c: self._closed(backend, c)
-            self._open.add(connection)
+            self._open[connection] = backend.url
             return connection
 
         factory = Factory.forProtocol(build)
@@ -316,7 +317,7 @@ class Upstream:
             self._sweep = self._clock.callLater(self._settings.idleTimeout / 2, self._sweepIdle)
 
     def _closed(self, backend: Backend, connection: BackendConnection) -> None:
-        self._open.discard(connection)
+        self._open.pop(connection, None)
         idle = self._idle.get(backend.url)
         if idle is not None:
             idle.discard(connection)
@@ -324,6 +325,55 @@ class Upstream:
             waiting, self._closing = self._closing, []
             for d in waiting:
                 d.callback(None)
+
+    @property
+    def settings(self) -> UpstreamSettings:
+        """
+        How this upstream connects and keeps connections.
+        """
+        return self._settings
+
+    def connectionsTo(self, backend: Backend) -> int:
+        """
+        How many connections to C{backend} are open, busy or idle.
+        """
+        url = backend.url
+        return sum(1 for target in self._open.values() if target == url)
+
+    def idleTo(self, backend: Backend) -> int:
+        """
+        How many idle connections to C{backend} are kept.
+        """
+        idle = self._idle.get(backend.url)
+        return 0 if idle is None else len(idle.connections)
+
+    def busy(self) -> bool:
+        """
+        Whether any connection is carrying a request.
+        """
+        idle = sum(len(pool.connections) for pool in self._idle.values())
+        return len(self._open) > idle
+
+    def closeIdle(self, backend: Backend) -> None:
+        """
+        Close the idle connections kept to C{backend} (one leaving the
+        pool); busy ones finish their request.
+        """
+        idle = self._idle.pop(backend.url, None)
+        if idle is not None:
+            for connection, _ in idle.connections:
+                connection.close()
+
+    def abortTo(self, backend: Backend) -> None:
+        """
+        Abort every connection to C{backend}, busy or idle (it left the
+        pool and its drain time is up).
+        """
+        self.closeIdle(backend)
+        url = backend.url
+        for connection, target in list(self._open.items()):
+            if target == url:
+                connection.abort()
 
     def close(self) -> Deferred[None]:
         """
