@@ -9,15 +9,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
+from lbproxy.balancer import PoolConfig
 from lbproxy.balancing.hash import DEFAULT_BALANCE_FACTOR, DEFAULT_HASH_KEY
 from lbproxy.balancing.registry import (
     BUILTIN_CHOOSERS,
@@ -27,6 +30,15 @@ from lbproxy.balancing.registry import (
 )
 from lbproxy.balancing.sticky import DEFAULT_COOKIE
 from lbproxy.cli.choosers import settingsFromOptions
+from lbproxy.cli.configfile import (
+    POOL_OPTIONS,
+    ConfigSource,
+    FileLayout,
+    PoolSection,
+    applyConfigFile,
+    poolOptions,
+    readConfigFile,
+)
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.http.accesslog import AccessLog
@@ -42,7 +54,7 @@ from lbproxy.listen import (
 )
 from lbproxy.proxy import ProxySettings
 from lbproxy.runtime import ProcessRoot
-from lbproxy.service import LoadBalancerConfig, makeLoadBalancer
+from lbproxy.service import DEFAULT_POOL, LoadBalancerConfig, makeLoadBalancer
 from lbproxy.tls.certificates import TLSConfigError
 from lbproxy.tls.sni import serverOptionsFromFiles
 from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackends
@@ -286,6 +298,13 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
 
     optParameters = [
         [
+            "config",
+            None,
+            None,
+            "TOML file with any of these options, several pools and routes "
+            "(docs/configuration.md); flags given too win. SIGHUP reloads it.",
+        ],
+        [
             "backends",
             "b",
             None,
@@ -383,6 +402,9 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         self["listen"] = []
         self["allow-host"] = []
         self.config: LoadBalancerConfig | None = None
+        self.layout: FileLayout | None = None
+        self.given: frozenset[str] = frozenset()
+        self._configSource: ConfigSource | None = None
         self.workers = 1
         self.arguments: list[str] = []
 
@@ -417,17 +439,36 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         """
         self.arguments = list(sys.argv[1:] if options is None else options)
         try:
-            super().parseOptions(options)
+            self.parseArguments(self.arguments)
         except usage.UsageError as e:
             sys.stderr.write(f"lbproxy: error: {e}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
+
+    def parseArguments(
+        self, arguments: Sequence[str], configSource: ConfigSource | None = None
+    ) -> None:
+        """
+        Parse C{arguments} (and the config file they name, or
+        C{configSource} instead of it) and build the configuration.
+
+        @raise usage.UsageError: With one line for anything wrong.
+        """
+        self.arguments = list(arguments)
+        self.given = givenOptions(self, self.arguments)
+        self._configSource = configSource
+        super().parseOptions(self.arguments)
 
     def postOptions(self) -> None:
         """
         Check every option and build the configuration; raise
         L{usage.UsageError} with one clear line for anything wrong.
         """
+        source = self._configSource
+        if source is not None:
+            self.layout = applyConfigFile(self, source, self.given)
+        elif self["config"] is not None:
+            self.layout = applyConfigFile(self, readConfigFile(self["config"]), self.given)
         self.config = buildConfig(self)
         self.workers = parseWorkers(self["workers"])
         _checkWorkers(self, self.workers, self.config)
@@ -471,18 +512,24 @@ def versionLine() -> str:
     )
 
 
-def _backends(options: Options) -> list[Backend]:
+def _backends(options: Mapping[str, Any], mayBeEmpty: bool = False) -> tuple[Backend, ...]:
+    """
+    The backends C{options} give; none only where C{mayBeEmpty} (a config
+    file's pool whose backends are to be added through the admin API).
+    """
     text = options["backends"]
     if options["demo"]:
         if text:
             raise usage.UsageError("--demo starts its own backends; do not give --backends")
-        return []
+        return ()
     if text is None:
-        raise usage.UsageError("--backends is required (or try --demo)")
+        raise usage.UsageError("--backends is required (or try --demo, or --config FILE)")
+    if mayBeEmpty and not text.strip():
+        return ()
     try:
-        return parseBackends(text)
+        return tuple(parseBackends(text))
     except BackendSpecError as e:
-        raise usage.UsageError(str(e)) from None
+        raise usage.UsageError(f"--backends: {e}") from None
 
 
 def _listens(options: Options) -> list[ListenSpec]:
@@ -539,54 +586,171 @@ def _checkEndpoint(spec: ListenSpec) -> None:
 
 def buildConfig(options: Options) -> LoadBalancerConfig:
     """
-    Turn parsed options into a L{LoadBalancerConfig}.
+    Turn parsed options (and the config file's pools and routes) into a
+    L{LoadBalancerConfig}.
 
     @raise usage.UsageError: For any bad value, with one clear line.
     """
-    backends = _backends(options)
+    layout = options.layout
     listens = _listens(options)
-    try:
-        chooser: IChooser = makeChooser(options["chooser"], settings=settingsFromOptions(options))
-    except ChooserError as e:
-        raise usage.UsageError(str(e)) from None
     try:
         maxBody = parseSize(options["max-body"])
     except ValueError:
         raise usage.UsageError(
             f"--max-body must be a size like 1048576 or 100M, not {options['max-body']!r}"
         ) from None
+    accessLog = _accessLog(options["access-log"])
+    allowed = frozenset(options["allow-host"]) or None
+    edge = ProxySettings(
+        allowedHosts=allowed,
+        sendTimeout=_positive("send-timeout", options["send-timeout"]),
+        tunnelIdleTimeout=_positive("tunnel-idle-timeout", options["tunnel-idle-timeout"]),
+        trustedProxies=tuple(options["trusted-proxy"]),
+    )
+    resilience = resilienceConfig(options)
+    if layout is not None and layout.pools:
+        pools = tuple(_filePool(options, layout, section, edge) for section in layout.pools)
+    else:
+        pools = (_poolInFile(layout, DEFAULT_POOL, options, edge),)
+    default = pools[0]
+    return LoadBalancerConfig(
+        backends=list(default.backends),
+        listens=listens,
+        chooser=default.chooser,
+        proxy=default.proxy,
+        upstream=default.upstream,
+        limits=edgeLimits(options, maxBody),
+        accessLog=accessLog,
+        demo=options["demo"],
+        adhoc=options["adhoc"] or options["demo"],
+        health=default.health,
+        ejection=default.ejection,
+        slowStart=default.slowStart,
+        retryBudgetPercent=default.retryBudgetPercent,
+        drainTimeout=resilience["drainTimeout"],
+        pools=pools if layout is not None else (),
+        routes=layout.routes if layout is not None else None,
+        **tlsConfig(options, listens),
+    )
+
+
+def poolConfig(
+    name: str, options: Mapping[str, Any], edge: ProxySettings, mayBeEmpty: bool = False
+) -> PoolConfig:
+    """
+    The pool called C{name} that the pool options in C{options} describe
+    (C{backends}, C{chooser} and its settings, timeouts, health checks,
+    ejection, retries); C{edge} holds the settings every pool shares.
+
+    @raise usage.UsageError: For a bad value, naming the option.
+    """
+    backends = _backends(options, mayBeEmpty)
+    settings = settingsFromOptions(options)
+    try:
+        chooser: IChooser = makeChooser(options["chooser"], settings=settings)
+    except ChooserError as e:
+        raise usage.UsageError(str(e)) from None
     try:
         maxIdle = int(options["max-idle-per-backend"])
     except ValueError:
         maxIdle = -1
     if maxIdle < 0:
         raise usage.UsageError("--max-idle-per-backend must be a whole number >= 0")
-    accessLog = _accessLog(options["access-log"])
-    allowed = frozenset(options["allow-host"]) or None
-    return LoadBalancerConfig(
+    resilience = resilienceConfig(options)
+    return PoolConfig(
+        name=name,
         backends=backends,
-        listens=listens,
         chooser=chooser,
-        proxy=ProxySettings(
-            allowedHosts=allowed,
+        chooserKey=(options["chooser"], settings),
+        proxy=attrs.evolve(
+            edge,
             responseTimeout=_positive("timeout", options["timeout"]),
-            sendTimeout=_positive("send-timeout", options["send-timeout"]),
-            tunnelIdleTimeout=_positive("tunnel-idle-timeout", options["tunnel-idle-timeout"]),
             retries=int(_number(options, "retries", 0, integer=True)),
-            trustedProxies=tuple(options["trusted-proxy"]),
         ),
         upstream=UpstreamSettings(
             connectTimeout=_positive("connect-timeout", options["connect-timeout"]),
             maxIdlePerBackend=maxIdle,
             idleTimeout=_positive("backend-idle-timeout", options["backend-idle-timeout"]),
         ),
-        limits=edgeLimits(options, maxBody),
-        accessLog=accessLog,
-        demo=options["demo"],
-        adhoc=options["adhoc"] or options["demo"],
-        **resilienceConfig(options),
-        **tlsConfig(options, listens),
+        health=resilience["health"],
+        ejection=resilience["ejection"],
+        slowStart=resilience["slowStart"],
+        retryBudgetPercent=resilience["retryBudgetPercent"],
+        options={key: options[key] for key in sorted(POOL_OPTIONS)},
     )
+
+
+def _poolInFile(
+    layout: FileLayout | None,
+    name: str,
+    options: Mapping[str, Any],
+    edge: ProxySettings,
+    section: PoolSection | None = None,
+) -> PoolConfig:
+    """
+    L{poolConfig}, with an error in a value the config file gave reported
+    at its line.
+    """
+    try:
+        return poolConfig(name, options, edge, mayBeEmpty=section is not None)
+    except (usage.UsageError, ChooserError) as e:
+        message = str(e)
+        flag = _FLAG.search(message)
+        if layout is None or flag is None:
+            raise usage.UsageError(message) from None
+        key = flag.group(1)
+        detail = message[flag.end() :].lstrip(": ")
+        if section is not None and key in section.values:
+            raise layout.source.error(("pools", section.name, key), detail) from None
+        if key in layout.source.data:
+            raise layout.source.error((key,), detail) from None
+        raise usage.UsageError(message) from None
+
+
+_FLAG = re.compile(r"--([a-z0-9-]+)")
+
+
+def _filePool(
+    options: Options, layout: FileLayout, section: PoolSection, edge: ProxySettings
+) -> PoolConfig:
+    """
+    The pool of one C{[pools.NAME]} table.
+    """
+    pool = _poolInFile(layout, section.name, poolOptions(options, section), edge, section)
+    draining = set(section.draining)
+    backends = []
+    for backend in pool.backends:
+        if draining & {backend.authority, backend.url}:
+            draining -= {backend.authority, backend.url}
+            backend = attrs.evolve(backend, draining=True)
+        backends.append(backend)
+    if draining:
+        raise layout.source.error(
+            ("pools", section.name, "draining"),
+            f"{sorted(draining)[0]!r} is not one of the pool's backends",
+        )
+    return attrs.evolve(pool, backends=tuple(backends))
+
+
+def givenOptions(options: usage.Options, arguments: Sequence[str]) -> frozenset[str]:
+    """
+    The (long) names of the options given in C{arguments}, which a config
+    file does not override. Arguments that do not parse name nothing here:
+    parsing them properly reports the error.
+    """
+    import getopt
+
+    try:
+        given, _ = getopt.getopt(list(arguments), options.shortOpt, options.longOpt)
+    except getopt.GetoptError:
+        return frozenset()
+    names = set()
+    for flag, _ in given:
+        name = flag.lstrip("-")
+        mangled = name if name in options.synonyms else name.replace("-", "_")
+        if mangled in options.synonyms:
+            names.add(options.synonyms[mangled])
+    return frozenset(names)
 
 
 def _accessLog(option: str | None) -> AccessLog:
@@ -622,7 +786,7 @@ def _unwritable(path: str) -> str | None:
     return None if os.access(parent, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
 
 
-def _number(options: usage.Options, name: str, low: float, integer: bool = False) -> float:
+def _number(options: Mapping[str, Any], name: str, low: float, integer: bool = False) -> float:
     text = options[name]
     try:
         value = int(text) if integer else float(text)
@@ -634,7 +798,7 @@ def _number(options: usage.Options, name: str, low: float, integer: bool = False
     return value
 
 
-def resilienceConfig(options: usage.Options) -> dict[str, Any]:
+def resilienceConfig(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     The L{LoadBalancerConfig} fields set by L{ResilienceOptions}.
 

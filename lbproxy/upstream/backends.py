@@ -151,7 +151,7 @@ class Backend:
         host and port (a reload keeps the state of a backend whose key is
         in both).
         """
-        return (self.scheme, self.host.lower(), self.port)
+        return (self.scheme, _normalHost(self.host), self.port)
 
     @property
     def state(self) -> str:
