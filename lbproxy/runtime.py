@@ -47,8 +47,8 @@ class ProcessRoot(MultiService):
         @param service: The load balancer (or the workers' supervisor).
         @param reactor: Runs the signal handlers' work and is stopped on
             SIGTERM/SIGINT.
-        @param reload: Called on SIGHUP (reload the TLS certificates), in
-            the reactor thread; L{None} ignores SIGHUP.
+        @param reload: Called on SIGHUP (reload the config file and the
+            TLS certificates), in the reactor thread; L{None} ignores SIGHUP.
         """
         super().__init__()
         self._reactor = reactor
@@ -93,10 +93,11 @@ class ProcessRoot(MultiService):
 
     def _reloadOnSignal(self, signum: int, frame: object) -> None:
         """
-        SIGHUP: reload the TLS certificates, in the reactor thread.
+        SIGHUP: reload the configuration and certificates, in the reactor
+        thread.
         """
         if self._reload is not None:
-            _log.info("received SIGHUP: reloading TLS certificates")
+            _log.info("received SIGHUP: reloading the configuration and TLS certificates")
             self._reactor.callFromThread(self._reload)
 
     def _stopOnce(self, name: str) -> None:

@@ -103,6 +103,25 @@ class LoadBalancerConfig:
         )
 
 
+class ReloadError(Exception):
+    """
+    A new configuration could not be applied; the running one is kept and
+    the message says why, in one line.
+    """
+
+
+def _portOf(spec: ListenSpec) -> int | None:
+    """
+    The TCP port C{spec} listens on, when its description says.
+    """
+    if spec.port is not None:
+        return spec.port
+    parts = spec.description.split(":")
+    if parts[0] in ("tcp", "tcp6") and len(parts) > 1 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
 class StartupError(Exception):
     """
     The service could not start (a port could not be bound, the access log
@@ -151,6 +170,9 @@ class LoadBalancerService(MultiService):
         self.site.hsts = config.hsts
         self.serverTLS: list[ServerTLS] = []
         self.ports: list[IListeningPort] = []
+        self._listeners: dict[str, IListeningPort] = {}
+        self._tlsOf: dict[str, ServerTLS] = {}
+        self._adhoc: Any = None
         self.demoPorts: list[IListeningPort] = []
         self._listening = False
 
@@ -200,21 +222,14 @@ class LoadBalancerService(MultiService):
         adhoc = None
         if config.adhoc and any(s.isTLS and s.privateKey is None for s in config.listens):
             adhoc, fingerprint = adhocCertificate(defaultHostnames())
+            self._adhoc = adhoc
             self._log.info(
                 "ad-hoc TLS certificate for {names}; SHA-256 fingerprint {fingerprint}",
                 names=", ".join(defaultHostnames()),
                 fingerprint=fingerprint,
             )
         for index, spec in enumerate(config.listens):
-            try:
-                endpoint = serverEndpointForListen(
-                    self._reactor, spec, adhoc, config.tls, self._boundFor(index)
-                )
-            except (ListenError, TLSConfigError) as e:
-                raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
-            self.ports.append(self._listenNow(spec.description, self.site, endpoint))
-            if isinstance(getattr(endpoint, "contextFactory", None), ServerTLS):
-                self.serverTLS.append(endpoint.contextFactory)  # type: ignore[attr-defined]
+            self._listenFor(spec, index)
         if config.redirectHTTP is not None:
             self._listenRedirect(config.redirectHTTP)
         for pool in self.balancer.pools.values():
@@ -243,13 +258,101 @@ class LoadBalancerService(MultiService):
             # to the other backends (a failed lookup is retried elsewhere).
             warnUnresolvable(self.backends, resolver, self._log)
 
+    def _listenFor(self, spec: ListenSpec, index: int | None = None) -> IListeningPort:
+        """
+        Listen for the proxy on C{spec} (on the already-bound socket
+        C{index}, if there is one); the port is added to L{ports}.
+
+        @raise StartupError: If it cannot.
+        """
+        config = self._config
+        bound = None if index is None else self._boundFor(index)
+        try:
+            endpoint = serverEndpointForListen(self._reactor, spec, self._adhoc, config.tls, bound)
+        except (ListenError, TLSConfigError) as e:
+            raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
+        port = self._listenNow(spec.description, self.site, endpoint)
+        self.ports.append(port)
+        self._listeners[spec.description] = port
+        contextFactory = getattr(endpoint, "contextFactory", None)
+        if isinstance(contextFactory, ServerTLS):
+            self.serverTLS.append(contextFactory)
+            self._tlsOf[spec.description] = contextFactory
+        return port
+
+    def applyConfig(self, config: LoadBalancerConfig) -> None:
+        """
+        Switch to C{config} while running (a reload): listeners it adds
+        are opened, those it drops are closed (their connections finish as
+        usual), and its pools and routes take over new requests at once
+        (see L{Balancer.apply}). Requests in flight, idle keep-alive
+        connections and tunnels on the listeners that stay are untouched.
+        Edge limits, TLS settings, the access log and C{--redirect-http}
+        are kept as they were until a restart.
+
+        @raise ReloadError: If a new listener cannot be opened, or the
+            listeners change in a worker (whose sockets the supervisor
+            holds); nothing has changed then.
+        """
+        old = [spec.description for spec in self._config.listens]
+        new = [spec.description for spec in config.listens]
+        if old != new and self._listening:
+            if self._bound:
+                raise ReloadError(
+                    "listeners cannot change while running with --workers (the supervisor "
+                    "holds their sockets); restart lbproxy to change them"
+                )
+            self._changeListeners(config)
+        self._config = attrs.evolve(self._config, listens=list(config.listens))
+        self.balancer.apply(config.balancerConfig())
+
+    def _changeListeners(self, config: LoadBalancerConfig) -> None:
+        wanted = {spec.description for spec in config.listens}
+        removed = [d for d in self._listeners if d not in wanted]
+        added = [spec for spec in config.listens if spec.description not in self._listeners]
+        freedPorts = {_portOf(spec) for spec in self._config.listens if spec.description in removed}
+        # A new listener on the port of one that goes can only be bound
+        # once that one is closed; the others are bound first, so that a
+        # failure leaves everything as it was.
+        late = [spec for spec in added if _portOf(spec) in freedPorts and _portOf(spec)]
+        opened: list[str] = []
+        try:
+            for spec in added:
+                if spec not in late:
+                    self._listenFor(spec)
+                    opened.append(spec.description)
+        except StartupError as e:
+            for description in opened:
+                self._closeListener(description)
+            raise ReloadError(str(e)) from None
+        for description in removed:
+            self._closeListener(description)
+        for spec in late:
+            try:
+                self._listenFor(spec)
+            except StartupError as e:
+                self._log.error("reload: {error}", error=str(e))
+        self._log.info(
+            "listeners: opened {opened}, closed {closed}",
+            opened=", ".join(s.description for s in added) or "none",
+            closed=", ".join(removed) or "none",
+        )
+
+    def _closeListener(self, description: str) -> None:
+        port = self._listeners.pop(description)
+        self.ports.remove(port)
+        tls = self._tlsOf.pop(description, None)
+        if tls is not None:
+            self.serverTLS.remove(tls)
+        port.stopListening()
+
     def _listenRedirect(self, spec: ListenSpec) -> None:
         """
         Listen for C{--redirect-http}, sending clients to the first C{ssl:}
         listener's port; the port is added to L{ports}.
         """
-        index = next(i for i, s in enumerate(self._config.listens) if s.isTLS)
-        httpsPort: int = self.ports[index].getHost().port  # type: ignore[attr-defined]
+        first = next(s for s in self._config.listens if s.isTLS)
+        httpsPort: int = self._listeners[first.description].getHost().port  # type: ignore[attr-defined]
         bound = self._boundFor(len(self._config.listens))
         endpoint = (
             None
@@ -273,7 +376,7 @@ class LoadBalancerService(MultiService):
         @return: whether every listener reloaded.
         """
         results = [serverTLS.reload() for serverTLS in self.serverTLS]
-        if all(results):
+        if results and all(results):
             self._log.info("TLS certificates reloaded for {count} listeners", count=len(results))
         return all(results)
 
@@ -307,6 +410,9 @@ class LoadBalancerService(MultiService):
             port.stopListening()
         self.ports = []
         self.demoPorts = []
+        self._listeners = {}
+        self._tlsOf = {}
+        self.serverTLS = []
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
@@ -319,6 +425,7 @@ class LoadBalancerService(MultiService):
         super().stopService()
         yield DeferredList([maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
+        self._listeners = {}
         self._listening = False
         yield self.site.drain(self._config.drainTimeout)
         yield DeferredList(

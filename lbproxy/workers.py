@@ -586,7 +586,9 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         reactor,
         [_adopted(reactor, fd) for fd in fds],
     )
-    root = ProcessRoot(service, reactor, service.reloadCertificates)
+    from lbproxy.cli.reload import Reloader
+
+    root = ProcessRoot(service, reactor, Reloader(options, service, Options).reload)
     root.privilegedStartService()
     _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
     root.startService()

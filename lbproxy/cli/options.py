@@ -39,6 +39,7 @@ from lbproxy.cli.configfile import (
     poolOptions,
     readConfigFile,
 )
+from lbproxy.cli.reload import Reloader
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.http.accesslog import AccessLog
@@ -850,7 +851,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
         return ProcessRoot(supervisor, reactor, supervisor.reloadCertificates)
     service = makeLoadBalancer(config, network, clock)
-    return ProcessRoot(service, reactor, service.reloadCertificates)
+    return ProcessRoot(service, reactor, Reloader(options, service, Options).reload)
 
 
 __all__ = ["Options", "buildConfig", "makeService", "parseSize"]
