@@ -232,15 +232,20 @@ class LoadBalancerService(MultiService):
             self._listenFor(spec, index)
         if config.redirectHTTP is not None:
             self._listenRedirect(config.redirectHTTP)
-        for pool in self.balancer.pools.values():
-            self._log.info(
-                "lbproxy balancing pool {pool} over {backends} with chooser {chooser}",
-                pool=pool.name,
-                backends=", ".join(b.authority for b in pool.backends.backends) or "(none)",
+        pools = list(self.balancer.pools.values())
+        described = [
+            "{backends} with chooser {chooser}".format(
+                backends=", ".join(b.authority for b in pool.backends.backends) or "no backends",
                 chooser=type(pool.chooser).__name__,
             )
+            for pool in pools
+        ]
+        if len(pools) > 1 or pools[0].name != DEFAULT_POOL:
+            described = [f"pool {p.name}: {text}" for p, text in zip(pools, described, strict=True)]
+        # Tests and scripts wait for this line: every listener is bound.
         self._log.info(
-            "lbproxy listening on {listens}",
+            "lbproxy balancing over {pools}, listening on {listens}",
+            pools="; ".join(described),
             listens=", ".join(s.description for s in config.listens),
         )
         if config.demo:
