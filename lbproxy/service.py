@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy._twisted.transport import batchingSends
+from lbproxy.admin import AdminAPI, ConfigHooks, ConfigRejected, adminSite
 from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
@@ -74,6 +75,8 @@ class LoadBalancerConfig:
     redirectHTTP: ListenSpec | None = None
     pools: tuple[PoolConfig, ...] = ()
     routes: RouteTable | None = None
+    admin: str | None = None
+    adminToken: bytes | None = None
 
     def balancerConfig(self) -> BalancerConfig:
         """
@@ -174,6 +177,8 @@ class LoadBalancerService(MultiService):
         self._tlsOf: dict[str, ServerTLS] = {}
         self._adhoc: Any = None
         self.demoPorts: list[IListeningPort] = []
+        self.adminPort: IListeningPort | None = None
+        self.configHooks: ConfigHooks = _FixedConfig()
         self._listening = False
 
     def _makeUpstream(self, settings: UpstreamSettings) -> Upstream:
@@ -232,6 +237,8 @@ class LoadBalancerService(MultiService):
             self._listenFor(spec, index)
         if config.redirectHTTP is not None:
             self._listenRedirect(config.redirectHTTP)
+        if config.admin is not None:
+            self._listenAdmin(config.admin)
         pools = list(self.balancer.pools.values())
         described = [
             "{backends} with chooser {chooser}".format(
@@ -366,6 +373,16 @@ class LoadBalancerService(MultiService):
         )
         self.ports.append(self._listenNow(spec.description, redirectSite(httpsPort), endpoint))
 
+    def _listenAdmin(self, description: str) -> None:
+        """
+        Serve the admin API on C{description} (see L{lbproxy.admin}); its
+        configuration calls go to L{configHooks}.
+        """
+        api = AdminAPI(self.balancer, _HooksOf(self))
+        site = adminSite(api, self._config.adminToken, self._clock)
+        self.adminPort = self._listenNow(description, site)
+        self._log.info("admin API listening on {admin}", admin=description)
+
     def _boundFor(self, index: int) -> IStreamServerEndpoint | None:
         """
         The already-bound endpoint for listener C{index}, if there is one.
@@ -413,6 +430,9 @@ class LoadBalancerService(MultiService):
     def _closePortsNow(self) -> None:
         for port in self.ports + self.demoPorts:
             port.stopListening()
+        if self.adminPort is not None:
+            self.adminPort.stopListening()
+            self.adminPort = None
         self.ports = []
         self.demoPorts = []
         self._listeners = {}
@@ -428,8 +448,12 @@ class LoadBalancerService(MultiService):
         log.
         """
         super().stopService()
-        yield DeferredList([maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
+        admin = [self.adminPort] if self.adminPort is not None else []
+        yield DeferredList(
+            [maybeDeferred(p.stopListening) for p in self.ports + admin], consumeErrors=True
+        )
         self.ports = []
+        self.adminPort = None
         self._listeners = {}
         self._listening = False
         yield self.site.drain(self._config.drainTimeout)
@@ -439,6 +463,41 @@ class LoadBalancerService(MultiService):
         )
         self.demoPorts = []
         self._config.accessLog.close()
+
+
+class _FixedConfig:
+    """
+    The configuration hooks of a service started without a way to reload
+    (in tests, or embedded): it describes its pools and refuses changes.
+    """
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def describeTOML(self) -> str:
+        return ""
+
+    def apply(self, text: str, format: str) -> Deferred[None]:
+        return fail(ConfigRejected("this lbproxy was started without a way to reload"))
+
+
+@attrs.frozen
+class _HooksOf:
+    """
+    A service's current L{LoadBalancerService.configHooks}, looked up at
+    each call (they are set after the service is made).
+    """
+
+    service: LoadBalancerService
+
+    def describe(self) -> dict[str, Any]:
+        return self.service.configHooks.describe()
+
+    def describeTOML(self) -> str:
+        return self.service.configHooks.describeTOML()
+
+    def apply(self, text: str, format: str) -> Deferred[None]:
+        return self.service.configHooks.apply(text, format)
 
 
 def _openAccessLog(accessLog: AccessLog) -> None:

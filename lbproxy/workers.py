@@ -588,7 +588,9 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
     )
     from lbproxy.cli.reload import Reloader
 
-    root = ProcessRoot(service, reactor, Reloader(options, service, Options).reload)
+    reloader = Reloader(options, service, Options)
+    service.configHooks = reloader
+    root = ProcessRoot(service, reactor, reloader.reload)
     root.privilegedStartService()
     _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
     root.startService()

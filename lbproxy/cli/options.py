@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
+from lbproxy.admin import AdminConfigError, checkAdminEndpoint, readTokenFile
 from lbproxy.balancer import PoolConfig
 from lbproxy.balancing.hash import DEFAULT_BALANCE_FACTOR, DEFAULT_HASH_KEY
 from lbproxy.balancing.registry import (
@@ -304,6 +305,20 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             None,
             "TOML file with any of these options, several pools and routes "
             "(docs/configuration.md); flags given too win. SIGHUP reloads it.",
+        ],
+        [
+            "admin",
+            None,
+            None,
+            "Serve the admin API (JSON: pools, backends, config) on this endpoint, "
+            "e.g. tcp:9901:interface=127.0.0.1 or unix:/run/lbproxy.sock. Off by default.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the bearer token the admin API requires; needed when "
+            "--admin listens beyond loopback.",
         ],
         [
             "backends",
@@ -614,6 +629,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
     else:
         pools = (_poolInFile(layout, DEFAULT_POOL, options, edge),)
     default = pools[0]
+    admin, adminToken = _admin(options)
     return LoadBalancerConfig(
         backends=list(default.backends),
         listens=listens,
@@ -631,8 +647,29 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         drainTimeout=resilience["drainTimeout"],
         pools=pools if layout is not None else (),
         routes=layout.routes if layout is not None else None,
+        admin=admin,
+        adminToken=adminToken,
         **tlsConfig(options, listens),
     )
+
+
+def _admin(options: Mapping[str, Any]) -> tuple[str | None, bytes | None]:
+    """
+    The admin endpoint and token C{--admin} and C{--admin-token-file} ask
+    for.
+
+    @raise usage.UsageError: For an endpoint beyond loopback without a
+        token, or a token file that cannot be read.
+    """
+    description = options["admin"]
+    path = options["admin-token-file"]
+    try:
+        token = None if path is None else readTokenFile(path)
+        if description is not None:
+            checkAdminEndpoint(description, token is not None)
+    except AdminConfigError as e:
+        raise usage.UsageError(str(e)) from None
+    return description, token
 
 
 def poolConfig(
@@ -851,7 +888,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
         return ProcessRoot(supervisor, reactor, supervisor.reloadCertificates)
     service = makeLoadBalancer(config, network, clock)
-    return ProcessRoot(service, reactor, Reloader(options, service, Options).reload)
+    reloader = Reloader(options, service, Options)
+    service.configHooks = reloader
+    return ProcessRoot(service, reactor, reloader.reload)
 
 
 __all__ = ["Options", "buildConfig", "makeService", "parseSize"]

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python import usage
 
+from lbproxy.admin.api import ConfigRejected
 from lbproxy.cli.configfile import (
     NOT_IN_FILE,
     POOL_OPTIONS,
@@ -45,15 +46,10 @@ settings, the access log, workers...) waits for a restart.
 """
 
 
-class ConfigRejected(Exception):
-    """
-    A configuration was not applied; the message says why in one line.
-    """
-
-
 class Reloader:
     """
-    Applies new configurations to a running L{LoadBalancerService}.
+    Applies new configurations to a running L{LoadBalancerService}; the
+    admin API's L{lbproxy.admin.api.ConfigHooks}.
     """
 
     _log = Logger()
@@ -104,7 +100,7 @@ class Reloader:
         self._log.info("configuration reloaded from {path}", path=self._options["config"])
         return certificates
 
-    def applyText(self, text: str, format: str) -> Deferred[None]:
+    def apply(self, text: str, format: str) -> Deferred[None]:
         """
         Check and apply a configuration sent to the admin API, in C{format}
         C{toml} or C{json}, as a config file with the same command line.
@@ -227,4 +223,4 @@ def _asTOML(value: Any) -> Any:
     return value
 
 
-__all__ = ["APPLIED_BY_RELOAD", "ConfigRejected", "Reloader"]
+__all__ = ["APPLIED_BY_RELOAD", "Reloader"]
