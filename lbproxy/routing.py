@@ -10,6 +10,7 @@ old or new, never a mix.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -40,13 +41,32 @@ def normalHostPattern(pattern: str) -> str:
     @raise RouteError: For anything else.
     """
     text = pattern.strip().lower()
-    name = text[2:] if text.startswith("*.") else text
-    if text.startswith("[") and text.endswith("]"):
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    bracketed = text.startswith("[") and text.endswith("]")
+    if bracketed:
         name = text[1:-1]
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-._:")
-    if not name or not set(name) <= allowed or "*" in name or ".." in name:
+    # A colon belongs to an IPv6 address only: a port is never compared
+    # (hostName drops the Host's), so a pattern with one could not match.
+    if (
+        not name
+        or not set(name) <= allowed
+        or "*" in name
+        or ".." in name
+        or name.startswith(".")
+        or ((bracketed or ":" in name) and (wildcard or not _isIPv6(name)))
+    ):
         raise RouteError(f"host {pattern!r} must be a host name like example.com or *.example.com")
-    return name if text.startswith("[") else text
+    return name if bracketed else text
+
+
+def _isIPv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def normalPathPrefix(prefix: str) -> bytes:
@@ -153,6 +173,17 @@ class Routing:
     table: RouteTable
     pools: Mapping[str, ReverseProxyResource]
     allowedHosts: frozenset[str] | None = None
+    only: RouteRule | None = attrs.field(init=False)
+    needsHost: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # The common case, one route that takes everything, costs no
+        # matching per request.
+        rules = self.table.rules
+        catchAll = len(rules) == 1 and not rules[0].hosts and not rules[0].pathPrefix
+        object.__setattr__(self, "only", rules[0] if catchAll else None)
+        needsHost = self.allowedHosts is not None or any(rule.hosts for rule in rules)
+        object.__setattr__(self, "needsHost", needsHost)
 
 
 class Router(Resource):
@@ -184,11 +215,13 @@ class Router(Resource):
             route = routeTarget(request)
         except TargetError as e:
             return answer(request, 400, str(e), record)
-        host = hostName(route.host)
-        allowed = routing.allowedHosts
-        if allowed is not None and host not in allowed:
-            return answer(request, 421, "This proxy does not serve that host.", record)
-        rule = routing.table.match(host, route.target)
+        rule = routing.only
+        if rule is None or routing.needsHost:
+            host = hostName(route.host) if routing.needsHost else ""
+            allowed = routing.allowedHosts
+            if allowed is not None and host not in allowed:
+                return answer(request, 421, "This proxy does not serve that host.", record)
+            rule = routing.table.match(host, route.target)
         if rule is None:
             status = routing.table.noRouteStatus
             message = "No route for this host." if status == 421 else "No route for this path."
