@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
+from lbproxy.balancing.ewma import PeakEWMA
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
 from lbproxy.routing import Router, RouteTable, Routing
@@ -47,6 +48,16 @@ DRAIN_POLL = 0.25
 """
 Seconds between looks at a draining backend's requests in flight.
 """
+
+
+def _ownCopy(template: Backend) -> Backend:
+    """
+    A live backend for C{template} (a configuration's, or one given to
+    L{Balancer.addBackend}): its settings, with a latency history of its
+    own (C{attrs.evolve} alone would share the template's, so that a
+    backend configured again after leaving would start with its old one).
+    """
+    return attrs.evolve(template, latencyEWMA=PeakEWMA())
 
 
 class BalancerError(ValueError):
@@ -138,7 +149,7 @@ class LivePool:
         for template in config.backends:
             backend = known.get(template.key)
             if backend is None:
-                backend = attrs.evolve(template)
+                backend = _ownCopy(template)
             else:
                 backend.weight = template.weight
                 backend.draining = False
@@ -269,6 +280,11 @@ class Balancer:
         """
         old = self.pools
         routing = self._build(config)
+        for pool in self.pools.values():
+            # A backend on its way out that the configuration names again
+            # is the same backend (its pool listed it), back in service.
+            for backend in pool.backends.backends:
+                self._keep(backend)
         for name, pool in self.pools.items():
             previous = old.get(name)
             if previous is not None:
@@ -289,6 +305,13 @@ class Balancer:
                 previous.outliers.stop()
                 self._retireUpstream(previous.upstream, config.drainTimeout)
                 self._retireUpstream(previous.probeUpstream, config.drainTimeout)
+        # A backend still draining stays listed in its pool (not health
+        # checked, never chosen) until it leaves: the snapshot shows it,
+        # and a later reload that names it again keeps it.
+        for retirement in self._retiring.values():
+            live = self.pools.get(retirement.pool.name)
+            if live is not None and retirement.backend not in live.backends.backends:
+                live.backends.backends.append(retirement.backend)
         self.router.install(routing)
         self._log.info(
             "configuration applied: {pools} pools, {routes} routes",
@@ -320,7 +343,7 @@ class Balancer:
         pool = self.pool(poolName)
         if any(b.key == backend.key for b in pool.backends.backends):
             raise BalancerError(f"pool {poolName!r} already has backend {backend.authority}")
-        backend = attrs.evolve(backend)
+        backend = _ownCopy(backend)
         if pool.config.slowStart > 0:
             backend.slowStart = SlowStart(self._clock, self._clock.seconds(), pool.config.slowStart)
         pool.backends.backends.append(backend)
@@ -399,6 +422,14 @@ class Balancer:
             count=backend.inFlight,
         )
         self._checkRetirement(retirement)
+
+    def _keep(self, backend: Backend) -> None:
+        """
+        Call off the removal of C{backend}, if it is being removed.
+        """
+        retirement = self._retiring.pop(id(backend), None)
+        if retirement is not None and retirement.timer is not None and retirement.timer.active():
+            retirement.timer.cancel()
 
     def _checkRetirement(self, retirement: _Retirement) -> None:
         retirement.timer = None

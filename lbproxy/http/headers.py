@@ -1,4 +1,4 @@
-# -*- test-case-name: lbproxy.test.test_headers,lbproxy.test.test_forwarding -*-
+# -*- test-case-name: lbproxy.test.test_headers,lbproxy.test.test_forwarding,lbproxy.test.test_headeredits -*-  # noqa: E501
 """
 Header rules for relaying a request to a backend and its answer back:
 hop-by-hop removal and the X-Forwarded-* / Forwarded / X-Real-IP headers.
@@ -337,9 +337,14 @@ class HeaderEdits:
         Check and encode edits given as text (a config file's).
 
         @raise HeaderEditError: For a name that is not a token, a value
-            with control characters, or a header in L{UNEDITABLE}.
+            with control characters, a header in L{UNEDITABLE}, or a header
+            set twice (names differing only in case are the same header).
         """
         pairs = tuple((_editable(name), _fieldValue(name, value)) for name, value in set)
+        names = [name.lower() for name, _ in pairs]
+        for name in names:
+            if names.count(name) > 1:
+                raise HeaderEditError(f"header {name.decode('ascii')!r} is set more than once")
         return cls(set=pairs, remove=frozenset(_editable(name).lower() for name in remove))
 
     def __bool__(self) -> bool:
