@@ -87,7 +87,8 @@ class AdminResource(Resource):
             return NOT_DONE_YET
         assert request.content is not None
         body = request.content.read()
-        accept = request.getHeader(b"accept")
+        accepts = request.requestHeaders.getRawHeaders(b"accept")
+        accept = None if accepts is None else b", ".join(accepts).decode("latin-1")
         method = request.method.decode("latin-1")
         path = request.uri.decode("latin-1")
         gone: list[Failure] = []
@@ -104,9 +105,7 @@ class AdminResource(Resource):
                 return
             _send(request, response)
 
-        handling = self._api.handle(
-            method, path, body, None if accept is None else accept.decode("latin-1")
-        )
+        handling = self._api.handle(method, path, body, accept)
         handling.addCallback(answer).addErrback(
             lambda failure: self._log.failure("answering an admin request", failure)
         )

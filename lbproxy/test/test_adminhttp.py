@@ -84,11 +84,14 @@ class OverHTTPTests(TestCase):
         body: bytes | None = None,
         token: bytes | None = TOKEN,
         chunked: bool = False,
+        contentType: bytes | None = None,
     ) -> Generator[Any, Any, _Answer]:
         """
         Send one request with the bearer C{token} (none if L{None}).
         """
         headers = Headers()
+        if contentType is not None:
+            headers.addRawHeader(b"Content-Type", contentType)
         if token is not None:
             headers.addRawHeader(b"Authorization", b"Bearer " + token)
         producer = None
@@ -140,6 +143,21 @@ class OverHTTPTests(TestCase):
             [b.authority for b in self.balancer.pool("web").backends.backends],
             ["127.0.0.2:80", "127.0.0.3:80"],
         )
+
+    @inlineCallbacks
+    def test_formContentType(self) -> Gen:
+        """
+        The body is read as JSON whatever its content type says (C{curl
+        -d} sends JSON as a form).
+        """
+        yield self.listen()
+        added = yield self.request(
+            b"POST",
+            b"/pools/web/backends",
+            b'{"address": "127.0.0.9:81"}',
+            contentType=b"application/x-www-form-urlencoded",
+        )
+        self.assertEqual(added.status, 201)
 
     @inlineCallbacks
     def test_errors(self) -> Gen:
