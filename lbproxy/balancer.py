@@ -244,6 +244,7 @@ class Balancer:
         self._running = False
         self._retiring: dict[int, _Retirement] = {}
         self._retiredUpstreams: list[Upstream] = []
+        self._upstreamPolls: dict[Upstream, IDelayedCall] = {}
         self.config = config
         self.pools: dict[str, LivePool] = {}
         self.router = Router(self._build(config))
@@ -473,8 +474,9 @@ class Balancer:
 
         def check() -> None:
             if upstream.busy() and self._clock.seconds() < deadline:
-                self._clock.callLater(DRAIN_POLL, check)
+                self._upstreamPolls[upstream] = self._clock.callLater(DRAIN_POLL, check)
                 return
+            self._upstreamPolls.pop(upstream, None)
             upstream.close().addBoth(lambda _: self._retiredUpstreams.remove(upstream))
 
         check()
@@ -489,6 +491,10 @@ class Balancer:
             if retirement.timer is not None and retirement.timer.active():
                 retirement.timer.cancel()
         self._retiring = {}
+        for poll in self._upstreamPolls.values():
+            if poll.active():
+                poll.cancel()
+        self._upstreamPolls = {}
         closing = []
         for pool in self.pools.values():
             pool.health.stop()

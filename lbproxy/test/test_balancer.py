@@ -875,3 +875,21 @@ class StopTests(BalancerCase):
         self.network.flush()
         self.assertEqual(len(self.a.resource.received), probes)
         self.assertEqual(self.addresses(), ["10.0.0.1:80", "10.0.0.2:80"])
+
+    def test_stopLeavesNoTimer(self) -> None:
+        """
+        Once stopped, and its connections closed, the balancer has nothing
+        scheduled: not even the wait for the connections a reload replaced
+        to finish their requests.
+        """
+        self.build(_config(_pool("web", [self.a])))
+        self.get()
+        self.a.hold()
+        self.send(method=b"POST")
+        self.balancer.apply(
+            _config(_pool("web", [self.a], upstream=UpstreamSettings(idleTimeout=5)))
+        )
+        stopped = self.balancer.stop()
+        self.network.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -400,6 +400,26 @@ class RouterTests(SynchronousTestCase):
         self.get(b"http://example.com/api/users?id=7")
         self.assertEqual(self.received(), {"api": [b"/api/users?id=7"]})
 
+    def test_catchAll(self) -> None:
+        """
+        A table of one route without host or path serves every request,
+        even one without a Host (HTTP/1.0), whose backend is then named as
+        the Host; a table whose routes all name hosts has no route for it.
+        """
+        noHost = b"GET /x HTTP/1.0\r\n\r\n"
+        client = self.network.raw(self.site, noHost)
+        self.network.flush()
+        self.assertTrue(client.data.startswith(b"HTTP/1.0 404 "), client.data)
+        self.router.install(self.routing(RouteTable((RouteRule(pool="api"),))))
+        for url in [b"http://any.example/x", b"http://example.com/"]:
+            self.assertEqual(self.get(url).body, b"api", url)
+        client = self.network.raw(self.site, noHost)
+        self.network.flush()
+        self.assertTrue(client.data.endswith(b"\r\n\r\napi"), client.data)
+        self.assertEqual(
+            self.servers["api"].resource.received[-1].header(b"host"), [b"10.0.0.1:80"]
+        )
+
     def test_noRoute404(self) -> None:
         """
         A request no route matches is answered 404 by the proxy itself,
