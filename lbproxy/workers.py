@@ -21,13 +21,38 @@ L{WorkerSupervisor}, that does no proxying:
     logs each line it reads, with the worker's slot and pid as the log
     system; a worker's standard input is a pipe from the supervisor, whose
     end (the supervisor died) makes the worker drain and exit;
-  - SIGHUP is sent on to every worker (certificate reload); on SIGTERM or
-    SIGINT the supervisor closes its copy of the sockets and sends SIGTERM
-    to every worker, each drains (C{--drain-timeout}) and exits, and the
-    supervisor exits when they have (it kills a worker still there
-    L{KILL_GRACE} seconds after the drain timeout);
+  - the same pipes carry the control channel (L{lbproxy.control}): the
+    supervisor writes requests as JSON lines on a worker's standard input,
+    the worker answers with lines marked L{lbproxy.control.MARKER} on its
+    standard output, which the supervisor takes out instead of logging;
+  - SIGHUP reloads: the supervisor first reads the configuration again
+    itself (the same arguments, the config file read anew); if it is
+    invalid (or changes the listeners, whose sockets it holds), it logs
+    C{configuration reload rejected, the running configuration is kept:
+    WHY} and no worker is asked.  Otherwise every worker reloads (its config
+    file and TLS certificates, L{lbproxy.cli.reload.Reloader}) and answers
+    whether it applied everything, and the supervisor logs C{reload: all N
+    workers applied the configuration} or C{reload: K of N workers failed:
+    worker 2 (pid 1234): WHY; ...} (a worker that does not answer within
+    L{lbproxy.control.ANSWER_TIMEOUT} seconds, or is not running, failed);
+  - the admin API (C{--admin}) is served once, by the supervisor, for all
+    workers (L{lbproxy.control.WorkersAdmin}); the workers run without one.
+    Each request goes to the workers, each of which answers from its own
+    L{lbproxy.admin.AdminAPI}: a change (C{POST}, C{PATCH}, C{DELETE},
+    C{POST /config} too) is made in every worker and answered as the first
+    worker answered when all agree (500 naming each worker's answer when
+    they do not); C{GET /pools...} combines every worker's view (counters
+    summed, the most severe state, the highest latency, and C{"workers"}:
+    how many it combines); C{GET /config} and C{GET /} ask worker 1;
+  - on SIGTERM or SIGINT the supervisor closes its copy of the sockets (and
+    the admin API) and sends SIGTERM to every worker, each drains
+    (C{--drain-timeout}) and exits, and the supervisor exits when they have
+    (it kills a worker still there L{KILL_GRACE} seconds after the drain
+    timeout);
   - a worker that exits when it was not asked to is started again in its
-    slot, no sooner than L{RestartPolicy} allows.
+    slot, no sooner than L{RestartPolicy} allows.  It starts from the
+    command line and the config file: changes made through the admin API
+    since are not in it.
 
 Health checks, ejections and retry budgets are each worker's own.
 """
@@ -38,14 +63,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO, cast
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import fdesc
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import (
@@ -56,12 +81,35 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import ProcessProtocol, ServerFactory
-from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText, globalLogBeginner
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventAsText,
+    globalLogBeginner,
+    globalLogPublisher,
+)
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy._twisted.transport import batchingSends
+from lbproxy.admin import AdminAPI, adminSite
+from lbproxy.control import (
+    ANSWER_TIMEOUT,
+    MAX_MESSAGE,
+    ControlClient,
+    ControlError,
+    ControlServer,
+    LineBuffer,
+    ReloadReport,
+    ReportedReload,
+    WorkersAdmin,
+    adminHandler,
+    askAll,
+    escapeLogText,
+    isReply,
+)
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
 
@@ -71,9 +119,11 @@ __all__ = [
     "WorkerSupervisor",
     "WorkersError",
     "checkWorkers",
+    "configurationCheck",
     "makeSupervisor",
     "parseWorkers",
     "workerArgv",
+    "workerEnvironment",
     "workerMain",
 ]
 
@@ -196,6 +246,32 @@ class _Slot:
     quickExits: int = 0
     restart: IDelayedCall | None = None
     waiting: list[Deferred[None]] = attrs.Factory(list)
+    control: ControlClient | None = None
+
+    @property
+    def label(self) -> str:
+        """
+        C{worker 2 (pid 1234)}, or C{worker 2} while none runs in it.
+        """
+        if self.process is None:
+            return f"worker {self.number}"
+        return f"worker {self.number} (pid {self.pid})"
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether a worker process is in this slot now.
+        """
+        return self.process is not None
+
+    def call(self, kind: str, fields: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        Send a control request to the worker in this slot (see
+        L{lbproxy.control.ControlClient.call}).
+        """
+        if self.process is None or self.control is None:
+            return fail(ControlError("not running"))
+        return self.control.call(kind, fields)
 
     def whenEnded(self) -> Deferred[None]:
         """
@@ -227,30 +303,37 @@ def _describeExit(reason: Failure) -> str:
 class _WorkerProtocol(ProcessProtocol):
     """
     The supervisor's end of one worker's pipes: each line the worker writes
-    is logged; its end is reported to the supervisor.
+    is logged, except the answers to control requests on its standard
+    output, which go to C{control}; its end is reported to the supervisor.
     """
 
     def __init__(self, supervisor: WorkerSupervisor, slot: _Slot) -> None:
         self._supervisor = supervisor
         self._slot = slot
         self.pid: int | None = None
-        self._partial: dict[int, bytes] = {}
+        self.control: ControlClient | None = None
+        self._lines = {1: LineBuffer(_MAX_LINE), 2: LineBuffer(_MAX_LINE, _MAX_LINE)}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
-        rest = lines.pop()
-        if len(rest) > _MAX_LINE:
-            lines.append(rest)
-            rest = b""
-        if rest:
-            self._partial[childFD] = rest
-        for line in lines:
-            self._supervisor._relay(self._slot, self.pid, childFD, line)
+        lines = self._lines.get(childFD)
+        if lines is not None:
+            for line in lines.feed(data):
+                self._lineReceived(childFD, line)
+
+    def _lineReceived(self, childFD: int, line: bytes) -> None:
+        if childFD == 1 and isReply(line):
+            if self.control is not None:
+                self.control.lineReceived(line)
+            return
+        self._supervisor._relay(self._slot, self.pid, childFD, line)
 
     def processEnded(self, reason: Failure) -> None:
-        for childFD, rest in sorted(self._partial.items()):
-            self._supervisor._relay(self._slot, self.pid, childFD, rest)
-        self._partial.clear()
+        for childFD, lines in sorted(self._lines.items()):
+            rest = lines.flush()
+            if rest:
+                self._lineReceived(childFD, rest)
+        if self.control is not None:
+            self.control.lost(f"exited ({_describeExit(reason)}) before answering")
         self._supervisor._ended(self._slot, reason)
 
 
@@ -261,6 +344,7 @@ class WorkerSupervisor(Service):
 
     @ivar ports: The supervisor's listening ports (never read from), in the
         order of the sockets given, once bound.
+    @ivar adminPort: The admin API's listening port, when it serves one.
     @ivar slots: One per worker.
     """
 
@@ -276,6 +360,10 @@ class WorkerSupervisor(Service):
         drainTimeout: float,
         policy: RestartPolicy = RestartPolicy(),
         environment: dict[str, str] | None = None,
+        check: Callable[[], str | None] | None = None,
+        admin: str | None = None,
+        adminToken: bytes | None = None,
+        answerTimeout: float = ANSWER_TIMEOUT,
     ) -> None:
         """
         @param count: How many workers.
@@ -290,8 +378,20 @@ class WorkerSupervisor(Service):
         @param policy: When to restart a worker that exited.
         @param environment: The workers' environment; the supervisor's if
             L{None}.
+        @param check: Before a reload, checks the configuration the workers
+            would load: why it cannot be used, or L{None}.
+        @param admin: The admin API's endpoint, served by the supervisor
+            for all the workers (L{lbproxy.control.WorkersAdmin}), if any.
+        @param adminToken: The bearer token the admin API requires, if any.
+        @param answerTimeout: Seconds a worker has to answer a control
+            request (a reload, an admin call).
         """
         self._sockets = list(sockets)
+        self._check = check
+        self._admin = admin
+        self._adminToken = adminToken
+        self._answerTimeout = answerTimeout
+        self.adminPort: IListeningPort | None = None
         self._argv = argv
         self._reactor = reactor
         self._clock = clock
@@ -304,14 +404,20 @@ class WorkerSupervisor(Service):
 
     def privilegedStartService(self) -> None:
         """
-        Bind every socket, all or nothing: if one cannot be bound, those
-        already bound are closed and L{StartupError} is raised.
+        Bind every socket, and the admin API's, all or nothing: if one
+        cannot be bound, those already bound are closed and L{StartupError}
+        is raised.
         """
         if not self._bound:
             self._bound = True
             try:
                 for description in self._sockets:
-                    self.ports.append(self._bind(description))
+                    port = self._listen(description, ServerFactory())
+                    # The workers accept; the supervisor only holds the socket open.
+                    port.stopReading()  # type: ignore[attr-defined]
+                    self.ports.append(port)
+                if self._admin is not None:
+                    self.adminPort = self._listen(self._admin, self._adminSite())
             except StartupError:
                 for port in self.ports:
                     port.stopListening()
@@ -320,8 +426,7 @@ class WorkerSupervisor(Service):
                 raise
         super().privilegedStartService()
 
-    def _bind(self, description: str) -> IListeningPort:
-        factory = ServerFactory()
+    def _listen(self, description: str, factory: Any) -> IListeningPort:
         factory.noisy = False
         results: list[Any] = []
         try:
@@ -332,11 +437,17 @@ class WorkerSupervisor(Service):
         if not results or isinstance(results[0], Failure):
             reason = results[0].getErrorMessage() if results else "it did not complete"
             raise StartupError(f"cannot listen on {description!r}: {reason}")
-        port: Any = results[0]
-        # The workers accept; the supervisor only holds the socket open.
-        port.stopReading()
-        listening: IListeningPort = port
-        return listening
+        port: IListeningPort = results[0]
+        return port
+
+    def _adminSite(self) -> Any:
+        """
+        The admin API's site: every request answered by the workers.
+        """
+        api = WorkersAdmin(lambda: self.slots)
+        # adminSite's annotation asks for an AdminAPI; it calls only
+        # handle(), which WorkersAdmin has (lbproxy.control.AdminHandler).
+        return adminSite(cast(AdminAPI, api), self._adminToken, self._clock)
 
     def startService(self) -> None:
         if not self._bound:
@@ -347,6 +458,12 @@ class WorkerSupervisor(Service):
             count=len(self.slots),
             sockets=", ".join(self._sockets),
         )
+        if self._admin is not None:
+            self._log.info(
+                "admin API listening on {admin}, for all {count} workers",
+                admin=self._admin,
+                count=len(self.slots),
+            )
         for slot in self.slots:
             self._start(slot)
 
@@ -360,10 +477,14 @@ class WorkerSupervisor(Service):
         argv = self._argv(numbers)
         protocol = _WorkerProtocol(self, slot)
         spawner: IReactorProcess = self._reactor
-        slot.process = spawner.spawnProcess(
+        process = spawner.spawnProcess(
             protocol, argv[0], argv, env=self._environment, childFDs=childFDs
         )
-        slot.pid = protocol.pid = slot.process.pid
+        slot.process = process
+        slot.pid = protocol.pid = process.pid
+        slot.control = protocol.control = ControlClient(
+            process.write, self._clock, self._answerTimeout
+        )
         slot.startedAt = self._clock.seconds()
         self._log.info("worker {slot} started: pid {pid}", slot=slot.number, pid=slot.pid)
 
@@ -379,7 +500,7 @@ class WorkerSupervisor(Service):
         )
 
     def _ended(self, slot: _Slot, reason: Failure) -> None:
-        pid, slot.process = slot.pid, None
+        pid, slot.process, slot.control = slot.pid, None, None
         waiting, slot.waiting = slot.waiting, []
         how = _describeExit(reason)
         if not self.running:
@@ -418,13 +539,44 @@ class WorkerSupervisor(Service):
                     pass
         return sent
 
-    def reloadCertificates(self) -> bool:
+    def reload(self) -> Deferred[bool]:
         """
-        SIGHUP: every worker reloads its certificates.
+        SIGHUP: check the configuration the workers would load; if it is
+        invalid, log why and leave the workers alone; else have every worker
+        reload (its config file and TLS certificates) and log one line
+        saying whether all of them applied it, or which did not and why.
+
+        @return: Fires with whether every worker applied it; never fails.
         """
-        sent = self.signalWorkers("HUP")
-        self._log.info("sent SIGHUP to {count} workers", count=sent)
-        return True
+        why = self._check() if self._check is not None else None
+        if why is not None:
+            self._log.error(
+                "configuration reload rejected, the running configuration is kept: {why}",
+                why=why,
+            )
+            return succeed(False)
+        asking = askAll(self.slots, "reload", {})
+        return asking.addCallback(lambda answers: self._reported(ReloadReport.of(answers)))
+
+    def _reported(self, report: ReloadReport) -> bool:
+        if report.ok:
+            self._log.info(
+                "reload: all {count} workers applied the configuration", count=report.count
+            )
+        else:
+            self._log.error(
+                "reload: {failed} of {count} workers failed: {failures}",
+                failed=len(report.failures),
+                count=report.count,
+                failures="; ".join(report.failures),
+            )
+        return report.ok
+
+    def reloadCertificates(self) -> Deferred[bool]:
+        """
+        What L{lbproxy.cli.options.makeService} calls on SIGHUP: L{reload}.
+        """
+        return self.reload()
 
     def stopService(self) -> Deferred[Any]:
         """
@@ -438,8 +590,12 @@ class WorkerSupervisor(Service):
             if slot.restart is not None and slot.restart.active():
                 slot.restart.cancel()
             slot.restart = None
-        closed: list[Deferred[Any]] = [maybeDeferred(port.stopListening) for port in self.ports]
+        admin = [self.adminPort] if self.adminPort is not None else []
+        closed: list[Deferred[Any]] = [
+            maybeDeferred(port.stopListening) for port in self.ports + admin
+        ]
         self.ports = []
+        self.adminPort = None
         self._bound = False
         ended: list[Deferred[Any]] = [slot.whenEnded() for slot in self.slots]
         sent = self.signalWorkers("TERM")
@@ -500,7 +656,7 @@ def makeSupervisor(
     The supervisor of C{count} workers for C{config}, each started with the
     same lbproxy C{arguments}.  The supervisor serves no requests, so it
     never opens the access log file (each worker opens its own when it
-    starts).
+    starts); it serves the admin API (C{config.admin}) for all of them.
     """
     return WorkerSupervisor(
         count,
@@ -510,26 +666,74 @@ def makeSupervisor(
         reactor,
         config.drainTimeout,
         environment=workerEnvironment(),
+        check=configurationCheck(arguments, config),
+        admin=config.admin,
+        adminToken=config.adminToken,
     )
+
+
+def configurationCheck(
+    arguments: Sequence[str], config: LoadBalancerConfig
+) -> Callable[[], str | None]:
+    """
+    What the supervisor checks before a reload: the configuration lbproxy
+    C{arguments} give now (their config file read again) must be valid,
+    and keep the listeners of C{config}, the running one (the supervisor
+    holds their sockets).
+
+    @return: Says why the configuration cannot be used, or L{None}.
+    """
+    listens = [spec.description for spec in config.listens]
+
+    def check() -> str | None:
+        from lbproxy.cli.options import Options
+
+        options = Options()
+        try:
+            options.parseArguments(list(arguments))
+        except usage.UsageError as e:
+            return str(e)
+        new = options.config
+        if new is not None and [spec.description for spec in new.listens] != listens:
+            return (
+                "listeners cannot change while running with --workers (the supervisor "
+                "holds their sockets); restart lbproxy to change them"
+            )
+        return None
+
+    return check
 
 
 class _SupervisorPipe(FileDescriptor):
     """
-    A worker's standard input, a pipe from the supervisor: C{lost} is
-    called when it closes, i.e. the supervisor has exited.
+    A worker's standard input, a pipe from the supervisor: each line read
+    is given to C{lineReceived} (a control request); C{lost} is called when
+    it closes, i.e. the supervisor has exited.
     """
 
-    def __init__(self, reactor: Any, fd: int, lost: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        lineReceived: Callable[[bytes], object],
+        lost: Callable[[], object],
+    ) -> None:
         super().__init__(reactor)
         self._fd = fd
+        self._lineReceived = lineReceived
         self._lost = lost
+        self._lines = LineBuffer(MAX_MESSAGE)
         fdesc.setNonBlocking(fd)
 
     def fileno(self) -> int:
         return self._fd
 
     def doRead(self) -> Any:
-        return fdesc.readFromFD(self._fd, lambda data: None)
+        return fdesc.readFromFD(self._fd, self._dataReceived)
+
+    def _dataReceived(self, data: bytes) -> None:
+        for line in self._lines.feed(data):
+            self._lineReceived(line)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -539,12 +743,15 @@ class _SupervisorPipe(FileDescriptor):
 def _textObserver(stream: TextIO) -> ILogObserver:
     """
     Writes each event as one line of text (and any traceback), with no
-    time or system: the supervisor adds those when it logs the line.
+    time or system: the supervisor adds those when it logs the line.  No
+    line written starts like a control answer (see
+    L{lbproxy.control.escapeLogText}).
     """
 
     @implementer(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
-        stream.write(eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        stream.write(escapeLogText(text) + "\n")
         stream.flush()
 
     return cast(ILogObserver, observe)
@@ -557,15 +764,31 @@ def _adopted(reactor: Any, fd: int) -> AdoptedStreamServerEndpoint:
     return AdoptedStreamServerEndpoint(batchingSends(reactor), fd, family)
 
 
+def _answerWriter(stream: TextIO) -> Callable[[bytes], None]:
+    """
+    Writes control answers on C{stream}, the standard output the worker's
+    log lines share (both are written whole, in the reactor thread).
+    """
+
+    def write(line: bytes) -> None:
+        stream.write(line.decode("ascii"))
+        stream.flush()
+
+    return write
+
+
 def workerMain(argv: Sequence[str] | None = None) -> int:
     """
     Run one worker: C{--fds 3,4,... ARGS}, ARGS being C{twistd lbproxy}'s
     arguments.  It serves on the given sockets until SIGTERM, SIGINT or the
-    end of its standard input, then drains and returns 0.
+    end of its standard input, then drains and returns 0.  It serves no
+    admin API of its own: the supervisor's sends it each admin request (and
+    each reload) on its standard input (L{lbproxy.control}).
     """
     from twisted.internet import reactor
 
     from lbproxy.cli.options import Options
+    from lbproxy.cli.reload import Reloader
     from lbproxy.runtime import ProcessRoot
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -581,18 +804,25 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         [_textObserver(sys.stdout)], discardBuffer=True, redirectStandardIO=False
     )
     service = makeLoadBalancer(
-        config,
+        attrs.evolve(config, admin=None),
         reactor,
         reactor,
         [_adopted(reactor, fd) for fd in fds],
     )
-    from lbproxy.cli.reload import Reloader
-
     reloader = Reloader(options, service, Options)
     service.configHooks = reloader
+    control = ControlServer(
+        {
+            "reload": ReportedReload(reloader.reload, globalLogPublisher),
+            "admin": adminHandler(AdminAPI(service.balancer, reloader)),
+        },
+        _answerWriter(sys.stdout),
+    )
     root = ProcessRoot(service, reactor, reloader.reload)
     root.privilegedStartService()
-    _SupervisorPipe(reactor, 0, lambda: os.kill(os.getpid(), signal.SIGTERM)).startReading()
+    _SupervisorPipe(
+        reactor, 0, control.lineReceived, lambda: os.kill(os.getpid(), signal.SIGTERM)
+    ).startReading()
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()

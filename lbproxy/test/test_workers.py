@@ -1,15 +1,20 @@
 """
 Tests for L{lbproxy.workers}: C{--workers}, the restart policy, the
-supervisor on a L{Clock} with recorded processes, the passing of sockets
-to a real child process, and the load balancer on adopted sockets.
+supervisor on a L{Clock} with recorded processes (its reloads and the
+admin API it serves for the workers), the check it makes before a reload,
+the passing of sockets to a real child process, a real worker answering
+control requests, and the load balancer on adopted sockets.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import socket
 import sys
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import attrs
@@ -18,16 +23,18 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.balancing.roundrobin import RoundRobinChooser
+from lbproxy.control import MARKER, isReply
+from lbproxy.control.wire import adminRequest, encodeReply, readResponse
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import ListenError, parseListen, socketDescription
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
-from lbproxy.test.fakes import get, reactor, startBackend
+from lbproxy.test.fakes import get, reactor, startBackend, until
 from lbproxy.test.test_tap import OptionsTestCase
 from lbproxy.upstream.health import HealthSettings
 from lbproxy.workers import (
@@ -35,9 +42,14 @@ from lbproxy.workers import (
     RestartPolicy,
     WorkersError,
     WorkerSupervisor,
+    _answerWriter,
+    _SupervisorPipe,
+    _textObserver,
     checkWorkers,
+    configurationCheck,
     parseWorkers,
     workerArgv,
+    workerEnvironment,
 )
 
 Gen = Generator[Any, Any, None]
@@ -226,11 +238,29 @@ class _Process:
     pid: int
     signals: list[str] = attrs.Factory(list)
     ended: bool = False
+    stdin: bytes = b""
 
     def signalProcess(self, name: str) -> None:
         if self.ended:
             raise ProcessExitedAlready()
         self.signals.append(name)
+
+    def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    def requests(self) -> list[dict[str, Any]]:
+        """
+        The control requests written to the worker so far.
+        """
+        return [json.loads(line) for line in self.stdin.splitlines()]
+
+    def answer(self, fields: dict[str, Any], index: int = -1) -> None:
+        """
+        The worker answers its C{index}-th request with C{fields}, on its
+        standard output.
+        """
+        id = self.requests()[index]["id"]
+        self.protocol.childDataReceived(1, encodeReply(id, fields))
 
     def end(self, reason: Exception) -> None:
         """
@@ -272,13 +302,27 @@ def _argv(fds: Sequence[int]) -> list[str]:
     return ["worker", ",".join(map(str, fds))]
 
 
-class SupervisorTests(TestCase):
+def _lines(events: Sequence[dict[str, Any]], level: LogLevel) -> list[str]:
     """
-    L{WorkerSupervisor} with recorded processes and a L{Clock}; the
-    sockets are real, closed by the reactor after each test.
+    The text of the supervisor's own events at C{level} (not the lines it
+    relays from workers).
+    """
+    return [formatEvent(e) for e in events if e["log_level"] == level and "line" not in e]
+
+
+class _SupervisorCase(TestCase):
+    """
+    Helpers: L{WorkerSupervisor} with recorded processes and a L{Clock};
+    the sockets are real, closed by the reactor after each test.
     """
 
-    def supervisor(self, count: int = 2, sockets: Sequence[str] = ()) -> WorkerSupervisor:
+    def supervisor(
+        self,
+        count: int = 2,
+        sockets: Sequence[str] = (),
+        check: Callable[[], str | None] | None = None,
+        admin: str | None = None,
+    ) -> WorkerSupervisor:
         self.clock = Clock()
         self.processes = _Processes()
         supervisor = WorkerSupervisor(
@@ -289,6 +333,8 @@ class SupervisorTests(TestCase):
             self.clock,
             drainTimeout=30,
             policy=RestartPolicy(interval=1, maxDelay=30, stableAfter=10),
+            check=check,
+            admin=admin,
         )
         self.closing: list[Any] = []
         self.addCleanup(self._closePorts, supervisor)
@@ -301,6 +347,12 @@ class SupervisorTests(TestCase):
 
     def running(self) -> list[_Process]:
         return [p for p in self.processes.started if not p.ended]
+
+
+class SupervisorTests(_SupervisorCase):
+    """
+    L{WorkerSupervisor} starts, restarts, reloads and stops its workers.
+    """
 
     def test_startsEveryWorker(self) -> None:
         """
@@ -385,15 +437,141 @@ class SupervisorTests(TestCase):
         self.assertEqual(waits, [1, 2, 4, 8])
         self.assertEqual(supervisor.slots[0].quickExits, 4)
 
-    def test_signalsForwarded(self) -> None:
+    def test_reloadAsksEveryWorker(self) -> None:
         """
-        A certificate reload sends SIGHUP to every running worker.
+        A reload sends every worker a C{reload} request on its standard
+        input (no signal); when all answer that they applied it, the
+        supervisor logs that all applied the configuration.
+        """
+        supervisor = self.supervisor(2)
+        supervisor.startService()
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+            self.assertEqual(
+                [[r["kind"] for r in p.requests()] for p in self.processes.started],
+                [["reload"], ["reload"]],
+            )
+            self.assertNoResult(reloaded)
+            for process in self.processes.started:
+                process.answer({"ok": True, "why": None})
+        self.assertTrue(self.successResultOf(reloaded))
+        self.assertEqual([p.signals for p in self.processes.started], [[], []])
+        self.assertEqual(
+            _lines(events, LogLevel.info), ["reload: all 2 workers applied the configuration"]
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_reloadFailuresNamed(self) -> None:
+        """
+        A worker that answers that it did not apply the configuration, one
+        that does not answer within 10 s and one that is not running each
+        count as failed, named with their pid and why, in one error line.
         """
         supervisor = self.supervisor(3)
         supervisor.startService()
-        self.processes.started[1].end(ProcessDone(0))
+        self.clock.advance(60)
+        self.processes.started[2].end(ProcessTerminated(exitCode=1))
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+            self.processes.started[0].answer({"ok": False, "why": "pool 'web': no backends"})
+            self.clock.advance(9.9)
+            self.assertNoResult(reloaded)
+            self.clock.advance(0.1)
+        self.assertFalse(self.successResultOf(reloaded))
+        self.assertEqual(
+            _lines(events, LogLevel.error),
+            [
+                "reload: 3 of 3 workers failed: worker 1 (pid 1000): pool 'web': no "
+                "backends; worker 2 (pid 1001): no answer within 10 s; worker 3: not running"
+            ],
+        )
+
+    def test_reloadWorkerExits(self) -> None:
+        """
+        A worker that exits before it answers has failed the reload, and
+        its exit is named.
+        """
+        supervisor = self.supervisor(1)
+        supervisor.startService()
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+            self.processes.started[0].end(ProcessTerminated(exitCode=3))
+        self.assertFalse(self.successResultOf(reloaded))
+        self.assertEqual(
+            _lines(events, LogLevel.error),
+            [
+                "reload: 1 of 1 workers failed: worker 1 (pid 1000): exited "
+                "(exit status 3) before answering"
+            ],
+        )
+
+    def test_reloadRejectedFirst(self) -> None:
+        """
+        A configuration the supervisor's own check refuses is one error
+        line saying why, and no worker is asked or signalled.
+        """
+        supervisor = self.supervisor(2, check=lambda: "lbproxy.toml, line 3: bad key")
+        supervisor.startService()
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+        self.assertFalse(self.successResultOf(reloaded))
+        self.assertEqual(
+            _lines(events, LogLevel.error),
+            [
+                "configuration reload rejected, the running configuration is kept: "
+                "lbproxy.toml, line 3: bad key"
+            ],
+        )
+        self.assertEqual([p.stdin for p in self.processes.started], [b"", b""])
+        self.assertEqual([p.signals for p in self.processes.started], [[], []])
+
+    def test_reloadCertificatesReloads(self) -> None:
+        """
+        L{WorkerSupervisor.reloadCertificates}, what SIGHUP calls, is the
+        whole reload.
+        """
+        supervisor = self.supervisor(1)
+        supervisor.startService()
         supervisor.reloadCertificates()
-        self.assertEqual([p.signals for p in self.processes.started], [["HUP"], [], ["HUP"]])
+        self.assertEqual([r["kind"] for r in self.processes.started[0].requests()], ["reload"])
+
+    def test_answersNotLogged(self) -> None:
+        """
+        Answers to control requests on a worker's standard output go to the
+        request, not to the log; the same line on standard error is logged.
+        """
+        supervisor = self.supervisor(1)
+        supervisor.startService()
+        process = self.processes.started[0]
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+            id = process.requests()[0]["id"]
+            reply = encodeReply(id, {"ok": True})
+            process.protocol.childDataReceived(1, b"before\n" + reply[:5])
+            process.protocol.childDataReceived(1, reply[5:] + b"after\n")
+            process.protocol.childDataReceived(2, reply)
+        self.assertTrue(self.successResultOf(reloaded))
+        relayed = [e["line"] for e in events if e.get("log_system") == "worker 1 pid 1000"]
+        self.assertEqual(relayed, ["before", "after", reply.decode().rstrip("\n")])
+
+    def test_longAnswerKeptWhole(self) -> None:
+        """
+        An answer longer than a log line's limit is read whole; a log line
+        that long is cut.
+        """
+        supervisor = self.supervisor(1)
+        supervisor.startService()
+        process = self.processes.started[0]
+        asked = supervisor.slots[0].call("admin", {})
+        big = "x" * (200 * 1024)
+        reply = encodeReply(process.requests()[0]["id"], {"big": big})
+        with capturedLogs() as events:
+            for start in range(0, len(reply), 4096):
+                process.protocol.childDataReceived(1, reply[start : start + 4096])
+            process.protocol.childDataReceived(1, b"y" * (100 * 1024))
+        self.assertEqual(self.successResultOf(asked), {"big": big})
+        relayed = [e["line"] for e in events if "line" in e]
+        self.assertEqual([len(line) for line in relayed], [100 * 1024])
 
     @inlineCallbacks
     def test_stopDrainsEveryWorker(self) -> Gen:
@@ -470,6 +648,162 @@ class SupervisorTests(TestCase):
         )
 
 
+class SupervisorAdminTests(_SupervisorCase):
+    """
+    The supervisor serves the admin API for its workers, over real
+    loopback HTTP, answered by recorded workers.
+    """
+
+    def adminURL(self, supervisor: WorkerSupervisor, path: str) -> bytes:
+        assert supervisor.adminPort is not None
+        port = supervisor.adminPort.getHost().port  # type: ignore[attr-defined]
+        return f"http://127.0.0.1:{port}{path}".encode()
+
+    @inlineCallbacks
+    def test_adminAnsweredByEveryWorker(self) -> Gen:
+        """
+        The supervisor listens on C{--admin} and accepts there itself; a
+        C{GET} of a pool goes to every worker, and the answer is their
+        views combined: the requests of each backend summed, C{"workers"}
+        the number of workers.
+        """
+        supervisor = self.supervisor(2, admin="tcp:0:interface=127.0.0.1")
+        supervisor.startService()
+        self.closing.append(supervisor.adminPort)
+        self.assertIsNotNone(supervisor.adminPort)
+        answer = get(self, self.adminURL(supervisor, "/pools/web/backends"))
+        yield until(
+            lambda: all(p.stdin for p in self.processes.started), "both workers to be asked"
+        )
+        for process, requests in zip(self.processes.started, (3, 4), strict=True):
+            (request,) = process.requests()
+            self.assertEqual(
+                (request["kind"], request["method"], request["path"]),
+                ("admin", "GET", "/pools/web/backends"),
+            )
+            view = {"pool": "web", "backends": [{"url": "http://b:80", "requests": requests}]}
+            process.answer(_jsonAnswer(200, view))
+        response, body = yield answer
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            json.loads(body),
+            {"pool": "web", "backends": [{"url": "http://b:80", "requests": 7}], "workers": 2},
+        )
+
+    @inlineCallbacks
+    def test_adminChangeInEveryWorker(self) -> Gen:
+        """
+        A C{POST} is sent to every worker; when they agree, the answer is
+        the first worker's, its headers and all.
+        """
+        supervisor = self.supervisor(2, admin="tcp:0:interface=127.0.0.1")
+        supervisor.startService()
+        self.closing.append(supervisor.adminPort)
+        answer = get(self, self.adminURL(supervisor, "/pools/web/backends"), method=b"POST")
+        yield until(
+            lambda: all(p.stdin for p in self.processes.started), "both workers to be asked"
+        )
+        for process in self.processes.started:
+            process.answer(
+                _jsonAnswer(201, {"pid": process.pid}, [["Location", "/pools/web/backends/b"]])
+            )
+        response, body = yield answer
+        self.assertEqual((response.code, json.loads(body)), (201, {"pid": 1000}))
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/pools/web/backends/b"])
+
+    def test_adminPortClosedOnStop(self) -> None:
+        """
+        Stopping closes the admin API's port with the shared sockets.
+        """
+        supervisor = self.supervisor(1, admin="tcp:0:interface=127.0.0.1")
+        supervisor.startService()
+        port = supervisor.adminPort
+        assert port is not None
+        self.closing.append(port)
+        supervisor.stopService()
+        self.assertIsNone(supervisor.adminPort)
+        self.assertTrue(port.disconnecting)  # type: ignore[attr-defined]
+
+    def test_adminBindFailureBindsNothing(self) -> None:
+        """
+        An admin endpoint that cannot be bound is a L{StartupError} naming
+        it, and the shared sockets bound before it are closed.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        admin = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        supervisor = self.supervisor(1, ["tcp:0:interface=127.0.0.1"], admin=admin)
+        with self.assertRaises(StartupError) as raised:
+            supervisor.privilegedStartService()
+        self.assertIn(repr(admin), str(raised.exception))
+        self.assertEqual((supervisor.ports, supervisor.adminPort), ([], None))
+
+
+def _jsonAnswer(
+    status: int, value: object, headers: list[list[str]] | None = None
+) -> dict[str, Any]:
+    """
+    The fields of a worker's answer to an admin call: C{value} as JSON.
+    """
+    return {
+        "status": status,
+        "contentType": "application/json",
+        "body": base64.b64encode(json.dumps(value).encode()).decode(),
+        "headers": headers or [],
+    }
+
+
+class ConfigurationCheckTests(OptionsTestCase):
+    """
+    L{configurationCheck}: what the supervisor checks before a reload.
+    """
+
+    def write(self, text: str) -> None:
+        with open("lbproxy.toml", "w") as f:
+            f.write(text)
+
+    def check(self) -> str | None:
+        arguments = ["--config", "lbproxy.toml", "--workers", "2"]
+        options = self.parse(*arguments)
+        assert options.config is not None
+        self.checkNow = configurationCheck(arguments, options.config)
+        return self.checkNow()
+
+    def test_valid(self) -> None:
+        """
+        A configuration that can be used passes, changed pools and all.
+        """
+        self.write('listen = ["tcp:0"]\n[pools.web]\nbackends = ["127.0.0.2:80"]\n')
+        self.assertIsNone(self.check())
+        self.write('listen = ["tcp:0"]\n[pools.web]\nbackends = ["127.0.0.3:80"]\n')
+        self.assertIsNone(self.checkNow())
+
+    def test_invalid(self) -> None:
+        """
+        An invalid file is refused with the line the command line would
+        print, naming the file and key.
+        """
+        self.write('listen = ["tcp:0"]\n[pools.web]\nbackends = ["127.0.0.2:80"]\n')
+        self.assertIsNone(self.check())
+        self.write('listen = ["tcp:0"]\n[pools.web]\nbackendz = ["127.0.0.2:80"]\n')
+        why = self.checkNow()
+        assert why is not None
+        self.assertIn("lbproxy.toml", why)
+        self.assertIn("backendz", why)
+
+    def test_listenersKept(self) -> None:
+        """
+        A configuration that changes the listeners is refused: the
+        supervisor holds their sockets.
+        """
+        self.write('listen = ["tcp:0"]\n[pools.web]\nbackends = ["127.0.0.2:80"]\n')
+        self.assertIsNone(self.check())
+        self.write('listen = ["tcp:1"]\n[pools.web]\nbackends = ["127.0.0.2:80"]\n')
+        self.assertIn("listeners cannot change", self.checkNow() or "")
+
+
 class _Lines(ProcessProtocol):
     def __init__(self) -> None:
         self.out = b""
@@ -516,6 +850,78 @@ class RealProcessTests(TestCase):
         self.assertIn(f"port {port} AF_INET", lines)
 
 
+class RealWorkerTests(TestCase):
+    """
+    A real worker (C{python -m lbproxy.workers}) answers the supervisor's
+    control requests.
+    """
+
+    @inlineCallbacks
+    def test_workerAnswers(self) -> Gen:
+        """
+        A worker answers admin calls from its own admin API and serves no
+        admin listener itself (C{--admin} is the supervisor's); it answers
+        a reload of an invalid file with the reason, and applies a valid
+        one.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "lbproxy.toml")
+        valid = '[pools.web]\nbackends = ["127.0.0.2:80"]\nhealth-interval = 0\n'
+        with open(config, "w") as f:
+            f.write(valid)
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        adminPort = taken.getsockname()[1]
+        taken.close()
+        arguments = [
+            "--config",
+            config,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--admin",
+            f"tcp:{adminPort}:interface=127.0.0.1",
+            "--access-log",
+            "none",
+        ]
+        supervisor = WorkerSupervisor(
+            1,
+            ["tcp:0:interface=127.0.0.1"],
+            workerArgv(arguments),
+            reactor,
+            reactor,
+            drainTimeout=5,
+            environment=workerEnvironment(),
+            answerTimeout=30,
+        )
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        slot = supervisor.slots[0]
+
+        answer = yield slot.call("admin", adminRequest("GET", "/pools", b"", None))
+        response = readResponse(answer)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(
+            [p["name"] for p in json.loads(response.body)["pools"]], ["web"], response.body
+        )
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", adminPort), timeout=5).close()
+
+        with open(config, "w") as f:
+            f.write(valid.replace("backends", "backendz"))
+        answer = yield slot.call("reload", {})
+        self.assertEqual(answer["ok"], False)
+        self.assertIn("backendz", answer["why"])
+
+        with open(config, "w") as f:
+            f.write(valid.replace("127.0.0.2:80", "127.0.0.3:80"))
+        answer = yield slot.call("reload", {})
+        self.assertEqual(answer, {"ok": True, "why": None})
+        answer = yield slot.call("admin", adminRequest("GET", "/pools/web", b"", None))
+        backends = json.loads(readResponse(answer).body)["backends"]
+        self.assertEqual([b["address"] for b in backends], ["127.0.0.3:80"])
+
+
 class AdoptedSocketTests(TestCase):
     """
     L{LoadBalancerService} listens on sockets it is given.
@@ -551,6 +957,61 @@ class AdoptedSocketTests(TestCase):
         self.assertEqual(service.ports[0].getHost().port, port)  # type: ignore[attr-defined]
         response, body = yield get(self, b"http://127.0.0.1:%d/" % (port,))
         self.assertEqual((response.code, body), (200, b"adopted"))
+
+
+class SupervisorPipeTests(TestCase):
+    """
+    A worker reads control requests from the pipe on its standard input,
+    and drains when the pipe closes.
+    """
+
+    @inlineCallbacks
+    def test_linesThenEnd(self) -> Gen:
+        """
+        Each line read is handed on, split across reads or not; the end of
+        the pipe is reported once every line before it was.
+        """
+        readEnd, writeEnd = os.pipe()
+        lines: list[bytes] = []
+        ended: Deferred[None] = Deferred()
+        pipe = _SupervisorPipe(reactor, readEnd, lines.append, lambda: ended.callback(None))
+        pipe.startReading()
+        self.addCleanup(os.close, readEnd)
+        os.write(writeEnd, b'{"id": 1}\n{"id"')
+        yield until(lambda: lines, "the first line")
+        os.write(writeEnd, b": 2}\n")
+        os.close(writeEnd)
+        yield ended
+        self.assertEqual(lines, [b'{"id": 1}', b'{"id": 2}'])
+
+
+class WorkerOutputTests(SynchronousTestCase):
+    """
+    What a worker writes on its standard output.
+    """
+
+    def test_logLinesNeverAnswers(self) -> None:
+        """
+        A log event whose text holds the answer marker, even at the start
+        of a line, is written with the marker's first character escaped, so
+        the supervisor logs it rather than taking it for an answer.
+        """
+        stream = io.StringIO()
+        observer = _textObserver(stream)
+        marker = MARKER.decode()
+        observer({"log_format": "{x}", "x": marker + '{"id": 1}\n' + marker, "log_time": 0})
+        self.assertEqual(stream.getvalue().count("\n"), 2)
+        lines = stream.getvalue().encode().splitlines()
+        self.assertFalse(any(isReply(line) for line in lines), lines)
+        self.assertIn(b"\\x1elbproxy-control", lines[0])
+
+    def test_answersWholeLines(self) -> None:
+        """
+        An answer is written as the one line it is, and flushed.
+        """
+        stream = io.StringIO()
+        _answerWriter(stream)(encodeReply(3, {"ok": True}))
+        self.assertEqual(stream.getvalue().encode(), encodeReply(3, {"ok": True}))
 
 
 class WorkerArgvTests(SynchronousTestCase):
