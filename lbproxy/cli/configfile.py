@@ -114,10 +114,14 @@ class ConfigSource:
 
     def locate(self, path: KeyPath) -> int | None:
         """
-        The line where the key at C{path} is given (or, for a key inside an
+        The line where the key at C{path} is given (for a table given only
+        through its sub-tables, the first of them; for a key inside an
         inline table or array, the nearest enclosing one that has a line).
         """
         lines = _keyLines(self.text)
+        inside = [line for key, line in lines.items() if key[: len(path)] == path]
+        if path and path not in lines and inside:
+            return min(inside)
         for end in range(len(path), 0, -1):
             line = lines.get(tuple(path[:end]))
             if line is not None:
@@ -269,7 +273,9 @@ def applyConfigFile(
     for key, value in data.items():
         if key in ("pools", "routes", "no-route-status"):
             continue
-        if key not in known or key in NOT_IN_FILE:
+        if key in NOT_IN_FILE:
+            raise source.error((key,), "cannot be given in a config file")
+        if key not in known:
             raise source.error((key,), f"unknown option{_suggestion(key, known)}")
         if key not in given:
             _setOption(options, source, (key,), value)
@@ -411,7 +417,7 @@ def _routes(
 ) -> RouteTable | None:
     status = 404
     if noRoute is not None:
-        if noRoute not in NO_ROUTE_STATUSES or isinstance(noRoute, bool):
+        if type(noRoute) is not int or noRoute not in NO_ROUTE_STATUSES:
             raise source.error(("no-route-status",), "must be 404 or 421")
         status = noRoute
     if tables is None:

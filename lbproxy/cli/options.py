@@ -33,6 +33,7 @@ from lbproxy.balancing.sticky import DEFAULT_COOKIE
 from lbproxy.cli.choosers import settingsFromOptions
 from lbproxy.cli.configfile import (
     POOL_OPTIONS,
+    ConfigFileError,
     ConfigSource,
     FileLayout,
     PoolSection,
@@ -59,7 +60,7 @@ from lbproxy.runtime import ProcessRoot
 from lbproxy.service import DEFAULT_POOL, LoadBalancerConfig, makeLoadBalancer
 from lbproxy.tls.certificates import TLSConfigError
 from lbproxy.tls.sni import serverOptionsFromFiles
-from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackends
+from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackend, parseBackends
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings
 from lbproxy.workers import WorkersError, checkWorkers, makeSupervisor, parseWorkers
@@ -485,7 +486,12 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             self.layout = applyConfigFile(self, source, self.given)
         elif self["config"] is not None:
             self.layout = applyConfigFile(self, readConfigFile(self["config"]), self.given)
-        self.config = buildConfig(self)
+        try:
+            self.config = buildConfig(self)
+        except ConfigFileError:
+            raise
+        except usage.UsageError as e:
+            raise _inFile(self.layout, str(e), self.given) from None
         self.workers = parseWorkers(self["workers"])
         _checkWorkers(self, self.workers, self.config)
 
@@ -627,7 +633,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
     if layout is not None and layout.pools:
         pools = tuple(_filePool(options, layout, section, edge) for section in layout.pools)
     else:
-        pools = (_poolInFile(layout, DEFAULT_POOL, options, edge),)
+        pools = (_poolInFile(layout, DEFAULT_POOL, options, edge, options.given),)
     default = pools[0]
     admin, adminToken = _admin(options)
     return LoadBalancerConfig(
@@ -645,7 +651,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         slowStart=default.slowStart,
         retryBudgetPercent=default.retryBudgetPercent,
         drainTimeout=resilience["drainTimeout"],
-        pools=pools if layout is not None else (),
+        pools=pools,
         routes=layout.routes if layout is not None else None,
         admin=admin,
         adminToken=adminToken,
@@ -687,7 +693,7 @@ def poolConfig(
     try:
         chooser: IChooser = makeChooser(options["chooser"], settings=settings)
     except ChooserError as e:
-        raise usage.UsageError(str(e)) from None
+        raise usage.UsageError(f"--chooser: {e}") from None
     try:
         maxIdle = int(options["max-idle-per-backend"])
     except ValueError:
@@ -723,6 +729,7 @@ def _poolInFile(
     name: str,
     options: Mapping[str, Any],
     edge: ProxySettings,
+    given: frozenset[str],
     section: PoolSection | None = None,
 ) -> PoolConfig:
     """
@@ -732,17 +739,30 @@ def _poolInFile(
     try:
         return poolConfig(name, options, edge, mayBeEmpty=section is not None)
     except (usage.UsageError, ChooserError) as e:
-        message = str(e)
-        flag = _FLAG.search(message)
-        if layout is None or flag is None:
-            raise usage.UsageError(message) from None
-        key = flag.group(1)
-        detail = message[flag.end() :].lstrip(": ")
-        if section is not None and key in section.values:
-            raise layout.source.error(("pools", section.name, key), detail) from None
-        if key in layout.source.data:
-            raise layout.source.error((key,), detail) from None
-        raise usage.UsageError(message) from None
+        raise _inFile(layout, str(e), given, section) from None
+
+
+def _inFile(
+    layout: FileLayout | None,
+    message: str,
+    given: frozenset[str],
+    section: PoolSection | None = None,
+) -> usage.UsageError:
+    """
+    The error C{message} about a C{--flag}'s value, reported at the config
+    file's line when the file gave that value (in C{section}'s table or at
+    the top level) and the command line did not.
+    """
+    flag = _FLAG.search(message)
+    if layout is None or flag is None or flag.group(1) in given:
+        return usage.UsageError(message)
+    key = flag.group(1)
+    detail = message[flag.end() :].lstrip(": ") if flag.start() == 0 else message
+    if section is not None and key in section.values:
+        return layout.source.error(("pools", section.name, key), detail)
+    if key in layout.source.data:
+        return layout.source.error((key,), detail)
+    return usage.UsageError(message)
 
 
 _FLAG = re.compile(r"--([a-z0-9-]+)")
@@ -754,12 +774,15 @@ def _filePool(
     """
     The pool of one C{[pools.NAME]} table.
     """
-    pool = _poolInFile(layout, section.name, poolOptions(options, section), edge, section)
+    pool = _poolInFile(
+        layout, section.name, poolOptions(options, section), edge, options.given, section
+    )
     draining = set(section.draining)
     backends = []
     for backend in pool.backends:
-        if draining & {backend.authority, backend.url}:
-            draining -= {backend.authority, backend.url}
+        named = {text for text in draining if _names(text, backend)}
+        if named:
+            draining -= named
             backend = attrs.evolve(backend, draining=True)
         backends.append(backend)
     if draining:
@@ -768,6 +791,19 @@ def _filePool(
             f"{sorted(draining)[0]!r} is not one of the pool's backends",
         )
     return attrs.evolve(pool, backends=tuple(backends))
+
+
+def _names(text: str, backend: Backend) -> bool:
+    """
+    Whether C{text} (an item of a pool's C{draining}) names C{backend}: as
+    its C{host:port}, its URL, or as C{backends} would give it.
+    """
+    if text in (backend.authority, backend.url):
+        return True
+    try:
+        return parseBackend(text).key == backend.key
+    except BackendSpecError:
+        return False
 
 
 def givenOptions(options: usage.Options, arguments: Sequence[str]) -> frozenset[str]:
