@@ -6,7 +6,8 @@ Run C{python -m lbproxy.certs [DIR] [--force]} to write a development
 certificate authority (C{ca.crt}, C{ca.key}) and a server certificate signed
 by it (C{loadbalancer.crt}, C{loadbalancer.key}) into C{DIR} (default
 C{certs}).  Clients then trust C{ca.crt}, e.g.
-C{curl --cacert certs/ca.crt https://localhost:8443/}.
+C{curl --cacert certs/ca.crt https://localhost/} (lbproxy's default
+listener is port 443).
 
 Everything except L{main} is pure: the functions build keys and
 certificates in memory and do no I/O, so L{lbproxy.tls.certificates} can make an ad-hoc
@@ -477,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(hostnames)}; SHA-256 {fingerprintSHA256(serverCert)})"
     )
     print(f"wrote {paths[SERVER_KEY]} (server private key)")
-    print(f"try: curl --cacert {caPath} https://localhost:8443/")
+    print("then: twistd -n lbproxy --backends HOST,...   (serves them on port 443)")
+    print(f"try:  curl --cacert {caPath} https://localhost/")
     return 0
 
 

@@ -110,7 +110,18 @@ class ProcessRoot(MultiService):
         try:
             super().privilegedStartService()
         except StartupError as e:
-            raise SystemExit(f"lbproxy: error: {e}") from None
+            raise StartupExit(f"lbproxy: error: {e}") from None
 
 
-__all__ = ["YOUNG_COLLECTION", "ProcessRoot"]
+class StartupExit(SystemExit, Exception):
+    """
+    Ends the process with one line and status 1 when lbproxy cannot start.
+
+    A L{SystemExit}, so that Python prints the line without a traceback;
+    an L{Exception} too, so that twistd, which cleans up (removes its pid
+    file) only for an L{Exception} raised while the application starts,
+    does not leave a stale C{twistd.pid} behind.
+    """
+
+
+__all__ = ["YOUNG_COLLECTION", "ProcessRoot", "StartupExit"]

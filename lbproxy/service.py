@@ -53,6 +53,10 @@ The name of the one pool the command line describes.
 class LoadBalancerConfig:
     """
     Everything needed to run one load balancer, already checked.
+
+    @ivar fitConnections: Lower C{limits.maxConnections} to what the
+        open-file limit allows, instead of warning that it is too low (the
+        operator did not choose C{--max-connections}).
     """
 
     backends: list[Backend]
@@ -77,6 +81,7 @@ class LoadBalancerConfig:
     routes: RouteTable | None = None
     admin: str | None = None
     adminToken: bytes | None = None
+    fitConnections: bool = False
 
     def balancerConfig(self) -> BalancerConfig:
         """
@@ -200,7 +205,10 @@ class LoadBalancerService(MultiService):
         if not self._listening:
             _openAccessLog(self._config.accessLog)
             self._listening = True
-            _raiseOpenFileLimit(self._config.limits.maxConnections)
+            limits = self._config.limits
+            allowed = _raiseOpenFileLimit(limits.maxConnections, self._config.fitConnections)
+            if allowed != limits.maxConnections:
+                self.site.limits = attrs.evolve(limits, maxConnections=allowed)
             try:
                 self._startListening()
             except StartupError:
@@ -315,7 +323,9 @@ class LoadBalancerService(MultiService):
                     "holds their sockets); restart lbproxy to change them"
                 )
             self._changeListeners(config)
-        self._config = attrs.evolve(self._config, listens=list(config.listens))
+        self._config = attrs.evolve(
+            self._config, listens=list(config.listens), drainTimeout=config.drainTimeout
+        )
         self.balancer.apply(config.balancerConfig())
 
     def _changeListeners(self, config: LoadBalancerConfig) -> None:
@@ -526,11 +536,15 @@ def makeLoadBalancer(
     return LoadBalancerService(config, reactor, clock, bound)
 
 
-def _raiseOpenFileLimit(maxConnections: int) -> None:
+def _raiseOpenFileLimit(maxConnections: int, fit: bool) -> int:
     """
     Raise this process's open-file limit as far as the system allows, and
-    say so when it is below what C{maxConnections} needs (a client and a
-    backend connection each, plus some spare).
+    when it is still below what C{maxConnections} needs (a client and a
+    backend connection each, plus some spare): with C{fit} (the operator
+    did not choose C{--max-connections}), lower C{maxConnections} to what
+    fits, without a warning; else warn.
+
+    @return: The client connections to allow.
     """
     log = Logger()
     needed = 2 * maxConnections + 256
@@ -542,6 +556,14 @@ def _raiseOpenFileLimit(maxConnections: int) -> None:
             soft = target
         except (ValueError, OSError):
             pass
+    if soft < needed and fit:
+        fitting = max(1, (soft - 256) // 2)
+        log.info(
+            "open-file limit {limit} allows {connections} client connections at once",
+            limit=soft,
+            connections=fitting,
+        )
+        return fitting
     if soft < needed:
         log.warn(
             "open-file limit is {limit}, below the {needed} that --max-connections "
@@ -550,3 +572,4 @@ def _raiseOpenFileLimit(maxConnections: int) -> None:
             needed=needed,
             connections=maxConnections,
         )
+    return maxConnections

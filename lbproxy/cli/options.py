@@ -151,7 +151,8 @@ class EdgeOptions(usage.Options):
             "max-connections",
             None,
             "10000",
-            "Client connections open at once; more are answered 503 and closed.",
+            "Client connections open at once; more are answered 503 and closed. "
+            "Left at the default, it is lowered to what the open-file limit allows.",
         ],
     ]
 
@@ -655,6 +656,8 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         routes=layout.routes if layout is not None else None,
         admin=admin,
         adminToken=adminToken,
+        fitConnections="max-connections" not in options.given
+        and (layout is None or "max-connections" not in layout.source.data),
         **tlsConfig(options, listens),
     )
 

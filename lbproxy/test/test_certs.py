@@ -257,7 +257,7 @@ class MainTests(SynchronousTestCase):
         caCrt, caKey, serverCrt, serverKey = self.paths()
         for path in self.paths():
             self.assertIn(f"wrote {path}", out)
-        self.assertIn(f"curl --cacert {caCrt} https://localhost:8443/", out)
+        self.assertIn(f"curl --cacert {caCrt} https://localhost/", out)
         with open(caCrt, "rb") as f:
             ca = x509.load_pem_x509_certificate(f.read())
         with open(serverCrt, "rb") as f:
@@ -338,7 +338,7 @@ class MainTests(SynchronousTestCase):
         status, out, _ = _runMain([])
         self.assertEqual(status, 0)
         self.assertEqual(sorted(os.listdir("certs")), sorted(_FILES))
-        self.assertIn("curl --cacert certs/ca.crt https://localhost:8443/", out)
+        self.assertIn("curl --cacert certs/ca.crt https://localhost/", out)
 
     def test_runAsModule(self) -> None:
         """
