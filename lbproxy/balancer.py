@@ -152,7 +152,7 @@ class LivePool:
                 backend = _ownCopy(template)
             else:
                 backend.weight = template.weight
-                backend.draining = False
+                backend.draining = template.draining
             backends.append(backend)
         self.backends = BackendPool(backends)
         self.chooser = (
@@ -461,6 +461,8 @@ class Balancer:
             if each is not None and backend in each.backends.backends:
                 each.backends.backends.remove(backend)
                 each.health.remove(backend)
+            if each is not None:
+                each.outliers.forget(backend)
 
     def _retireUpstream(self, upstream: Upstream, timeout: float) -> None:
         """

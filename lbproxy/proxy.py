@@ -420,7 +420,11 @@ class _Exchange:
         controls, self._upgrade = _relayedControls(request, self._body)
         if controls:
             self._headers += controls
-        self._needsHost = client.host is None
+        # An HTTP/1.0 request without Host gets the backend's name as
+        # Host, unless its route set one.
+        self._needsHost = client.host is None and not any(
+            name.lower() == b"host" for name, _ in self._headers
+        )
         if hasattr(request, "onConnectionLost"):
             request.onConnectionLost = self._clientLost
             request.onAbandon = self._abandon  # type: ignore[attr-defined]

@@ -780,8 +780,3 @@ draining = ["{b.authority}"]
         self.assertEqual((await admin.backends("web"))[b.authority]["state"], "draining")
         self.assertEqual(await admin.text("/config"), initial)
         self.assertQuiet(proxy)
-
-    test_reloadKeepsFileDrain.todo = (  # type: ignore[attr-defined]
-        "lbproxy bug: LivePool.__init__ (lbproxy/balancer.py) sets draining = False on a "
-        "backend kept across a reload instead of the file's draining"
-    )

@@ -359,6 +359,18 @@ class OutlierDetector:
         self._settings = settings
         self._slowStart = slowStart
 
+    def forget(self, backend: Backend) -> None:
+        """
+        Drop what is known of C{backend}, which left the pool (a later
+        backend object must not inherit its streak or backoff).
+        """
+        key = id(backend)
+        for table in (self._streaks, self._readmitted, self._level):
+            table.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def succeeded(self, backend: Backend, status: int) -> None:
         """
         A request to C{backend} got a response with C{status}.
