@@ -33,7 +33,7 @@ class ConfigFileTestCase(SynchronousTestCase):
         """
         Write C{text} to a new file; return its path.
         """
-        path = self.mktemp() + ".toml"
+        path: str = self.mktemp() + ".toml"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -907,6 +907,19 @@ class ValidFileTests(ConfigFileTestCase):
             "c.example",
         )
         self.assertEqual(config.proxy.allowedHosts, frozenset({"c.example"}))
+
+    def test_admin(self) -> None:
+        """
+        The file may give the admin API's endpoint and token file; with a
+        token, the endpoint may listen beyond loopback.
+        """
+        token = self.mktemp()
+        with open(token, "w") as f:
+            f.write("s3cret\n")
+        config = self.config(
+            f'backends = ["h"]\nadmin = "tcp:9901"\nadmin-token-file = {token!r}\n', *_LISTEN
+        )
+        self.assertEqual((config.admin, config.adminToken), ("tcp:9901", b"s3cret"))
 
     def test_valuesAsTheFlagsGiveThem(self) -> None:
         """
