@@ -51,8 +51,9 @@ L{WorkerSupervisor}, that does no proxying:
     timeout);
   - a worker that exits when it was not asked to is started again in its
     slot, no sooner than L{RestartPolicy} allows.  It starts from the
-    command line and the config file: changes made through the admin API
-    since are not in it.
+    command line and the config file; with the admin API on, the
+    supervisor then makes its pools' backends (which, their weights,
+    draining) those of a running worker (L{lbproxy.control.resync}).
 
 Health checks, ejections and retry budgets are each worker's own.
 """
@@ -104,11 +105,13 @@ from lbproxy.control import (
     LineBuffer,
     ReloadReport,
     ReportedReload,
+    Resynced,
     WorkersAdmin,
     adminHandler,
     askAll,
     escapeLogText,
     isReply,
+    resync,
 )
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
@@ -247,6 +250,7 @@ class _Slot:
     restart: IDelayedCall | None = None
     waiting: list[Deferred[None]] = attrs.Factory(list)
     control: ControlClient | None = None
+    starts: int = 0
 
     @property
     def label(self) -> str:
@@ -469,6 +473,7 @@ class WorkerSupervisor(Service):
 
     def _start(self, slot: _Slot) -> None:
         slot.restart = None
+        slot.starts += 1
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         numbers = []
         for index, port in enumerate(self.ports):
@@ -487,6 +492,53 @@ class WorkerSupervisor(Service):
         )
         slot.startedAt = self._clock.seconds()
         self._log.info("worker {slot} started: pid {pid}", slot=slot.number, pid=slot.pid)
+        if slot.starts > 1 and self._admin is not None:
+            self._resync(slot)
+
+    def _resync(self, slot: _Slot) -> None:
+        """
+        Bring the backends of the worker just restarted in C{slot} up to
+        date with a running worker's: the admin API may have changed them
+        since the configuration it started from (L{lbproxy.control.resync}).
+        """
+        model = next((other for other in self.slots if other is not slot and other.running), None)
+        if model is None:
+            return
+        worker, like = slot.label, model.label
+        syncing = resync(model, slot)
+        syncing.addCallbacks(
+            self._resynced,
+            self._notResynced,
+            callbackArgs=(worker, like),
+            errbackArgs=(worker, like),
+        )
+
+    def _resynced(self, done: Resynced, worker: str, model: str) -> None:
+        if done.done:
+            self._log.info(
+                "{worker} brought up to date with {model}: {changes}",
+                worker=worker,
+                model=model,
+                changes="; ".join(done.done),
+            )
+        if done.failed:
+            self._log.warn(
+                "{worker} not brought fully up to date with {model}: {failures}",
+                worker=worker,
+                model=model,
+                failures="; ".join(done.failed),
+            )
+
+    def _notResynced(self, failure: Failure, worker: str, model: str) -> None:
+        if not failure.check(ControlError):
+            self._log.failure("bringing {worker} up to date", failure, worker=worker)
+            return
+        self._log.warn(
+            "{worker} not brought up to date with {model}: {why}",
+            worker=worker,
+            model=model,
+            why=failure.getErrorMessage(),
+        )
 
     def _relay(self, slot: _Slot, pid: int | None, childFD: int, line: bytes) -> None:
         """

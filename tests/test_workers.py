@@ -353,3 +353,37 @@ class WorkersControlTests(_WorkersCase):
         (view,) = [b for b in pool["backends"] if b["address"] == added.authority]
         self.assertEqual((view["state"], view["requests"]), ("draining", counted[added.authority]))
         self.assertIsNone(logProblems(process))
+
+    async def test_restartedWorkerUpToDate(self) -> None:
+        """
+        A worker killed after a backend was added through the admin API is
+        replaced by one that the supervisor brings up to date: it sends
+        requests to that backend too.
+        """
+        first = startBackend(self, "127.0.0.1", b"first")
+        added = startBackend(self, "127.0.0.1", b"added")
+        adminPort = freePort()
+        process, port = await self.launch(
+            "--backends",
+            first.authority,
+            "--health-interval",
+            "0",
+            "--admin",
+            f"tcp:{adminPort}:interface=127.0.0.1",
+        )
+        status, body = await admin(
+            adminPort, "POST", "/pools/default/backends", {"address": added.authority}
+        )
+        self.assertEqual(status, 201, body)
+
+        killed = _workers(process)[1]
+        os.kill(killed, signal.SIGKILL)
+        await until(lambda: _workers(process)[1] != killed, "worker 1 to be replaced")
+        replacement = _workers(process)[1]
+        self.seen.add(replacement)
+        await until(lambda: "brought up to date" in process.out, "the new worker's update")
+        (line,) = [line for line in process.out.splitlines() if "brought up to date" in line]
+        self.assertIn(f"worker 1 (pid {replacement}) brought up to date with worker 2", line)
+        self.assertIn(f"add http://{added.authority} to default", line)
+        await self.reachedThroughBoth(process, _Requests(port), added)
+        self.assertIsNone(logProblems(process))

@@ -25,13 +25,15 @@ after L{ANSWER_TIMEOUT} seconds, or exits first, has failed that request.
 
 The supervisor's side is L{ControlClient} (one per worker process),
 L{askAll} and L{ReloadReport} (L{client}), and L{WorkersAdmin}, the admin
-API the supervisor serves, answering from every worker (L{admin}); the
-worker's side is L{ControlServer} with the handlers L{ReportedReload} and
-L{adminHandler} (L{worker}).
+API the supervisor serves, answering from every worker (L{admin}), and
+L{resync}, which brings a restarted worker's backends up to date with a
+running worker's; the worker's side is L{ControlServer} with the handlers
+L{ReportedReload} and L{adminHandler} (L{worker}).
 """
 
 from lbproxy.control.admin import AdminHandler, WorkersAdmin, combineAnswers, combineViews
 from lbproxy.control.client import Answer, ControlClient, ReloadReport, Worker, askAll
+from lbproxy.control.resync import Resynced, resync
 from lbproxy.control.wire import (
     ANSWER_TIMEOUT,
     MARKER,
@@ -56,6 +58,7 @@ __all__ = [
     "LineBuffer",
     "ReloadReport",
     "ReportedReload",
+    "Resynced",
     "Worker",
     "WorkersAdmin",
     "adminHandler",
@@ -64,4 +67,5 @@ __all__ = [
     "combineViews",
     "escapeLogText",
     "isReply",
+    "resync",
 ]

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from lbproxy.admin.response import JSON, AdminResponse, errorResponse, jsonResponse
 from lbproxy.control.client import Answer, Worker, askAll
-from lbproxy.control.wire import ControlError, adminRequest, readResponse
+from lbproxy.control.wire import ControlError, adminRequest, errorMessage, readResponse
 
 
 class AdminHandler(Protocol):
@@ -138,7 +138,7 @@ def _differed(
     listed: list[dict[str, Any]] = []
     parts = []
     for worker, response in answered:
-        error = _errorOf(response)
+        error = errorMessage(response)
         listed.append({"worker": worker, "status": response.status, "error": error})
         parts.append(f"{worker}: {response.status}" + (f" ({error})" if error else ""))
     for worker, why in unanswered:
@@ -147,20 +147,6 @@ def _differed(
     caveat = " (the change may have been made in some of them only)" if method != "GET" else ""
     message = f"the workers answered differently{caveat}: " + "; ".join(parts)
     return jsonResponse(500, {"error": " ".join(message.split()), "workers": listed})
-
-
-def _errorOf(response: AdminResponse) -> str | None:
-    """
-    The message of a JSON error answer, if it is one.
-    """
-    if response.contentType != JSON:
-        return None
-    try:
-        value = json.loads(response.body)
-    except ValueError:
-        return None
-    error = value.get("error") if isinstance(value, dict) else None
-    return error if isinstance(error, str) else None
 
 
 SUMMED = frozenset(

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from lbproxy.admin.response import AdminResponse
+from lbproxy.admin.response import JSON, AdminResponse
 
 MARKER = b"\x1elbproxy-control "
 """
@@ -248,6 +248,21 @@ def readResponse(fields: Mapping[str, Any]) -> AdminResponse:
     )
 
 
+def errorMessage(response: AdminResponse) -> str | None:
+    """
+    The message of an admin API error answer (C{{"error": "..."}}), if it
+    is one.
+    """
+    if response.contentType != JSON:
+        return None
+    try:
+        value = json.loads(response.body)
+    except ValueError:
+        return None
+    error = value.get("error") if isinstance(value, dict) else None
+    return error if isinstance(error, str) else None
+
+
 def _unbase64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ControlError("a body must be base64 text")
@@ -269,6 +284,7 @@ __all__ = [
     "decodeRequest",
     "encodeReply",
     "encodeRequest",
+    "errorMessage",
     "escapeLogText",
     "isReply",
     "readAdminRequest",

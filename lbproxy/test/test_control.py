@@ -30,6 +30,7 @@ from lbproxy.control import (
     LineBuffer,
     ReloadReport,
     ReportedReload,
+    Resynced,
     Worker,
     WorkersAdmin,
     adminHandler,
@@ -38,7 +39,9 @@ from lbproxy.control import (
     combineViews,
     escapeLogText,
     isReply,
+    resync,
 )
+from lbproxy.control.resync import changesFor
 from lbproxy.control.wire import (
     adminRequest,
     decodeReply,
@@ -985,3 +988,194 @@ class ThroughTheChannelTests(SynchronousTestCase):
         response = self.request("POST", "/pools/nope/backends", {"address": "127.0.0.9:80"})
         self.assertEqual(response.status, 400, response.body)
         self.assertNotIn("workers", _body(response))
+
+
+class ChangesForTests(SynchronousTestCase):
+    """
+    L{changesFor} lists the admin requests that make one worker's backends
+    another's.
+    """
+
+    def test_same(self) -> None:
+        """
+        The same backends, weights and draining need nothing; counters,
+        health and order do not matter.
+        """
+        wanted = [_backend("http://a:80", requests=5), _backend("http://b:80", state="down")]
+        have = [_backend("http://b:80"), _backend("http://a:80", state="ejected")]
+        self.assertEqual(changesFor("web", wanted, have), [])
+
+    def test_changes(self) -> None:
+        """
+        A missing backend is added with its weight (and drained if it is
+        draining), one too many removed, and weight or draining set where
+        they differ; backends being removed count as gone.
+        """
+        wanted = [
+            _backend("http://a:80", weight=3),
+            _backend("http://b:80", state="draining"),
+            _backend("https://c:443", weight=2, state="draining"),
+            _backend("http://d:80", removing=True),
+            _backend("http://f:80"),
+        ]
+        have = [
+            _backend("http://a:80"),
+            _backend("http://b:80"),
+            _backend("http://d:80"),
+            _backend("http://e:80", removing=True),
+            _backend("http://f:80", state="draining"),
+        ]
+        self.assertEqual(
+            [(c.method, c.path, c.body, c.what) for c in changesFor("my pool", wanted, have)],
+            [
+                (
+                    "DELETE",
+                    "/pools/my%20pool/backends/http%3A%2F%2Fd%3A80",
+                    None,
+                    "remove http://d:80 from my pool",
+                ),
+                (
+                    "PATCH",
+                    "/pools/my%20pool/backends/http%3A%2F%2Fa%3A80",
+                    {"weight": 3},
+                    "set weight 3 for http://a:80 in my pool",
+                ),
+                (
+                    "PATCH",
+                    "/pools/my%20pool/backends/http%3A%2F%2Fb%3A80",
+                    {"drain": True},
+                    "set drain true for http://b:80 in my pool",
+                ),
+                (
+                    "POST",
+                    "/pools/my%20pool/backends",
+                    {"address": "https://c:443", "weight": 2},
+                    "add https://c:443 to my pool",
+                ),
+                (
+                    "PATCH",
+                    "/pools/my%20pool/backends/https%3A%2F%2Fc%3A443",
+                    {"drain": True},
+                    "drain https://c:443 in my pool",
+                ),
+                (
+                    "PATCH",
+                    "/pools/my%20pool/backends/http%3A%2F%2Ff%3A80",
+                    {"drain": False},
+                    "set drain false for http://f:80 in my pool",
+                ),
+            ],
+        )
+
+
+class ResyncTests(SynchronousTestCase):
+    """
+    L{resync} brings a worker's backends up to date with another's, over
+    in-memory workers with real balancers.
+    """
+
+    def setUp(self) -> None:
+        self.balancers = []
+        self.workers = []
+        for number in (1, 2):
+            balancer, _ = makeBalancer(
+                ("web", (Backend("127.0.0.2", 80), Backend("127.0.0.3", 80))),
+                ("api", (Backend("127.0.0.4", 80),)),
+            )
+            self.balancers.append(balancer)
+            self.workers.append(_InMemoryWorker(number, AdminAPI(balancer, Hooks())))
+
+    def change(self, method: str, path: str, body: object = None) -> None:
+        """
+        Make a change in worker 1 only, through its own admin API.
+        """
+        data = b"" if body is None else json.dumps(body).encode()
+        response = self.successResultOf(self.workers[0].api.handle(method, path, data))
+        self.assertLess(response.status, 300, response.body)
+
+    def backends(self, index: int) -> dict[str, list[tuple[str, int, bool]]]:
+        balancer = self.balancers[index]
+        return {
+            name: sorted(
+                (b.authority, b.weight, b.draining)
+                for b in pool.backends.backends
+                if not balancer.removing(b)
+            )
+            for name, pool in balancer.pools.items()
+        }
+
+    def test_upToDate(self) -> None:
+        """
+        After resync, the worker has the other's backends, weights and
+        draining in every pool, and says what it changed.
+        """
+        self.change("POST", "/pools/web/backends", {"address": "127.0.0.9:80", "weight": 4})
+        self.change("PATCH", "/pools/web/backends/127.0.0.2:80", {"drain": True})
+        self.change("DELETE", "/pools/api/backends/127.0.0.4:80")
+        self.change("POST", "/pools/api/backends", {"address": "127.0.0.5:80"})
+        self.assertNotEqual(self.backends(0), self.backends(1))
+        done = self.successResultOf(resync(_worker(self.workers[0]), _worker(self.workers[1])))
+        self.assertEqual(self.backends(0), self.backends(1))
+        self.assertEqual(
+            done,
+            Resynced(
+                (
+                    "set drain true for http://127.0.0.2:80 in web",
+                    "add http://127.0.0.9:80 to web",
+                    "remove http://127.0.0.4:80 from api",
+                    "add http://127.0.0.5:80 to api",
+                ),
+                (),
+            ),
+        )
+        again = self.successResultOf(resync(_worker(self.workers[0]), _worker(self.workers[1])))
+        self.assertEqual(again, Resynced((), ()))
+
+    def test_refusedChange(self) -> None:
+        """
+        A change the worker refuses is reported with its reason, and the
+        others are still made.
+        """
+
+        def views(*backends: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "/pools": {"pools": [{"name": "web"}]},
+                "/pools/web/backends": {"pool": "web", "backends": list(backends)},
+            }
+
+        wanted = views(_backend("http://a:80"), _backend("http://b:80", weight=2))
+        have = views(_backend("http://b:80"))
+
+        def refusingAdds(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+            if fields["method"] == "GET":
+                return _answer(200, have[fields["path"]])
+            if fields["method"] == "POST":
+                return responseFields(errorResponse(400, "no"))
+            return _answer(200, {})
+
+        model = _Worker(1, lambda kind, fields: _answer(200, wanted[fields["path"]]))
+        refusing = _Worker(2, refusingAdds)
+        done = self.successResultOf(resync(_worker(model), _worker(refusing)))
+        self.assertEqual(
+            done,
+            Resynced(
+                ("set weight 2 for http://b:80 in web",), ("add http://a:80 to web: 400 (no)",)
+            ),
+        )
+
+    def test_modelSilent(self) -> None:
+        """
+        If a worker cannot show its pools, resync fails saying so.
+        """
+        silent = _Worker(1, ControlError("no answer within 10 s"))
+        failure = self.failureResultOf(
+            resync(_worker(silent), _worker(self.workers[1])), ControlError
+        )
+        self.assertEqual(failure.getErrorMessage(), "no answer within 10 s")
+        broken = _Worker(1, responseFields(errorResponse(500, "internal error")))
+        failure = self.failureResultOf(
+            resync(_worker(broken), _worker(self.workers[1])), ControlError
+        )
+        self.assertEqual(
+            failure.getErrorMessage(), "worker 1 (pid 101) answered GET /pools with 500"
+        )

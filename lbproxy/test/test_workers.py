@@ -741,6 +741,77 @@ class SupervisorAdminTests(_SupervisorCase):
         self.assertEqual((supervisor.ports, supervisor.adminPort), ([], None))
 
 
+class RestartResyncTests(_SupervisorCase):
+    """
+    A worker restarted in its slot is brought up to date with a running
+    worker's backends when the admin API is on.
+    """
+
+    def restarted(self, admin: str | None) -> WorkerSupervisor:
+        supervisor = self.supervisor(2, admin=admin)
+        supervisor.startService()
+        if supervisor.adminPort is not None:
+            self.closing.append(supervisor.adminPort)
+        self.clock.advance(60)
+        self.processes.started[0].end(ProcessTerminated(signal=9))
+        self.clock.advance(0)
+        self.assertEqual(len(self.processes.started), 3)
+        return supervisor
+
+    def test_resynced(self) -> None:
+        """
+        The restarted worker is asked for its pools' backends, as is a
+        running one, and given the changes that make them the same; the
+        supervisor logs what they were.
+        """
+        with capturedLogs() as events:
+            self.restarted(admin="tcp:0:interface=127.0.0.1")
+            _, model, new = self.processes.started
+            self.assertEqual(new.stdin, b"")
+            self.assertEqual([r["path"] for r in model.requests()], ["/pools"])
+            model.answer(_jsonAnswer(200, {"pools": [{"name": "web"}]}))
+            self.assertEqual(model.requests()[-1]["path"], "/pools/web/backends")
+            view = {"url": "http://a:80", "weight": 2, "state": "up", "removing": False}
+            model.answer(_jsonAnswer(200, {"pool": "web", "backends": [view]}))
+            self.assertEqual(
+                [(r["method"], r["path"]) for r in new.requests()],
+                [("GET", "/pools/web/backends")],
+            )
+            new.answer(_jsonAnswer(200, {"pool": "web", "backends": []}))
+            (post,) = new.requests()[1:]
+            self.assertEqual(
+                (post["method"], post["path"], json.loads(base64.b64decode(post["body"]))),
+                ("POST", "/pools/web/backends", {"address": "http://a:80", "weight": 2}),
+            )
+            new.answer(_jsonAnswer(201, {}))
+        self.assertEqual(
+            _lines(events, LogLevel.info)[-1],
+            "worker 1 (pid 1002) brought up to date with worker 2 (pid 1001): "
+            "add http://a:80 to web",
+        )
+
+    def test_notResynced(self) -> None:
+        """
+        A running worker that does not answer leaves the restarted one as
+        it started, and the supervisor warns.
+        """
+        with capturedLogs() as events:
+            self.restarted(admin="tcp:0:interface=127.0.0.1")
+            self.clock.advance(10)
+        self.assertEqual(
+            _lines(events, LogLevel.warn)[-1],
+            "worker 1 (pid 1002) not brought up to date with worker 2 (pid 1001): "
+            "no answer within 10 s",
+        )
+
+    def test_noAdminNoResync(self) -> None:
+        """
+        Without the admin API nothing can have changed: no worker is asked.
+        """
+        self.restarted(admin=None)
+        self.assertEqual([p.stdin for p in self.processes.started], [b"", b"", b""])
+
+
 def _jsonAnswer(
     status: int, value: object, headers: list[list[str]] | None = None
 ) -> dict[str, Any]:
