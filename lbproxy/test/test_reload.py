@@ -9,6 +9,7 @@ and its running state written back as a config file.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from typing import Any, cast
 
@@ -810,6 +811,22 @@ class DescribeTests(ReloadTestCase):
             },
         )
         self.roundTrip(service, reloader)
+
+    def test_roundTripAsJSON(self) -> None:
+        """
+        The description as JSON (C{GET /config?format=json}) applied back
+        as JSON leaves everything as it was, and describes the same.
+        """
+        service, reloader = self.start(
+            _TWO_POOLS.replace('chooser = "round-robin"', 'draining = ["127.0.0.2"]')
+        )
+        description = reloader.describe()
+        backends = list(service.backends)
+        state = self.pools(service)
+        self.successResultOf(reloader.apply(json.dumps(description), "json"))
+        self.assertEqual(service.backends, backends)
+        self.assertEqual(self.pools(service), state)
+        self.assertEqual(reloader.describe(), description)
 
     def test_describeWithoutPools(self) -> None:
         """
