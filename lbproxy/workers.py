@@ -600,7 +600,11 @@ class WorkerSupervisor(Service):
 
         @return: Fires with whether every worker applied it; never fails.
         """
-        why = self._check() if self._check is not None else None
+        try:
+            why = self._check() if self._check is not None else None
+        except Exception:  # noqa: BLE001 - logged; the workers are left alone
+            self._log.failure("checking the configuration before a reload")
+            why = "the check failed unexpectedly (see the traceback above)"
         if why is not None:
             self._log.error(
                 "configuration reload rejected, the running configuration is kept: {why}",

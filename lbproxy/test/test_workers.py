@@ -525,6 +525,28 @@ class SupervisorTests(_SupervisorCase):
         self.assertEqual([p.stdin for p in self.processes.started], [b"", b""])
         self.assertEqual([p.signals for p in self.processes.started], [[], []])
 
+    def test_reloadCheckBroken(self) -> None:
+        """
+        A check that fails unexpectedly is logged with its traceback and
+        refuses the reload; no worker is asked.
+        """
+
+        def broken() -> str | None:
+            raise ZeroDivisionError("oops")
+
+        supervisor = self.supervisor(1, check=broken)
+        supervisor.startService()
+        with capturedLogs() as events:
+            reloaded = supervisor.reload()
+        self.assertFalse(self.successResultOf(reloaded))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn(
+            "configuration reload rejected, the running configuration is kept: the check "
+            "failed unexpectedly",
+            _lines(events, LogLevel.error)[-1],
+        )
+        self.assertEqual(self.processes.started[0].stdin, b"")
+
     def test_reloadCertificatesReloads(self) -> None:
         """
         L{WorkerSupervisor.reloadCertificates}, what SIGHUP calls, is the
