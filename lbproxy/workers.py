@@ -448,10 +448,7 @@ class WorkerSupervisor(Service):
         """
         The admin API's site: every request answered by the workers.
         """
-        api = WorkersAdmin(lambda: self.slots)
-        # adminSite's annotation asks for an AdminAPI; it calls only
-        # handle(), which WorkersAdmin has (lbproxy.control.AdminHandler).
-        return adminSite(cast(AdminAPI, api), self._adminToken, self._clock)
+        return adminSite(WorkersAdmin(lambda: self.slots), self._adminToken, self._clock)
 
     def startService(self) -> None:
         if not self._bound:

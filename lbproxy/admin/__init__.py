@@ -9,7 +9,7 @@ the bearer token check and the checks of the C{--admin} settings; L{views}
 the JSON shapes of pools and backends.
 """
 
-from lbproxy.admin.api import MAX_BODY, AdminAPI, ConfigHooks, ConfigRejected
+from lbproxy.admin.api import MAX_BODY, AdminAPI, AdminHandler, ConfigHooks, ConfigRejected
 from lbproxy.admin.auth import AdminConfigError, checkAdminEndpoint, readTokenFile
 from lbproxy.admin.http import adminSite
 from lbproxy.admin.response import AdminResponse
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_BODY",
     "AdminAPI",
     "AdminConfigError",
+    "AdminHandler",
     "AdminResponse",
     "ConfigHooks",
     "ConfigRejected",

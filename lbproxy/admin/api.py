@@ -50,6 +50,21 @@ The content type of the configuration as TOML.
 """
 
 
+class AdminHandler(Protocol):
+    """
+    What the HTTP layer (L{lbproxy.admin.http.adminSite}) calls: the one
+    method of L{AdminAPI}, which the workers' supervisor has too
+    (L{lbproxy.control.admin.WorkersAdmin}).
+    """
+
+    def handle(
+        self, method: str, path: str, body: bytes, accept: str | None = None
+    ) -> Deferred[AdminResponse]:
+        """
+        Answer one admin request; never fails.
+        """
+
+
 class ConfigRejected(Exception):
     """
     A configuration given to L{ConfigHooks.apply} is invalid; the message

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from lbproxy.admin.api import MAX_BODY, AdminAPI
+from lbproxy.admin.api import MAX_BODY, AdminHandler
 from lbproxy.admin.auth import authorize
 from lbproxy.admin.response import AdminResponse, errorResponse
 
@@ -69,7 +69,7 @@ class AdminResource(Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, api: AdminAPI, token: bytes | None) -> None:
+    def __init__(self, api: AdminHandler, token: bytes | None) -> None:
         super().__init__()
         self._api = api
         self._token = token
@@ -150,7 +150,7 @@ class _AdminSite(Site):
         return "lbproxy admin API"
 
 
-def adminSite(api: AdminAPI, token: bytes | None, clock: IReactorTime) -> Site:
+def adminSite(api: AdminHandler, token: bytes | None, clock: IReactorTime) -> Site:
     """
     The admin API's site.
 

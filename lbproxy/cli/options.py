@@ -925,7 +925,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     clock: IReactorTime = reactor
     if options.workers > 1:
         supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
-        return ProcessRoot(supervisor, reactor, supervisor.reloadCertificates)
+        return ProcessRoot(supervisor, reactor, supervisor.reload)
     service = makeLoadBalancer(config, network, clock)
     reloader = Reloader(options, service, Options)
     service.configHooks = reloader

@@ -31,7 +31,8 @@ running worker's; the worker's side is L{ControlServer} with the handlers
 L{ReportedReload} and L{adminHandler} (L{worker}).
 """
 
-from lbproxy.control.admin import AdminHandler, WorkersAdmin, combineAnswers, combineViews
+from lbproxy.admin.api import AdminHandler
+from lbproxy.control.admin import WorkersAdmin, combineAnswers, combineViews
 from lbproxy.control.client import Answer, ControlClient, ReloadReport, Worker, askAll
 from lbproxy.control.resync import Resynced, resync
 from lbproxy.control.wire import (

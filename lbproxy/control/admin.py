@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from lbproxy.admin.api import AdminHandler
 from lbproxy.admin.response import JSON, AdminResponse, errorResponse, jsonResponse
 from lbproxy.control.client import Answer, Worker, askAll
 from lbproxy.control.wire import ControlError, adminRequest, errorMessage, readResponse
-
-
-class AdminHandler(Protocol):
-    """
-    The one method of L{lbproxy.admin.AdminAPI} that its HTTP layer calls;
-    L{WorkersAdmin} has it too.
-    """
-
-    def handle(
-        self, method: str, path: str, body: bytes, accept: str | None = None
-    ) -> Deferred[AdminResponse]:
-        """
-        Answer one admin request; never fails.
-        """
 
 
 class WorkersAdmin:
