@@ -29,7 +29,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
-from lbproxy.balancing.ewma import PeakEWMA
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
 from lbproxy.routing import Router, RouteTable, Routing
@@ -53,11 +52,18 @@ Seconds between looks at a draining backend's requests in flight.
 def _ownCopy(template: Backend) -> Backend:
     """
     A live backend for C{template} (a configuration's, or one given to
-    L{Balancer.addBackend}): its settings, with a latency history of its
-    own (C{attrs.evolve} alone would share the template's, so that a
-    backend configured again after leaving would start with its old one).
+    L{Balancer.addBackend}): its settings, with counters and a latency
+    history of its own (C{attrs.evolve} would share the template's
+    mutable ones, so that a backend configured again after leaving would
+    start with its old history).
     """
-    return attrs.evolve(template, latencyEWMA=PeakEWMA())
+    return Backend(
+        host=template.host,
+        port=template.port,
+        scheme=template.scheme,
+        weight=template.weight,
+        draining=template.draining,
+    )
 
 
 class BalancerError(ValueError):

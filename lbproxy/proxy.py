@@ -43,7 +43,7 @@ from lbproxy.upstream.backends import Backend, BackendPool
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendResponse, HeaderLines, InvalidResponse
 from lbproxy.upstream.deadlines import Deadlines
-from lbproxy.upstream.retry import RetryBudget, failedToConnect, mayRetry
+from lbproxy.upstream.retry import RetryBudget, connectFailureKind, failedToConnect, mayRetry
 
 
 class UpstreamClient(TypingProtocol):
@@ -379,6 +379,7 @@ class _Exchange:
     _done = False
     _started = 0.0
     _attempts = 0
+    _sentBefore = 0
     _connectFailures = 0
     _bodyProducer: IPushProducer | None = None
     _body: StreamedBody | None = None
@@ -445,6 +446,8 @@ class _Exchange:
         backend.requestStarted()
         self._started = self._clock.seconds()
         body = self._body
+        if body is not None:
+            self._sentBefore = body.sent
         if body is None or body.complete:
             self._proxy.deadlines.add(self, self._timeUp, self._started)
         else:
@@ -491,6 +494,8 @@ class _Exchange:
             self._done = True
             latency = None if failed else self._record.upstreamSeconds
             self._backend.requestFinished(failed, latency=latency, now=self._clock.seconds())
+            if self._body is not None:
+                self._backend.bytesToBackend += self._body.sent - self._sentBefore
             observer = self._proxy.outcomes
             if observer is not None and failed:
                 observer.failed(self._backend)
@@ -499,6 +504,7 @@ class _Exchange:
         self._pending = None
         self._stopTimer()
         self._record.upstreamSeconds = self._clock.seconds() - self._started
+        self._backend.responses[min(response.code // 100, 5)] += 1
         if self._proxy.outcomes is not None:
             self._proxy.outcomes.succeeded(self._backend, response.code)
         if self._clientGone or self._abandoned:
@@ -552,6 +558,9 @@ class _Exchange:
         code, reason = classifyFailure(failure, self._timedOut)
         if not self._timedOut and failedToConnect(failure):
             self._connectFailures += 1
+            kind = connectFailureKind(failure)
+            failures = self._backend.connectFailures
+            failures[kind] = failures.get(kind, 0) + 1
         self._finish(failed=True)
         retryTo = None if self._timedOut else self._retryBackend(failure)
         if retryTo is None and self._connectFailures == self._attempts:
@@ -656,6 +665,7 @@ class _Exchange:
         self._request.registerProducer(_RelayProducer(self, producer), True)
 
     def bodyData(self, data: bytes) -> None:
+        self._backend.bytesFromBackend += len(data)
         if self._tunnel is not None:
             self._record.tunnelToClient += len(data)
             self._tunnelActive()
@@ -786,6 +796,7 @@ class _Exchange:
         response.deliverBody(_BodyRelay(self))
 
     def tunnelSent(self, count: int) -> None:
+        self._backend.bytesToBackend += count
         self._record.tunnelToBackend = (self._record.tunnelToBackend or 0) + count
         self._tunnelActive()
 

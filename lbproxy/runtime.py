@@ -107,6 +107,12 @@ class ProcessRoot(MultiService):
             self._reactor.stop()
 
     def privilegedStartService(self) -> None:
+        # SIGHUP's handler goes in before anything starts: the ready line
+        # is logged while the services start, before the reactor runs,
+        # and a SIGHUP sent as soon as it is seen must reload, not kill
+        # (its default action). The reload itself waits for the reactor
+        # (callFromThread).
+        signal.signal(signal.SIGHUP, self._reloadOnSignal)
         try:
             super().privilegedStartService()
         except StartupError as e:

@@ -13,7 +13,14 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    fail,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -24,6 +31,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy import __version__
 from lbproxy._twisted.transport import batchingSends
 from lbproxy.admin import AdminAPI, ConfigHooks, ConfigRejected, adminSite
 from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
@@ -34,6 +42,8 @@ from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.http.redirect import redirectSite
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
+from lbproxy.metrics import metricsRegistry, render
+from lbproxy.metrics.site import metricsSite
 from lbproxy.proxy import ProxySettings
 from lbproxy.routing import RouteRule, RouteTable
 from lbproxy.tls.certificates import TLSConfigError, adhocCertificate
@@ -81,6 +91,7 @@ class LoadBalancerConfig:
     routes: RouteTable | None = None
     admin: str | None = None
     adminToken: bytes | None = None
+    metrics: str | None = None
     fitConnections: bool = False
 
     def balancerConfig(self) -> BalancerConfig:
@@ -183,6 +194,8 @@ class LoadBalancerService(MultiService):
         self._adhoc: Any = None
         self.demoPorts: list[IListeningPort] = []
         self.adminPort: IListeningPort | None = None
+        self.metricsPort: IListeningPort | None = None
+        self.metricsRegistry = metricsRegistry(self, __version__)
         self.configHooks: ConfigHooks = _FixedConfig()
         self._listening = False
 
@@ -247,6 +260,8 @@ class LoadBalancerService(MultiService):
             self._listenRedirect(config.redirectHTTP)
         if config.admin is not None:
             self._listenAdmin(config.admin)
+        if config.metrics is not None:
+            self._listenMetrics(config.metrics)
         pools = list(self.balancer.pools.values())
         described = [
             "{backends} with chooser {chooser}".format(
@@ -347,26 +362,54 @@ class LoadBalancerService(MultiService):
             for description in opened:
                 self._closeListener(description)
             raise ReloadError(str(e)) from None
-        for description in removed:
-            self._closeListener(description)
+        byPort = {_portOf(s): s for s in self._config.listens if s.description in removed}
+        closing = {description: self._closeListener(description) for description in removed}
         for spec in late:
+            # Its port is free once the old listener's socket is closed,
+            # which Twisted does in the next reactor turn.
+            old = byPort[_portOf(spec)]
+            closing[old.description].addBoth(self._moved, spec, old)
+        if opened or removed:
+            self._log.info(
+                "listeners: opened {opened}, closed {closed}",
+                opened=", ".join(opened) or "none",
+                closed=", ".join(removed) or "none",
+            )
+
+    def _moved(self, closed: object, spec: ListenSpec, old: ListenSpec) -> None:
+        """
+        Listen on C{spec}, which takes the port of C{old} (closed now);
+        if that fails, listen as C{old} again, so that the port still
+        serves.
+        """
+        try:
+            self._listenFor(spec)
+        except StartupError as e:
+            self._log.error(
+                "reload: {error}; listening as before on {old}", error=str(e), old=old.description
+            )
             try:
-                self._listenFor(spec)
-            except StartupError as e:
-                self._log.error("reload: {error}", error=str(e))
+                self._listenFor(old)
+            except StartupError as again:
+                self._log.error("reload: {error}", error=str(again))
+            return
         self._log.info(
-            "listeners: opened {opened}, closed {closed}",
-            opened=", ".join(s.description for s in added) or "none",
-            closed=", ".join(removed) or "none",
+            "listeners: opened {opened} in place of {old}",
+            opened=spec.description,
+            old=old.description,
         )
 
-    def _closeListener(self, description: str) -> None:
+    def _closeListener(self, description: str) -> Deferred[None]:
+        """
+        Stop listening on C{description}; fires when its socket is closed.
+        """
         port = self._listeners.pop(description)
         self.ports.remove(port)
         tls = self._tlsOf.pop(description, None)
         if tls is not None:
             self.serverTLS.remove(tls)
-        port.stopListening()
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else succeed(None)
 
     def _listenRedirect(self, spec: ListenSpec) -> None:
         """
@@ -388,10 +431,32 @@ class LoadBalancerService(MultiService):
         Serve the admin API on C{description} (see L{lbproxy.admin}); its
         configuration calls go to L{configHooks}.
         """
-        api = AdminAPI(self.balancer, _HooksOf(self))
+        api = AdminAPI(self.balancer, _HooksOf(self), self.renderMetrics)
         site = adminSite(api, self._config.adminToken, self._clock)
         self.adminPort = self._listenNow(description, site)
         self._log.info("admin API listening on {admin}", admin=description)
+
+    def _listenMetrics(self, description: str) -> None:
+        """
+        Serve C{GET /metrics} alone on C{description} (C{--metrics}).
+        """
+        site = metricsSite(self.renderMetrics, self._clock)
+        self.metricsPort = self._listenNow(description, site)
+        self._log.info("metrics served on {metrics} at /metrics", metrics=description)
+
+    def renderMetrics(self) -> bytes:
+        """
+        This process's metrics in Prometheus's text format (see
+        L{lbproxy.metrics}).
+        """
+        return render(self.metricsRegistry)
+
+    def listeningPorts(self) -> dict[str, IListeningPort]:
+        """
+        The proxy's listening ports by C{--listen} description (the
+        metrics' listeners).
+        """
+        return dict(self._listeners)
 
     def _boundFor(self, index: int) -> IStreamServerEndpoint | None:
         """
@@ -440,9 +505,10 @@ class LoadBalancerService(MultiService):
     def _closePortsNow(self) -> None:
         for port in self.ports + self.demoPorts:
             port.stopListening()
-        if self.adminPort is not None:
-            self.adminPort.stopListening()
-            self.adminPort = None
+        for extra in (self.adminPort, self.metricsPort):
+            if extra is not None:
+                extra.stopListening()
+        self.adminPort = self.metricsPort = None
         self.ports = []
         self.demoPorts = []
         self._listeners = {}
@@ -458,12 +524,12 @@ class LoadBalancerService(MultiService):
         log.
         """
         super().stopService()
-        admin = [self.adminPort] if self.adminPort is not None else []
+        extra = [p for p in (self.adminPort, self.metricsPort) if p is not None]
         yield DeferredList(
-            [maybeDeferred(p.stopListening) for p in self.ports + admin], consumeErrors=True
+            [maybeDeferred(p.stopListening) for p in self.ports + extra], consumeErrors=True
         )
         self.ports = []
-        self.adminPort = None
+        self.adminPort = self.metricsPort = None
         self._listeners = {}
         self._listening = False
         yield self.site.drain(self._config.drainTimeout)

@@ -95,7 +95,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy._twisted.transport import batchingSends
-from lbproxy.admin import AdminAPI, adminSite
+from lbproxy.admin import AdminAPI, AdminResponse, adminSite
 from lbproxy.control import (
     ANSWER_TIMEOUT,
     MAX_MESSAGE,
@@ -114,6 +114,7 @@ from lbproxy.control import (
     resync,
 )
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
+from lbproxy.metrics.site import metricsSite
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
 
 __all__ = [
@@ -368,6 +369,7 @@ class WorkerSupervisor(Service):
         admin: str | None = None,
         adminToken: bytes | None = None,
         answerTimeout: float = ANSWER_TIMEOUT,
+        metrics: str | None = None,
     ) -> None:
         """
         @param count: How many workers.
@@ -389,6 +391,8 @@ class WorkerSupervisor(Service):
         @param adminToken: The bearer token the admin API requires, if any.
         @param answerTimeout: Seconds a worker has to answer a control
             request (a reload, an admin call).
+        @param metrics: The C{--metrics} endpoint, served by the supervisor
+            with every worker's metrics summed, if any.
         """
         self._sockets = list(sockets)
         self._check = check
@@ -396,6 +400,8 @@ class WorkerSupervisor(Service):
         self._adminToken = adminToken
         self._answerTimeout = answerTimeout
         self.adminPort: IListeningPort | None = None
+        self._metrics = metrics
+        self.metricsPort: IListeningPort | None = None
         self._argv = argv
         self._reactor = reactor
         self._clock = clock
@@ -422,10 +428,13 @@ class WorkerSupervisor(Service):
                     self.ports.append(port)
                 if self._admin is not None:
                     self.adminPort = self._listen(self._admin, self._adminSite())
+                if self._metrics is not None:
+                    self.metricsPort = self._listen(self._metrics, self._metricsSite())
             except StartupError:
-                for port in self.ports:
+                for port in self.ports + ([self.adminPort] if self.adminPort else []):
                     port.stopListening()
                 self.ports = []
+                self.adminPort = None
                 self._bound = False
                 raise
         super().privilegedStartService()
@@ -449,6 +458,17 @@ class WorkerSupervisor(Service):
         The admin API's site: every request answered by the workers.
         """
         return adminSite(WorkersAdmin(lambda: self.slots), self._adminToken, self._clock)
+
+    def _metricsSite(self) -> Any:
+        """
+        The C{--metrics} site: every worker's metrics, summed.
+        """
+        workers = WorkersAdmin(lambda: self.slots)
+
+        def scrape() -> Deferred[bytes]:
+            return workers.handle("GET", "/metrics", b"").addCallback(_metricsBody)
+
+        return metricsSite(scrape, self._clock)
 
     def startService(self) -> None:
         if not self._bound:
@@ -643,12 +663,12 @@ class WorkerSupervisor(Service):
             if slot.restart is not None and slot.restart.active():
                 slot.restart.cancel()
             slot.restart = None
-        admin = [self.adminPort] if self.adminPort is not None else []
+        extra = [p for p in (self.adminPort, self.metricsPort) if p is not None]
         closed: list[Deferred[Any]] = [
-            maybeDeferred(port.stopListening) for port in self.ports + admin
+            maybeDeferred(port.stopListening) for port in self.ports + extra
         ]
         self.ports = []
-        self.adminPort = None
+        self.adminPort = self.metricsPort = None
         self._bound = False
         ended: list[Deferred[Any]] = [slot.whenEnded() for slot in self.slots]
         sent = self.signalWorkers("TERM")
@@ -702,6 +722,17 @@ def workerEnvironment() -> dict[str, str]:
     return environment
 
 
+def _metricsBody(response: AdminResponse) -> bytes:
+    """
+    The exposition in a combined C{GET /metrics} answer.
+
+    @raise ValueError: If the workers could not give one.
+    """
+    if response.status != 200:
+        raise ValueError(response.body.decode("utf-8", "replace").strip())
+    return response.body
+
+
 def makeSupervisor(
     count: int, config: LoadBalancerConfig, arguments: Sequence[str], reactor: Any
 ) -> WorkerSupervisor:
@@ -722,6 +753,7 @@ def makeSupervisor(
         check=configurationCheck(arguments, config),
         admin=config.admin,
         adminToken=config.adminToken,
+        metrics=config.metrics,
     )
 
 
@@ -857,7 +889,7 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         [_textObserver(sys.stdout)], discardBuffer=True, redirectStandardIO=False
     )
     service = makeLoadBalancer(
-        attrs.evolve(config, admin=None),
+        attrs.evolve(config, admin=None, metrics=None),
         reactor,
         reactor,
         [_adopted(reactor, fd) for fd in fds],
@@ -867,7 +899,7 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
     control = ControlServer(
         {
             "reload": ReportedReload(reloader.reload, globalLogPublisher),
-            "admin": adminHandler(AdminAPI(service.balancer, reloader)),
+            "admin": adminHandler(AdminAPI(service.balancer, reloader, service.renderMetrics)),
         },
         _answerWriter(sys.stdout),
     )

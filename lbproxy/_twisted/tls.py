@@ -91,8 +91,10 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             self._handshakeTimer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
 
     def _checkHandshakeStatus(self) -> None:
+        done = self._handshakeDone
         super()._checkHandshakeStatus()
-        if self._handshakeDone and self._handshakeTimer is not None:
+        if self._handshakeDone and not done:
+            self.factory.handshakes += 1
             self._stopHandshakeTimer()
 
     def _stopHandshakeTimer(self) -> None:
@@ -112,6 +114,8 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopHandshakeTimer()
+        if not self._handshakeDone:
+            self.factory.handshakeFailures += 1
         super().connectionLost(reason)
 
 
@@ -126,11 +130,16 @@ class EdgeTLSFactory(TLSMemoryBIOFactory):
     @ivar handshakeTimeout: seconds a client has to complete its handshake
         (L{None}: no limit).
     @ivar clock: what times the handshake; needed with a timeout.
+    @ivar handshakes: TLS handshakes completed on this listener.
+    @ivar handshakeFailures: Connections that closed before their
+        handshake completed (refused, timed out, or abandoned).
     """
 
     protocol = EdgeTLSProtocol
     handshakeTimeout: float | None = None
     clock: IReactorTime
+    handshakes = 0
+    handshakeFailures = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

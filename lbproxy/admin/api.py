@@ -39,6 +39,11 @@ from lbproxy.admin.views import backendView, poolSummary, poolView
 from lbproxy.balancer import BackendState, Balancer, BalancerError, LivePool
 from lbproxy.upstream.backends import MAX_WEIGHT, Backend, BackendSpecError, parseBackend
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""
+Prometheus's text exposition format, as C{GET /metrics} answers.
+"""
+
 MAX_BODY = 1024 * 1024
 """
 The largest request body, in bytes, the admin API reads (larger: 413).
@@ -175,9 +180,19 @@ class AdminAPI:
 
     _log = Logger()
 
-    def __init__(self, balancer: Balancer, config: ConfigHooks) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        config: ConfigHooks,
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
+        """
+        @param metrics: Renders the Prometheus metrics for C{GET /metrics}
+            (L{lbproxy.metrics}); L{None} answers it with 404.
+        """
         self._balancer = balancer
         self._config = config
+        self._metrics = metrics
         self._applying = DeferredLock()
         self._routes = (
             _Route((), {"GET": self._index}),
@@ -196,6 +211,7 @@ class AdminAPI:
                 },
             ),
             _Route(("config",), {"GET": self._showConfig, "POST": self._applyConfig}),
+            _Route(("metrics",), {"GET": self._showMetrics}),
         )
 
     def handle(
@@ -292,6 +308,14 @@ class AdminAPI:
                 ]
             },
         )
+
+    def _showMetrics(self, call: _Call) -> AdminResponse:
+        """
+        The Prometheus metrics, in its text format.
+        """
+        if self._metrics is None:
+            raise _Refused(404, "metrics are not available here")
+        return AdminResponse(200, METRICS_CONTENT_TYPE, self._metrics())
 
     def _listPools(self, call: _Call) -> AdminResponse:
         return jsonResponse(200, {"pools": [poolSummary(p) for p in self._balancer.snapshot()]})

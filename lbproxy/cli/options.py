@@ -316,6 +316,13 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             "e.g. tcp:9901:interface=127.0.0.1 or unix:/run/lbproxy.sock. Off by default.",
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (GET /metrics, read-only, no token) on this "
+            "endpoint, e.g. tcp:9100:interface=127.0.0.1. The admin API serves them too.",
+        ],
+        [
             "admin-token-file",
             None,
             None,
@@ -656,10 +663,29 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         routes=layout.routes if layout is not None else None,
         admin=admin,
         adminToken=adminToken,
+        metrics=_metricsEndpoint(options["metrics"]),
         fitConnections="max-connections" not in options.given
         and (layout is None or "max-connections" not in layout.source.data),
         **tlsConfig(options, listens),
     )
+
+
+def _metricsEndpoint(description: str | None) -> str | None:
+    """
+    The C{--metrics} endpoint, checked to be one Twisted can listen on.
+
+    @raise usage.UsageError: If it is not.
+    """
+    if description is None:
+        return None
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"--metrics {description!r} is not an endpoint: {e}") from None
+    return description
 
 
 def _admin(options: Mapping[str, Any]) -> tuple[str | None, bytes | None]:

@@ -14,10 +14,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from lbproxy.admin.api import AdminHandler
+from lbproxy.admin.api import METRICS_CONTENT_TYPE, AdminHandler
 from lbproxy.admin.response import JSON, AdminResponse, errorResponse, jsonResponse
 from lbproxy.control.client import Answer, Worker, askAll
 from lbproxy.control.wire import ControlError, adminRequest, errorMessage, readResponse
+from lbproxy.metrics.combine import combineExpositions
 
 
 class WorkersAdmin:
@@ -45,6 +46,10 @@ class WorkersAdmin:
         L{lbproxy.admin.AdminAPI.handle}); never fails.
         """
         workers = list(self._workers())
+        if method == "GET" and _isMetrics(path):
+            return askAll(workers, "admin", adminRequest(method, path, body, accept)).addCallback(
+                combineMetrics
+            )
         if method == "GET" and not _isPools(path):
             running = [worker for worker in workers if worker.running]
             workers = (running or workers)[:1]
@@ -63,6 +68,37 @@ class WorkersAdmin:
             count=count,
         )
         return response
+
+
+def _isMetrics(path: str) -> bool:
+    """
+    Whether C{path} is C{/metrics}, whose answers are summed.
+    """
+    return path.partition("?")[0].rstrip("/") == "/metrics"
+
+
+def combineMetrics(answers: Sequence[Answer]) -> AdminResponse:
+    """
+    The workers' C{GET /metrics} answers as one exposition, summed by
+    L{lbproxy.metrics.combineExpositions}; 503 if no worker answered.
+    """
+    texts = []
+    for answer in answers:
+        try:
+            if answer.reply is None:
+                raise ControlError(answer.error or "no answer")
+            response = readResponse(answer.reply)
+        except ControlError:
+            continue
+        if response.status == 200:
+            texts.append(response.body.decode("utf-8"))
+    if not texts:
+        return errorResponse(503, "no worker answered with its metrics")
+    try:
+        combined = combineExpositions(texts)
+    except ValueError as e:
+        return errorResponse(500, f"a worker's metrics cannot be read: {e}")
+    return AdminResponse(200, METRICS_CONTENT_TYPE, combined)
 
 
 def _isPools(path: str) -> bool:

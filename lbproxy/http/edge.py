@@ -832,6 +832,7 @@ class ProxyChannel(ChannelInternals):
                 request.abandon()
         body = f"{rejection.code} {rejection.reason}: {rejection.message}\n".encode()
         assert self.transport is not None
+        self.site.countRejection(self.transport, rejection.code)
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -862,6 +863,16 @@ def _bareLF(data: bytes) -> bool:
     return data.count(b"\n") != data.count(b"\r\n")
 
 
+def listenerKey(transport: Any) -> object:
+    """
+    What tells a connection's listener apart: the port (or socket path)
+    it was accepted on, read from C{transport.getHost()} (a listening port
+    gives the same key for itself).
+    """
+    host = transport.getHost()
+    return getattr(host, "port", None) or getattr(host, "name", None)
+
+
 class _Overloaded(Protocol):
     """
     Answers a connection beyond C{--max-connections} with 503 and closes
@@ -871,6 +882,9 @@ class _Overloaded(Protocol):
     def connectionMade(self) -> None:
         body = b"503 Service Unavailable: too many connections\n"
         assert self.transport is not None
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, ProxySite):
+            factory.countRejection(self.transport, 503)
         self.transport.write(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
@@ -911,6 +925,15 @@ class ProxySite(Site):
         self.channels: set[ProxyChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+        self.rejections: dict[tuple[object, int], int] = {}
+
+    def countRejection(self, transport: Any, status: int) -> None:
+        """
+        Count a request (or connection) refused at the edge with C{status},
+        by the listener it came to (L{listenerKey} of C{transport}).
+        """
+        key = (listenerKey(transport), status)
+        self.rejections[key] = self.rejections.get(key, 0) + 1
 
     _date = (-1, b"")
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbproxy.balancing.ewma import PeakEWMA
+from lbproxy.upstream.latency import LatencyHistogram
 
 DEFAULT_PORT = 80
 DEFAULT_HTTPS_PORT = 443
@@ -93,6 +94,13 @@ class Backend:
         new requests, and those in flight finish.
     @ivar latencyEWMA: Peak-sensitive moving average of its latencies, for
         latency-aware choosers.
+    @ivar latency: Histogram of its latencies (metrics, percentiles).
+    @ivar responses: Its responses by status class: index 1 for 1xx (a
+        final 101) to 5 for 5xx.
+    @ivar bytesToBackend: Request body bytes sent to it (and tunnel bytes).
+    @ivar bytesFromBackend: Response body bytes it sent (and tunnel bytes).
+    @ivar connectFailures: Failed connections to it by kind (C{refused},
+        C{timeout}, C{dns}, C{tls}, C{unreachable}).
     """
 
     host: str
@@ -110,6 +118,11 @@ class Backend:
     slowStart: SlowStart | None = None
     draining: bool = False
     latencyEWMA: PeakEWMA = attrs.field(factory=PeakEWMA, repr=False)
+    latency: LatencyHistogram = attrs.field(factory=LatencyHistogram, repr=False)
+    responses: list[int] = attrs.field(factory=lambda: [0] * 6, repr=False)
+    bytesToBackend: int = 0
+    bytesFromBackend: int = 0
+    connectFailures: dict[str, int] = attrs.field(factory=dict, repr=False)
 
     @property
     def effectiveWeight(self) -> float:
@@ -196,6 +209,7 @@ class Backend:
         if latency is not None:
             self.lastLatency = latency
             self.latencyEWMA.observe(latency, now)
+            self.latency.observe(latency)
 
 
 @attrs.define

@@ -12,7 +12,12 @@ import attrs
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 from twisted.internet.defer import TimeoutError
-from twisted.internet.error import ConnectError, DNSLookupError, TCPTimedOutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TCPTimedOutError,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -73,6 +78,23 @@ def failedToConnect(failure: Failure) -> bool:
     return bool(failure.check(ConnectError, TimeoutError, DNSLookupError)) or _tlsHandshakeFailed(
         failure
     )
+
+
+def connectFailureKind(failure: Failure) -> str:
+    """
+    What kind of connection failure C{failure} is (one that
+    L{failedToConnect} accepts), as a metrics label: C{refused},
+    C{timeout}, C{dns}, C{tls} or C{unreachable} (any other connect error).
+    """
+    if failure.check(ConnectionRefusedError):
+        return "refused"
+    if failure.check(TimeoutError, TCPTimedOutError):
+        return "timeout"
+    if failure.check(DNSLookupError):
+        return "dns"
+    if _tlsHandshakeFailed(failure):
+        return "tls"
+    return "unreachable"
 
 
 def nothingWasSent(failure: Failure) -> bool:

@@ -1,0 +1,238 @@
+# -*- test-case-name: lbproxy.test.test_metrics -*-
+"""
+The metric families of one lbproxy process, built at each scrape from the
+counters the balancer, the edge and the TLS listeners keep.
+
+Labels are bounded: C{pool}, C{backend} (C{host:port}, or the URL of an
+C{https} backend), C{listener} (the C{--listen} description without its
+file names), C{class} (C{1xx}..C{5xx}), C{kind} and C{status} from small
+fixed sets. Never a path or a client address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from lbproxy.balancer import Balancer
+from lbproxy.http.edge import ProxySite, listenerKey
+
+_BACKEND = ["pool", "backend"]
+_LISTENER = ["listener"]
+_FILE_PARAMETERS = ("privateKey=", "certKey=", "extraCertChain=", "dhParameters=")
+
+
+class MetricsSource(Protocol):
+    """
+    What the collector reads (a L{lbproxy.service.LoadBalancerService}).
+    """
+
+    balancer: Balancer
+    site: ProxySite
+
+    def listeningPorts(self) -> Mapping[str, Any]:
+        """
+        The proxy's listening ports by C{--listen} description.
+        """
+
+
+def listenerLabel(description: str) -> str:
+    """
+    A listener's label: its description without file parameters (which
+    are long, and say nothing about the traffic).
+    """
+    parts = [p for p in description.split(":") if not p.startswith(_FILE_PARAMETERS)]
+    return ":".join(parts)
+
+
+class LoadBalancerCollector(Collector):
+    """
+    Collects lbproxy's own metrics from C{source} at each scrape.
+    """
+
+    def __init__(self, source: MetricsSource, version: str) -> None:
+        self._source = source
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._backends()
+        yield from self._listeners()
+        info = GaugeMetricFamily("lbproxy_info", "lbproxy's version.", labels=["version"])
+        info.add_metric([self._version], 1)
+        yield info
+
+    def _backends(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "lbproxy_backend_requests", "Requests sent to the backend.", labels=_BACKEND
+        )
+        responses = CounterMetricFamily(
+            "lbproxy_backend_responses",
+            "Responses from the backend, by status class.",
+            labels=[*_BACKEND, "class"],
+        )
+        failures = CounterMetricFamily(
+            "lbproxy_backend_failures",
+            "Requests to the backend that ended in an error of the proxy's own (502, 503, 504).",
+            labels=_BACKEND,
+        )
+        retries = CounterMetricFamily(
+            "lbproxy_backend_retries",
+            "Requests retried on another backend after failing on this one.",
+            labels=_BACKEND,
+        )
+        ejections = CounterMetricFamily(
+            "lbproxy_backend_ejections",
+            "Times passive checks ejected the backend.",
+            labels=_BACKEND,
+        )
+        connectFailures = CounterMetricFamily(
+            "lbproxy_backend_connect_failures",
+            "Connections to the backend that failed, by kind.",
+            labels=[*_BACKEND, "kind"],
+        )
+        sent = CounterMetricFamily(
+            "lbproxy_backend_sent_bytes",
+            "Request body (and tunnel) bytes sent to the backend.",
+            labels=_BACKEND,
+        )
+        received = CounterMetricFamily(
+            "lbproxy_backend_received_bytes",
+            "Response body (and tunnel) bytes received from the backend.",
+            labels=_BACKEND,
+        )
+        latency = HistogramMetricFamily(
+            "lbproxy_backend_latency_seconds",
+            "Time from sending a request to the backend until its response headers arrived.",
+            labels=_BACKEND,
+        )
+        inFlight = GaugeMetricFamily(
+            "lbproxy_backend_in_flight", "Requests at the backend now.", labels=_BACKEND
+        )
+        up = GaugeMetricFamily(
+            "lbproxy_backend_up",
+            "1 if the backend takes new requests (healthy, not ejected, not draining).",
+            labels=_BACKEND,
+        )
+        healthy = GaugeMetricFamily(
+            "lbproxy_backend_healthy", "1 if active health checks pass.", labels=_BACKEND
+        )
+        ejected = GaugeMetricFamily(
+            "lbproxy_backend_ejected", "1 if passive checks have ejected it.", labels=_BACKEND
+        )
+        draining = GaugeMetricFamily(
+            "lbproxy_backend_draining", "1 if it is draining.", labels=_BACKEND
+        )
+        weight = GaugeMetricFamily("lbproxy_backend_weight", "Configured weight.", labels=_BACKEND)
+        openConnections = GaugeMetricFamily(
+            "lbproxy_backend_connections_open",
+            "Connections to the backend, busy or idle.",
+            labels=_BACKEND,
+        )
+        idleConnections = GaugeMetricFamily(
+            "lbproxy_backend_connections_idle",
+            "Idle keep-alive connections kept to the backend.",
+            labels=_BACKEND,
+        )
+        for pool in self._source.balancer.pools.values():
+            for backend in pool.backends.backends:
+                labels = [
+                    pool.name,
+                    backend.url if backend.scheme == "https" else backend.authority,
+                ]
+                requests.add_metric(labels, backend.requests)
+                for index, count in enumerate(backend.responses[1:], 1):
+                    responses.add_metric([*labels, f"{index}xx"], count)
+                failures.add_metric(labels, backend.failures)
+                retries.add_metric(labels, backend.retries)
+                ejections.add_metric(labels, backend.ejections)
+                for kind, count in sorted(backend.connectFailures.items()):
+                    connectFailures.add_metric([*labels, kind], count)
+                sent.add_metric(labels, backend.bytesToBackend)
+                received.add_metric(labels, backend.bytesFromBackend)
+                histogram = backend.latency
+                latency.add_metric(
+                    labels,
+                    [(_bound(bound), count) for bound, count in histogram.cumulative()],
+                    histogram.total,
+                )
+                inFlight.add_metric(labels, backend.inFlight)
+                up.add_metric(labels, 1 if backend.available else 0)
+                healthy.add_metric(labels, 1 if backend.healthy else 0)
+                ejected.add_metric(labels, 1 if backend.ejected else 0)
+                draining.add_metric(labels, 1 if backend.draining else 0)
+                weight.add_metric(labels, backend.weight)
+                openConnections.add_metric(labels, pool.upstream.connectionsTo(backend))
+                idleConnections.add_metric(labels, pool.upstream.idleTo(backend))
+        yield from (requests, responses, failures, retries, ejections, connectFailures)
+        yield from (sent, received, latency, inFlight, up, healthy, ejected, draining, weight)
+        yield from (openConnections, idleConnections)
+
+    def _listeners(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "lbproxy_listener_connections", "Client connections open.", labels=_LISTENER
+        )
+        handshakes = CounterMetricFamily(
+            "lbproxy_listener_tls_handshakes", "TLS handshakes completed.", labels=_LISTENER
+        )
+        handshakeFailures = CounterMetricFamily(
+            "lbproxy_listener_tls_handshake_failures",
+            "Client connections closed before their TLS handshake completed.",
+            labels=_LISTENER,
+        )
+        rejections = CounterMetricFamily(
+            "lbproxy_listener_rejections",
+            "Requests (and connections) refused at the edge, by status.",
+            labels=[*_LISTENER, "status"],
+        )
+        site = self._source.site
+        open: dict[object, int] = {}
+        for channel in list(site.channels):
+            transport = channel.transport
+            if transport is not None:
+                key = listenerKey(transport)
+                open[key] = open.get(key, 0) + 1
+        rejected: dict[object, dict[int, int]] = {}
+        for (key, status), count in site.rejections.items():
+            rejected.setdefault(key, {})[status] = count
+        for description, port in self._source.listeningPorts().items():
+            label = [listenerLabel(description)]
+            key = listenerKey(port)
+            connections.add_metric(label, open.get(key, 0))
+            factory = getattr(port, "factory", None)
+            done = getattr(factory, "handshakes", None)
+            if done is not None:
+                handshakes.add_metric(label, done)
+                handshakeFailures.add_metric(label, getattr(factory, "handshakeFailures", 0))
+            for status, count in sorted(rejected.get(key, {}).items()):
+                rejections.add_metric([*label, str(status)], count)
+        yield from (connections, handshakes, handshakeFailures, rejections)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def metricsRegistry(source: MetricsSource, version: str) -> CollectorRegistry:
+    """
+    A registry of its own (never the global one, so that two load
+    balancers can run in one process) with lbproxy's metrics and the
+    process and platform metrics of C{prometheus_client}.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LoadBalancerCollector(source, version))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+__all__ = ["LoadBalancerCollector", "MetricsSource", "listenerLabel", "metricsRegistry"]
