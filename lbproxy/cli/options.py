@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from lbproxy.cli.configfile import (
     poolOptions,
     readConfigFile,
 )
+from lbproxy.cli.helptext import groupedUsage
 from lbproxy.cli.reload import Reloader
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
@@ -433,6 +435,14 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
         self.workers = 1
         self.arguments: list[str] = []
 
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text: the options in groups, the basics first (see
+        L{lbproxy.cli.helptext}).
+        """
+        longdesc = "\n".join(textwrap.wrap(self.longdesc, width or 80))
+        return groupedUsage(self, width) + "\n" + longdesc + "\n"
+
     def opt_version(self) -> None:
         """
         Print lbproxy's version (and Twisted's and Python's) and exit.
@@ -446,7 +456,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
     opt_listen.__doc__ = (
         "Where to accept clients, as a Twisted server endpoint string "
         "(repeatable): ssl:8443:privateKey=KEY:certKey=CERT, tcp:8080, tcp6:..., "
-        f"unix:... [default: {DEFAULT_LISTEN}]"
+        "unix:... [default: ssl:443 with certs/loadbalancer.key and certs/loadbalancer.crt]"
     )
 
     def opt_allow_host(self, name: str) -> None:

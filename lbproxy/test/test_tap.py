@@ -189,7 +189,23 @@ class DefaultsTests(OptionsTestCase):
         for default in ("[default: 30]", "[default: 5]", "[default: 100M]", "[default: random]"):
             self.assertIn(default, text)
         self.assertIn("round-robin", text)
-        self.assertIn(DEFAULT_LISTEN, "".join(text.split()))
+        self.assertIn(
+            "[default: ssl:443 with certs/loadbalancer.key and certs/loadbalancer.crt]",
+            " ".join(text.split()),
+        )
+
+    def test_helpGroupsOptions(self) -> None:
+        """
+        The help lists the basics first (--backends, then --listen), then
+        the other groups under their headings, each option once.
+        """
+        text = str(Options())
+        headings = [line for line in text.splitlines() if line.endswith(":") and " " not in line]
+        self.assertEqual(headings[0], "Basics:")
+        self.assertIn("TLS:", headings)
+        self.assertLess(text.index("--backends="), text.index("--listen="))
+        self.assertLess(text.index("--listen="), text.index("Timeouts"))
+        self.assertEqual(text.count("--max-body="), 1)
 
 
 class ErrorTests(OptionsTestCase):
