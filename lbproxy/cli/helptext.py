@@ -31,7 +31,13 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Choosers",
-        ("hash-key", "hash-balance-factor", "sticky-cookie", "sticky-fallback", "sticky-secret-file"),
+        (
+            "hash-key",
+            "hash-balance-factor",
+            "sticky-cookie",
+            "sticky-fallback",
+            "sticky-secret-file",
+        ),
     ),
     (
         "Timeouts (seconds)",
