@@ -37,6 +37,7 @@ from lbproxy.http.headers import (
     requestHeaderLines,
     responseHeadersForClient,
 )
+from lbproxy.http.reasons import reasonPhrase
 from lbproxy.http.target import Route, TargetError, hostName, routeTarget
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.upstream.backends import Backend, BackendPool
@@ -295,16 +296,6 @@ def _clientAddress(request: Request) -> str | None:
     return host if isinstance(host, str) else None
 
 
-_REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    421: "Misdirected Request",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 
 
 def answer(request: Request, code: int, message: str, record: ProxyRecord) -> bytes:
@@ -313,9 +304,9 @@ def answer(request: Request, code: int, message: str, record: ProxyRecord) -> by
     C{message} in C{record}; returns the body to write.
     """
     record.error = message
-    reason = _REASONS.get(code, "")
-    body = f"{code} {reason}: {message}\n".encode()
-    request.setResponseCode(code, reason.encode("ascii") or None)
+    reason = reasonPhrase(code)
+    body = b"%d %s: %s\n" % (code, reason, message.encode())
+    request.setResponseCode(code, reason)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     request.setHeader(b"Cache-Control", b"no-store")

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from lbproxy.admin.api import MAX_BODY, AdminHandler
 from lbproxy.admin.auth import authorize
 from lbproxy.admin.response import AdminResponse, errorResponse
+from lbproxy.http.reasons import reasonPhrase
 
 IDLE_TIMEOUT = 60.0
 """
@@ -116,7 +117,7 @@ def _send(request: Request, response: AdminResponse) -> None:
     """
     Write C{response} as the answer to C{request}, and finish it.
     """
-    request.setResponseCode(response.status)
+    request.setResponseCode(response.status, reasonPhrase(response.status))
     headers = request.responseHeaders
     headers.removeHeader(b"server")
     headers.setRawHeaders(b"content-type", [response.contentType.encode("latin-1")])

@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from lbproxy.http.checks import validHost
+from lbproxy.http.reasons import reasonPhrase
 
 __all__ = ["RedirectToHTTPS", "redirectSite"]
 
@@ -56,9 +57,9 @@ class RedirectToHTTPS(Resource):
         host = request.getHeader(b"host")
         location = None if host is None else self.location(host, request.uri)
         if location is None:
-            request.setResponseCode(400)
+            request.setResponseCode(400, reasonPhrase(400))
             return b"400 Bad Request: this address serves only HTTPS; send a valid Host.\n"
-        request.setResponseCode(308)
+        request.setResponseCode(308, reasonPhrase(308))
         request.setHeader(b"Location", location)
         return b"This site is served over HTTPS: " + location + b"\n"
 

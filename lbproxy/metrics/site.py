@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from lbproxy.http.reasons import reasonPhrase
 from lbproxy.metrics.render import CONTENT_TYPE
 
 IDLE_TIMEOUT = 60.0
@@ -54,7 +55,7 @@ class MetricsResource(Resource):
 
         def failed(reason: Failure) -> None:
             if not request.finished and not getattr(request, "_disconnected", False):
-                request.setResponseCode(503)
+                request.setResponseCode(503, reasonPhrase(503))
                 request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
                 request.write(f"metrics unavailable: {reason.getErrorMessage()}\n".encode())
                 request.finish()
@@ -64,7 +65,7 @@ class MetricsResource(Resource):
 
 
 def _plain(request: Request, code: int, body: bytes) -> bytes:
-    request.setResponseCode(code)
+    request.setResponseCode(code, reasonPhrase(code))
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return body
 
