@@ -556,6 +556,8 @@ class BackendState:
     removing: bool
     latencyEWMA: float | None
     lastLatency: float | None
+    latencyP50: float | None
+    latencyP99: float | None
     openConnections: int
     idleConnections: int
 
@@ -577,6 +579,8 @@ class BackendState:
             removing=removing,
             latencyEWMA=backend.latencyEWMA.value,
             lastLatency=backend.lastLatency,
+            latencyP50=backend.latency.quantile(0.5),
+            latencyP99=backend.latency.quantile(0.99),
             openConnections=pool.upstream.connectionsTo(backend),
             idleConnections=pool.upstream.idleTo(backend),
         )

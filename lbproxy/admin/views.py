@@ -35,6 +35,8 @@ def backendView(state: BackendState) -> dict[str, Any]:
         "removing": state.removing,
         "latency_ewma_ms": _milliseconds(state.latencyEWMA),
         "last_latency_ms": _milliseconds(state.lastLatency),
+        "latency_p50_ms": _milliseconds(state.latencyP50),
+        "latency_p99_ms": _milliseconds(state.latencyP99),
         "open_connections": state.openConnections,
         "idle_connections": state.idleConnections,
     }

@@ -188,7 +188,7 @@ Counters of a backend that each worker keeps for itself: combined, they
 are the sum.
 """
 
-LATENCIES = frozenset({"latency_ewma_ms", "last_latency_ms"})
+LATENCIES = frozenset({"latency_ewma_ms", "last_latency_ms", "latency_p50_ms", "latency_p99_ms"})
 """
 Latencies: combined, the highest (the slowest any worker sees).
 """

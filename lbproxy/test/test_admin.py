@@ -98,6 +98,8 @@ BACKEND_KEYS = {
     "removing",
     "latency_ewma_ms",
     "last_latency_ms",
+    "latency_p50_ms",
+    "latency_p99_ms",
     "open_connections",
     "idle_connections",
 }
@@ -241,6 +243,8 @@ class ReadTests(_APITestCase):
                 "removing": False,
                 "latency_ewma_ms": None,
                 "last_latency_ms": None,
+                "latency_p50_ms": None,
+                "latency_p99_ms": None,
                 "open_connections": 0,
                 "idle_connections": 0,
             },
@@ -255,6 +259,9 @@ class ReadTests(_APITestCase):
         self.assertEqual(after["failures"], 1)
         self.assertEqual(after["last_latency_ms"], 250.0)
         self.assertEqual(after["latency_ewma_ms"], 250.0)
+        # One observation in the (0.1, 0.25] bucket: interpolated within it.
+        self.assertEqual(after["latency_p50_ms"], 175.0)
+        self.assertEqual(after["latency_p99_ms"], 248.5)
 
     def test_addressForms(self) -> None:
         """

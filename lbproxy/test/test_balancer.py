@@ -793,6 +793,8 @@ class SnapshotTests(BalancerCase):
                 "removing": False,
                 "latencyEWMA": None,
                 "lastLatency": None,
+                "latencyP50": None,
+                "latencyP99": None,
                 "openConnections": 0,
                 "idleConnections": 0,
             }
@@ -812,6 +814,8 @@ class SnapshotTests(BalancerCase):
                             requests=2,
                             latencyEWMA=0.25,
                             lastLatency=0.25,
+                            latencyP50=0.175,
+                            latencyP99=0.2485,
                             openConnections=1,
                         ),
                         state(self.b.backend, state="draining", weight=7),
