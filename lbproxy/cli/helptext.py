@@ -13,7 +13,17 @@ from twisted.python import usage
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "Basics",
-        ("backends", "listen", "config", "adhoc", "demo", "chooser", "allow-host", "workers"),
+        (
+            "backends",
+            "listen",
+            "config",
+            "watch-config",
+            "adhoc",
+            "demo",
+            "chooser",
+            "allow-host",
+            "workers",
+        ),
     ),
     (
         "Operating",

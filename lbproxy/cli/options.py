@@ -65,6 +65,7 @@ from lbproxy.tls.sni import serverOptionsFromFiles
 from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackend, parseBackends
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings
+from lbproxy.watch import ConfigWatcher
 from lbproxy.workers import WorkersError, checkWorkers, makeSupervisor, parseWorkers
 
 ADHOC_LISTEN = "ssl:443"
@@ -288,6 +289,13 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
 
     optFlags = [
         [
+            "watch-config",
+            None,
+            "Reload the --config file whenever it changes on disk (it is read every "
+            "2 seconds; a swapped symlink, as Kubernetes updates a ConfigMap, counts), "
+            "as SIGHUP does.",
+        ],
+        [
             "adhoc",
             None,
             "Serve a certificate generated in memory at start-up on every ssl: "
@@ -504,6 +512,8 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             self.layout = applyConfigFile(self, source, self.given)
         elif self["config"] is not None:
             self.layout = applyConfigFile(self, readConfigFile(self["config"]), self.given)
+        if self["watch-config"] and self["config"] is None:
+            raise usage.UsageError("--watch-config watches the --config file: give one")
         try:
             self.config = buildConfig(self)
         except ConfigFileError:
@@ -961,11 +971,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     clock: IReactorTime = reactor
     if options.workers > 1:
         supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
-        return ProcessRoot(supervisor, reactor, supervisor.reload)
-    service = makeLoadBalancer(config, network, clock)
-    reloader = Reloader(options, service, Options)
-    service.configHooks = reloader
-    return ProcessRoot(service, reactor, reloader.reload)
+        root = ProcessRoot(supervisor, reactor, supervisor.reload)
+        reload: Any = supervisor.reload
+    else:
+        service = makeLoadBalancer(config, network, clock)
+        reloader = Reloader(options, service, Options)
+        service.configHooks = reloader
+        root = ProcessRoot(service, reactor, reloader.reload)
+        reload = reloader.reload
+    if options["watch-config"]:
+        ConfigWatcher(options["config"], reload, clock).setServiceParent(root)
+    return root
 
 
 __all__ = ["Options", "buildConfig", "makeService", "parseSize"]
