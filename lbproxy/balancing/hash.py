@@ -17,6 +17,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from lbproxy.balancing.errors import ChooserError
+from lbproxy.balancing.explain import Explanation, Figures, only
 from lbproxy.balancing.maglev import DEFAULT_TABLE_SIZE, buildTable, keyHash
 from lbproxy.balancing.weights import effectiveWeights
 from lbproxy.interfaces import IChooser
@@ -127,7 +128,12 @@ class HashChooser:
     table in quarter steps of the configured weight (a slow-starting
     backend's table changes at most four times), and the last few tables are
     kept, so a backend flapping in and out does not rebuild every time.
+
+    @ivar slot: The table slot its last choice among two or more backends
+        looked up first (for L{explain}).
     """
+
+    slot = -1
 
     def __init__(
         self,
@@ -182,6 +188,7 @@ class HashChooser:
         table = self._table(backends)
         key = self._key(request)
         slot = self._random.randrange(self._size) if key is None else keyHash(key) % self._size
+        self.slot = slot
         weights = effectiveWeights(backends)
         total = sum(weights)
         inFlight = sum(backend.inFlight for backend in backends) + 1
@@ -196,6 +203,45 @@ class HashChooser:
             slot = (slot + 1) % self._size
         # Unreachable with a factor of at least 1; never answer 503 for it.
         return min(backends, key=lambda backend: backend.inFlight)
+
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        The slot the request's key hashed to, the backend the Maglev table
+        gives it (its owner), and each backend's room under the bounded
+        load.
+        """
+        single = only(backends)
+        if single is not None:
+            return single
+        slot = self.slot
+        if not 0 <= slot < self._size:
+            return Explanation("the slot is not known", [{} for _ in backends])
+        owner = self._table(backends)[slot]
+        weights = effectiveWeights(backends)
+        total = sum(weights)
+        inFlight = sum(backend.inFlight for backend in backends) + 1
+        figures: list[Figures] = []
+        for index, backend in enumerate(backends):
+            capacity = math.ceil(self._factor * inFlight * weights[index] / total)
+            figures.append(
+                {
+                    "owns_slot": index == owner,
+                    "capacity": capacity,
+                    "full": backend.inFlight >= capacity,
+                }
+            )
+        keyed = self._key(request) is not None
+        reason = (
+            f"the key hashes to slot {slot} of {self._size}"
+            if keyed
+            else f"no key: random slot {slot} of {self._size}"
+        )
+        reason += f", which the Maglev table gives to {backends[owner]}"
+        if chosen is not None and chosen is not backends[owner]:
+            reason += f"; it is full, so the next slot's backend with room, {chosen}"
+        return Explanation(reason, figures)
 
 
 def _quantized(effective: float, weight: int) -> float:

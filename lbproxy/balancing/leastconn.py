@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from lbproxy.balancing.explain import Explanation, Figures
 from lbproxy.balancing.roundrobin import SmoothWeights
 from lbproxy.balancing.weights import effectiveWeights
 from lbproxy.interfaces import IChooser
@@ -52,6 +53,32 @@ class LeastConnChooser:
         return self._smooth.pick(
             [backends[index] for index in best], [weights[index] for index in best], backends
         )
+
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        Each backend's load (in flight per unit of weight), and how many
+        shared the lowest.
+        """
+        weights = effectiveWeights(backends)
+        loads = [
+            backend.inFlight / weight if weight > 0 else None
+            for backend, weight in zip(backends, weights, strict=True)
+        ]
+        known = [load for load in loads if load is not None]
+        lowest = min(known) if known else None
+        tied = sum(1 for load in loads if load == lowest)
+        figures: list[Figures] = [
+            {"load": None if load is None else round(load, 4), "least": load == lowest}
+            for load in loads
+        ]
+        if lowest is None:
+            return Explanation("no backend has a positive weight", figures)
+        reason = f"fewest in flight per unit of weight ({lowest:.4g})"
+        if tied > 1:
+            reason += f"; {tied} tied, taking turns"
+        return Explanation(reason, figures)
 
 
 __all__ = ["LeastConnChooser"]

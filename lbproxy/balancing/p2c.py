@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from lbproxy.balancing.explain import Explanation, Figures, only
 from lbproxy.balancing.weights import effectiveWeights, uniform, weightedIndex
 from lbproxy.interfaces import IChooser
 from lbproxy.upstream.backends import Backend
@@ -35,6 +36,17 @@ def twoChoices(
     return first, weightedIndex(rng, weights, skip=first)
 
 
+def drawnPair(backends: Sequence[Backend], drawn: tuple[int, int]) -> tuple[int, int] | None:
+    """
+    C{drawn} (a chooser's last draw), if both its indices are within
+    C{backends}; L{None} otherwise (it was not a draw from these).
+    """
+    first, second = drawn
+    if 0 <= first < len(backends) and 0 <= second < len(backends):
+        return drawn
+    return None
+
+
 @implementer(IChooser)
 class P2CChooser:
     """
@@ -44,7 +56,12 @@ class P2CChooser:
     unit of weight (the first drawn on a tie, so an idle pool is shared in
     proportion to weight). Nearly as good as least-conn at spreading load,
     without herding every proxy onto the same backend.
+
+    @ivar drawn: The indices its last choice among two or more backends
+        drew (for L{explain}).
     """
+
+    drawn: tuple[int, int] = (-1, -1)
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._random = rng if rng is not None else random.Random()
@@ -58,11 +75,36 @@ class P2CChooser:
         if len(backends) == 1:
             return backends[0]
         weights = effectiveWeights(backends)
-        first, second = twoChoices(self._random, backends, weights)
+        first, second = self.drawn = twoChoices(self._random, backends, weights)
         one, two = backends[first], backends[second]
         if two.inFlight / weights[second] < one.inFlight / weights[first]:
             return two
         return one
 
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        The two backends drawn, and their load (in flight per unit of
+        weight).
+        """
+        single = only(backends)
+        if single is not None:
+            return single
+        pair = drawnPair(backends, self.drawn)
+        if pair is None:
+            return Explanation("the draw is not known", [{} for _ in backends])
+        weights = effectiveWeights(backends)
+        figures: list[Figures] = [{"drawn": False} for _ in backends]
+        for index in pair:
+            load = backends[index].inFlight / weights[index]
+            figures[index] = {"drawn": True, "load": round(load, 4)}
+        first, second = pair
+        return Explanation(
+            f"the less loaded of the two drawn ({backends[first]} and {backends[second]}); "
+            "the first drawn on a tie",
+            figures,
+        )
 
-__all__ = ["P2CChooser", "twoChoices"]
+
+__all__ = ["P2CChooser", "drawnPair", "twoChoices"]

@@ -14,7 +14,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from lbproxy.balancing.p2c import twoChoices
+from lbproxy.balancing.explain import Explanation, Figures, only
+from lbproxy.balancing.p2c import drawnPair, twoChoices
 from lbproxy.balancing.weights import effectiveWeights
 from lbproxy.interfaces import IChooser
 from lbproxy.upstream.backends import Backend
@@ -23,6 +24,25 @@ DEFAULT_TOLERANCE = 0.2
 """
 Relative difference below which two peak-EWMA costs count as equal.
 """
+
+
+def peakCost(backend: Backend, weight: float, now: float, typical: float) -> float:
+    """
+    The cost L{PeakEWMAChooser} gives C{backend} of effective weight
+    C{weight} at clock time C{now}, when the pool's typical latency is
+    C{typical}: its latency estimate times its in-flight requests plus one,
+    over its weight.
+    """
+    return backend.latencyEWMA.estimate(now, typical) * (backend.inFlight + 1) / weight
+
+
+def typicalLatency(backends: Sequence[Backend]) -> float:
+    """
+    The pool's typical latency: the median of its backends' estimates, or
+    1 second before any has one.
+    """
+    known = [b.latencyEWMA.value for b in backends if b.latencyEWMA.value is not None]
+    return statistics.median(known) if known else 1.0
 
 
 @implementer(IChooser)
@@ -46,7 +66,11 @@ class PeakEWMAChooser:
     with no estimate yet counts as typical.
 
     @ivar _clock: The proxy's clock, the one latencies are stamped with.
+    @ivar drawn: The indices its last choice among two or more backends
+        drew (for L{explain}).
     """
+
+    drawn: tuple[int, int] = (-1, -1)
 
     def __init__(
         self,
@@ -67,19 +91,53 @@ class PeakEWMAChooser:
         if len(backends) == 1:
             return backends[0]
         weights = effectiveWeights(backends)
-        first, second = twoChoices(self._random, backends, weights)
-        known = [b.latencyEWMA.value for b in backends if b.latencyEWMA.value is not None]
-        typical = statistics.median(known) if known else 1.0
+        first, second = self.drawn = twoChoices(self._random, backends, weights)
+        typical = typicalLatency(backends)
         now = self._clock.seconds()
-
-        def cost(index: int) -> float:
-            backend = backends[index]
-            latency = backend.latencyEWMA.estimate(now, typical)
-            return latency * (backend.inFlight + 1) / weights[index]
-
-        if cost(second) * (1.0 + self._tolerance) < cost(first):
+        one = peakCost(backends[first], weights[first], now, typical)
+        two = peakCost(backends[second], weights[second], now, typical)
+        if two * (1.0 + self._tolerance) < one:
             return backends[second]
         return backends[first]
 
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        Every backend's cost (see L{peakCost}) and latency estimate as the
+        choice saw them, and which two were drawn.
+        """
+        single = only(backends)
+        if single is not None:
+            return single
+        weights = effectiveWeights(backends)
+        typical = typicalLatency(backends)
+        now = self._clock.seconds()
+        pair = drawnPair(backends, self.drawn)
+        figures: list[Figures] = []
+        for index, backend in enumerate(backends):
+            figures.append(
+                {
+                    "cost": round(peakCost(backend, weights[index], now, typical), 6),
+                    "latency_ms": round(backend.latencyEWMA.estimate(now, typical) * 1000, 3),
+                    "drawn": pair is not None and index in pair,
+                }
+            )
+        if pair is None:
+            return Explanation("the draw is not known", figures)
+        first, second = pair
+        percent = round(self._tolerance * 100)
+        if chosen is backends[second] and first != second:
+            reason = (
+                f"of the two drawn, {backends[second]} costs over {percent} % less "
+                f"than {backends[first]}"
+            )
+        else:
+            reason = (
+                f"of the two drawn, {backends[first]} (drawn first) costs less than "
+                f"{backends[second]}, or within {percent} %"
+            )
+        return Explanation(f"{reason} (typical latency {typical * 1000:.3g} ms)", figures)
 
-__all__ = ["DEFAULT_TOLERANCE", "PeakEWMAChooser"]
+
+__all__ = ["DEFAULT_TOLERANCE", "PeakEWMAChooser", "peakCost", "typicalLatency"]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from lbproxy.balancing.explain import Explanation, only
 from lbproxy.balancing.weights import effectiveWeights, uniform, weightedIndex
 from lbproxy.interfaces import IChooser
 from lbproxy.upstream.backends import Backend
@@ -41,6 +42,22 @@ class RandomChooser:
         if uniform(weights):
             return self._random.choice(backends)
         return backends[weightedIndex(self._random, weights)]
+
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        Each backend's chance: its weight over the total.
+        """
+        single = only(backends)
+        if single is not None:
+            return single
+        weights = effectiveWeights(backends)
+        total = sum(weights)
+        return Explanation(
+            "drawn at random in proportion to weight",
+            [{"probability": round(weight / total, 4)} for weight in weights],
+        )
 
 
 __all__ = ["RandomChooser"]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from lbproxy.balancing.explain import Explanation, only
 from lbproxy.balancing.weights import effectiveWeights
 from lbproxy.interfaces import IChooser
 from lbproxy.upstream.backends import Backend
@@ -48,6 +49,13 @@ class SmoothWeights:
         current[best] -= sum(weights)
         return best
 
+    def current(self, backend: Backend) -> float:
+        """
+        C{backend}'s current value: the largest, after its weight is added,
+        is picked next.
+        """
+        return self._current.get(backend, 0.0)
+
 
 @implementer(IChooser)
 class RoundRobinChooser:
@@ -72,6 +80,21 @@ class RoundRobinChooser:
         weights = effectiveWeights(backends)
         candidates = [b for b, w in zip(backends, weights, strict=True) if w > 0]
         return self._smooth.pick(candidates, [w for w in weights if w > 0], backends)
+
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        Each backend's place in the rotation: its current value after the
+        pick (the chosen one has just lost the total weight).
+        """
+        single = only(backends)
+        if single is not None:
+            return single
+        return Explanation(
+            "next in the smooth weighted rotation (highest current value + weight)",
+            [{"current": round(self._smooth.current(b), 3)} for b in backends],
+        )
 
 
 __all__ = ["RoundRobinChooser", "SmoothWeights"]

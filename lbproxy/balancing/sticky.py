@@ -24,6 +24,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from lbproxy.balancing.errors import ChooserError
+from lbproxy.balancing.explain import Explanation
 from lbproxy.interfaces import IAffinityChooser, IChooser
 from lbproxy.upstream.backends import Backend
 
@@ -158,6 +159,34 @@ class StickyChooser:
         if named is not None:
             return named
         return self._fallback.choose(backends, request)
+
+    def explain(
+        self, backends: Sequence[Backend], request: IRequest, chosen: Backend | None
+    ) -> Explanation:
+        """
+        Whether the request's cookie named each backend; when it named
+        none, the fallback chooser's explanation too.
+        """
+        named = self._named(backends, request) if backends else None
+        if named is not None:
+            return Explanation(
+                "the affinity cookie names it",
+                [{"named": backend is named} for backend in backends],
+            )
+        explain = getattr(self._fallback, "explain", None)
+        fallback = None if explain is None else explain(backends, request, chosen)
+        name = type(self._fallback).__name__
+        cookie = (
+            "no affinity cookie"
+            if not request.getCookie(self._cookie)
+            else "the affinity cookie names no backend that can take traffic (or is not valid)"
+        )
+        if fallback is None or len(fallback.figures) != len(backends):
+            return Explanation(f"{cookie}; chosen by {name}", [{"named": False} for _ in backends])
+        return Explanation(
+            f"{cookie}; {name}: {fallback.reason}",
+            [{"named": False, **figures} for figures in fallback.figures],
+        )
 
     def responseHeaders(self, backend: Backend, request: IRequest) -> Sequence[tuple[bytes, bytes]]:
         """
