@@ -251,9 +251,20 @@ class Balancer:
         self._retiring: dict[int, _Retirement] = {}
         self._retiredUpstreams: list[Upstream] = []
         self._upstreamPolls: dict[Upstream, IDelayedCall] = {}
+        self._poolWatchers: list[Callable[[LivePool], None]] = []
         self.config = config
         self.pools: dict[str, LivePool] = {}
         self.router = Router(self._build(config))
+
+    def watchPools(self, watcher: Callable[[LivePool], None]) -> None:
+        """
+        Call C{watcher} with every live pool now, and with every pool a
+        later reload builds (each one is built anew, its proxy too), before
+        the reload routes requests to it.
+        """
+        self._poolWatchers.append(watcher)
+        for pool in self.pools.values():
+            watcher(pool)
 
     def _build(self, config: BalancerConfig) -> Routing:
         previous = self.pools
@@ -265,6 +276,9 @@ class Balancer:
         }
         self.pools = pools
         self.config = config
+        for watcher in self._poolWatchers:
+            for pool in pools.values():
+                watcher(pool)
         return Routing(
             table=config.routes,
             pools={name: pool.proxy for name, pool in pools.items()},

@@ -184,6 +184,18 @@ class ReverseProxyResource(Resource):
     isLeaf = True
     _log = Logger()
 
+    sampleIn = 0
+    """
+    Requests until the next choice is handed to L{decisions}, which sets
+    it again; 0 hands none. The only per-request cost of sampling.
+    """
+
+    decisions: Callable[[Sequence[Backend], Backend | None, Request], None] | None = None
+    """
+    Records a sampled choice: the candidates, the chosen backend, the
+    request (see L{lbproxy.observe.decisions}).
+    """
+
     def __init__(
         self,
         pool: BackendPool,
@@ -248,7 +260,12 @@ class ReverseProxyResource(Resource):
         @param responseEdits: Header changes for the response relayed back.
         @return: What C{render} returns.
         """
-        backend = self.chooser.choose(self.pool.available(), request)
+        available = self.pool.available()
+        backend = self.chooser.choose(available, request)
+        if self.sampleIn:
+            self.sampleIn -= 1
+            if not self.sampleIn and self.decisions is not None:
+                self.decisions(available, backend, request)
         if backend is None:
             request.setHeader(b"Retry-After", b"%d" % (self.settings.retryAfter,))
             self._log.warn(

@@ -44,6 +44,7 @@ from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.metrics import metricsRegistry, render
 from lbproxy.metrics.site import metricsSite
+from lbproxy.observe import DEFAULT_SAMPLE, Dashboard
 from lbproxy.proxy import ProxySettings
 from lbproxy.routing import RouteRule, RouteTable
 from lbproxy.tls.certificates import TLSConfigError, adhocCertificate
@@ -67,6 +68,10 @@ class LoadBalancerConfig:
     @ivar fitConnections: Lower C{limits.maxConnections} to what the
         open-file limit allows, instead of warning that it is too low (the
         operator did not choose C{--max-connections}).
+    @ivar dashboard: Keep the admin dashboard's history and sampled
+        decisions (L{lbproxy.observe}); on when the admin API is served.
+    @ivar decisionSample: C{--decision-sample}: one choice in this many is
+        recorded for the dashboard, per pool; 0 records none.
     """
 
     backends: list[Backend]
@@ -93,6 +98,8 @@ class LoadBalancerConfig:
     adminToken: bytes | None = None
     metrics: str | None = None
     fitConnections: bool = False
+    dashboard: bool = False
+    decisionSample: int = DEFAULT_SAMPLE
 
     def balancerConfig(self) -> BalancerConfig:
         """
@@ -198,6 +205,9 @@ class LoadBalancerService(MultiService):
         self.metricsRegistry = metricsRegistry(self, __version__)
         self.configHooks: ConfigHooks = _FixedConfig()
         self._listening = False
+        self.dashboard = (
+            Dashboard(self.balancer, clock, config.decisionSample) if config.dashboard else None
+        )
 
     def _makeUpstream(self, settings: UpstreamSettings) -> Upstream:
         return Upstream(self._reactor, self._clock, settings, tlsFor=self.backendTLS.creatorFor)
@@ -286,6 +296,8 @@ class LoadBalancerService(MultiService):
                 "verified; anyone on the path to them can read and change the traffic"
             )
         self.balancer.start()
+        if self.dashboard is not None:
+            self.dashboard.start()
         resolver = getattr(self._reactor, "nameResolver", None)
         if resolver is not None:
             # A name that does not resolve yet is worth a warning, not a
@@ -431,7 +443,7 @@ class LoadBalancerService(MultiService):
         Serve the admin API on C{description} (see L{lbproxy.admin}); its
         configuration calls go to L{configHooks}.
         """
-        api = AdminAPI(self.balancer, _HooksOf(self), self.renderMetrics)
+        api = AdminAPI(self.balancer, _HooksOf(self), self.renderMetrics, self.dashboard)
         site = adminSite(api, self._config.adminToken, self._clock)
         self.adminPort = self._listenNow(description, site)
         self._log.info("admin API listening on {admin}", admin=description)
@@ -538,6 +550,8 @@ class LoadBalancerService(MultiService):
             consumeErrors=True,
         )
         self.demoPorts = []
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self._config.accessLog.close()
 
 

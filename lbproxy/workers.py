@@ -899,7 +899,9 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
     control = ControlServer(
         {
             "reload": ReportedReload(reloader.reload, globalLogPublisher),
-            "admin": adminHandler(AdminAPI(service.balancer, reloader, service.renderMetrics)),
+            "admin": adminHandler(
+                AdminAPI(service.balancer, reloader, service.renderMetrics, service.dashboard)
+            ),
         },
         _answerWriter(sys.stdout),
     )

@@ -7,7 +7,11 @@ supervisor that forwards requests from its workers.
 
 Endpoints (JSON unless said otherwise)::
 
-    GET    /                                  the endpoints
+    GET    /                                  the dashboard page (HTML), or with
+                                              ?format=json the endpoints
+    GET    /dashboard/state                   every pool and backend, for the page
+    GET    /dashboard/history                 the backends' last minutes, and events
+    GET    /dashboard/decisions               the last sampled routing decisions
     GET    /pools                             every pool, in brief
     GET    /pools/NAME                        a pool and its backends
     GET    /pools/NAME/backends               the same
@@ -34,9 +38,11 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy.admin.dashboard import pageResponse, stateView, wantsJSON
 from lbproxy.admin.response import AdminResponse, errorResponse, jsonResponse
 from lbproxy.admin.views import backendView, poolSummary, poolView
 from lbproxy.balancer import BackendState, Balancer, BalancerError, LivePool
+from lbproxy.observe.dashboard import Dashboard
 from lbproxy.upstream.backends import MAX_WEIGHT, Backend, BackendSpecError, parseBackend
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -185,14 +191,18 @@ class AdminAPI:
         balancer: Balancer,
         config: ConfigHooks,
         metrics: Callable[[], bytes] | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         """
         @param metrics: Renders the Prometheus metrics for C{GET /metrics}
             (L{lbproxy.metrics}); L{None} answers it with 404.
+        @param dashboard: The history and decisions C{GET /dashboard/...}
+            show (L{lbproxy.observe}); L{None} answers those with 404.
         """
         self._balancer = balancer
         self._config = config
         self._metrics = metrics
+        self._dashboard = dashboard
         self._applying = DeferredLock()
         self._routes = (
             _Route((), {"GET": self._index}),
@@ -212,6 +222,9 @@ class AdminAPI:
             ),
             _Route(("config",), {"GET": self._showConfig, "POST": self._applyConfig}),
             _Route(("metrics",), {"GET": self._showMetrics}),
+            _Route(("dashboard", "state"), {"GET": self._dashboardState}),
+            _Route(("dashboard", "history"), {"GET": self._dashboardHistory}),
+            _Route(("dashboard", "decisions"), {"GET": self._dashboardDecisions}),
         )
 
     def handle(
@@ -297,9 +310,11 @@ class AdminAPI:
 
     def _index(self, call: _Call) -> AdminResponse:
         """
-        The endpoints, for a person exploring the API (a dashboard may
-        take this place).
+        The dashboard page (L{lbproxy.admin.dashboard}); for a script
+        (C{?format=json}, or C{Accept: application/json}) the endpoints.
         """
+        if not wantsJSON(call.query, call.accept):
+            return pageResponse()
         return jsonResponse(
             200,
             {
@@ -316,6 +331,21 @@ class AdminAPI:
         if self._metrics is None:
             raise _Refused(404, "metrics are not available here")
         return AdminResponse(200, METRICS_CONTENT_TYPE, self._metrics())
+
+    def _dashboardState(self, call: _Call) -> AdminResponse:
+        sample = None if self._dashboard is None else self._dashboard.decisions.every
+        return jsonResponse(200, stateView(self._balancer.snapshot(), sample))
+
+    def _dashboardHistory(self, call: _Call) -> AdminResponse:
+        return jsonResponse(200, self._running().history.view())
+
+    def _dashboardDecisions(self, call: _Call) -> AdminResponse:
+        return jsonResponse(200, self._running().decisions.view())
+
+    def _running(self) -> Dashboard:
+        if self._dashboard is None:
+            raise _Refused(404, "the dashboard's history and decisions are not kept here")
+        return self._dashboard
 
     def _listPools(self, call: _Call) -> AdminResponse:
         return jsonResponse(200, {"pools": [poolSummary(p) for p in self._balancer.snapshot()]})

@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from lbproxy.admin.api import MAX_BODY, AdminHandler
 from lbproxy.admin.auth import authorize
+from lbproxy.admin.dashboard import isPageRequest
 from lbproxy.admin.response import AdminResponse, errorResponse
 from lbproxy.http.reasons import reasonPhrase
 
@@ -64,7 +65,9 @@ class AdminRequest(Request):
 class AdminResource(Resource):
     """
     Every admin request, whatever its path, goes to L{AdminAPI.handle}
-    once its token is checked.
+    once its token is checked; but the dashboard page, which holds no
+    data, is served to a browser without one (see
+    L{lbproxy.admin.dashboard}).
     """
 
     isLeaf = True
@@ -79,8 +82,12 @@ class AdminResource(Resource):
         """
         Answer C{request}; the answer is written when the API has it.
         """
+        accepts = request.requestHeaders.getRawHeaders(b"accept")
+        accept = None if accepts is None else b", ".join(accepts).decode("latin-1")
+        method = request.method.decode("latin-1")
+        path = request.uri.decode("latin-1")
         denied = authorize(request.requestHeaders.getRawHeaders(b"authorization"), self._token)
-        if denied is not None:
+        if denied is not None and not isPageRequest(method, path, accept):
             _send(request, denied)
             return NOT_DONE_YET
         if isinstance(request, AdminRequest) and request.tooLarge:
@@ -88,10 +95,6 @@ class AdminResource(Resource):
             return NOT_DONE_YET
         assert request.content is not None
         body = request.content.read()
-        accepts = request.requestHeaders.getRawHeaders(b"accept")
-        accept = None if accepts is None else b", ".join(accepts).decode("latin-1")
-        method = request.method.decode("latin-1")
-        path = request.uri.decode("latin-1")
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
 

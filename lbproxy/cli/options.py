@@ -57,6 +57,7 @@ from lbproxy.listen import (
     parseListen,
     serverEndpointForListen,
 )
+from lbproxy.observe import DEFAULT_SAMPLE
 from lbproxy.proxy import ProxySettings
 from lbproxy.runtime import ProcessRoot
 from lbproxy.service import DEFAULT_POOL, LoadBalancerConfig, makeLoadBalancer
@@ -331,6 +332,13 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             None,
             "Serve Prometheus metrics (GET /metrics, read-only, no token) on this "
             "endpoint, e.g. tcp:9100:interface=127.0.0.1. The admin API serves them too.",
+        ],
+        [
+            "decision-sample",
+            None,
+            str(DEFAULT_SAMPLE),
+            "The admin dashboard records one routing decision in this many (per pool), "
+            "with every candidate's scores; 0 records none.",
         ],
         [
             "admin-token-file",
@@ -684,6 +692,8 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         admin=admin,
         adminToken=adminToken,
         metrics=_metricsEndpoint(options["metrics"]),
+        dashboard=admin is not None,
+        decisionSample=int(_number(options, "decision-sample", 0, integer=True)),
         fitConnections="max-connections" not in options.given
         and (layout is None or "max-connections" not in layout.source.data),
         **tlsConfig(options, listens),

@@ -19,15 +19,17 @@ from lbproxy.admin.response import JSON, AdminResponse, errorResponse, jsonRespo
 from lbproxy.control.client import Answer, Worker, askAll
 from lbproxy.control.wire import ControlError, adminRequest, errorMessage, readResponse
 from lbproxy.metrics.combine import combineExpositions
+from lbproxy.observe.combine import Views, combineDecisions, combineHistories
 
 
 class WorkersAdmin:
     """
     The admin API the supervisor serves: each request goes to the workers
     over the control channel, and their answers become one (see
-    L{combineAnswers}).  A C{GET} of C{/pools...} asks every worker; any
-    other C{GET} (C{/config}, C{/}) asks the first running worker; every
-    change (C{POST}, C{PATCH}, C{DELETE}) is made in every worker.
+    L{combineAnswers}).  A C{GET} of C{/pools...}, C{/metrics} or
+    C{/dashboard/...} asks every worker; any other C{GET} (C{/config},
+    C{/}) asks the first running worker; every change (C{POST}, C{PATCH},
+    C{DELETE}) is made in every worker.
     """
 
     _log = Logger()
@@ -49,6 +51,12 @@ class WorkersAdmin:
         if method == "GET" and _isMetrics(path):
             return askAll(workers, "admin", adminRequest(method, path, body, accept)).addCallback(
                 combineMetrics
+            )
+        dashboard = _dashboardPart(path)
+        if method == "GET" and dashboard in _DASHBOARD_COMBINED:
+            request = adminRequest(method, path, body, accept)
+            return askAll(workers, "admin", request).addCallback(
+                combineDashboard, _DASHBOARD_COMBINED[dashboard]
             )
         if method == "GET" and not _isPools(path):
             running = [worker for worker in workers if worker.running]
@@ -103,10 +111,66 @@ def combineMetrics(answers: Sequence[Answer]) -> AdminResponse:
 
 def _isPools(path: str) -> bool:
     """
-    Whether C{path} is under C{/pools}, whose answers are combined.
+    Whether C{path} is under C{/pools}, or is C{/dashboard/state} (every
+    pool and backend), whose answers are combined by L{combineViews}.
     """
     segments = [s for s in path.partition("?")[0].split("/") if s]
-    return bool(segments) and segments[0] == "pools"
+    return (bool(segments) and segments[0] == "pools") or segments == ["dashboard", "state"]
+
+
+def _dashboardPart(path: str) -> str | None:
+    """
+    C{history} for C{/dashboard/history} (and so on), L{None} for a path
+    that is not the dashboard's.
+    """
+    segments = [s for s in path.partition("?")[0].split("/") if s]
+    if len(segments) == 2 and segments[0] == "dashboard":
+        return segments[1]
+    return None
+
+
+_DASHBOARD_COMBINED: dict[str, Callable[[Views], dict[str, Any]]] = {
+    "history": combineHistories,
+    "decisions": combineDecisions,
+}
+"""
+The dashboard's views that every worker is asked for, and how their
+answers make one.
+"""
+
+
+def combineDashboard(
+    answers: Sequence[Answer], combine: Callable[[Views], dict[str, Any]]
+) -> AdminResponse:
+    """
+    The workers' answers to a C{GET /dashboard/history} or
+    C{/dashboard/decisions} as one, by C{combine} (see
+    L{lbproxy.observe.combine}), from the workers that answered 200; the
+    first other answer if none did; 503 if no worker answered.
+    """
+    views: list[tuple[str, dict[str, Any]]] = []
+    other: AdminResponse | None = None
+    reasons = []
+    for answer in answers:
+        try:
+            if answer.reply is None:
+                raise ControlError(answer.error or "no answer")
+            response = readResponse(answer.reply)
+        except ControlError as e:
+            reasons.append(f"{answer.worker}: {e}")
+            continue
+        if response.status != 200 or response.contentType != JSON:
+            other = other or response
+            continue
+        try:
+            views.append((answer.worker, json.loads(response.body)))
+        except ValueError:
+            return errorResponse(500, f"{answer.worker} answered with JSON that cannot be read")
+    if views:
+        return jsonResponse(200, combine(views))
+    if other is not None:
+        return other
+    return errorResponse(503, "no worker answered: " + "; ".join(reasons))
 
 
 def combineAnswers(method: str, path: str, answers: Sequence[Answer]) -> AdminResponse:
@@ -267,5 +331,6 @@ __all__ = [
     "AdminHandler",
     "WorkersAdmin",
     "combineAnswers",
+    "combineDashboard",
     "combineViews",
 ]

@@ -174,9 +174,10 @@ class ReadTests(_APITestCase):
 
     def test_index(self) -> None:
         """
-        GET / lists the endpoints.
+        GET /?format=json lists the endpoints (a browser gets the
+        dashboard, see L{lbproxy.test.test_dashboard}).
         """
-        index = self.json(self.call("GET", "/"), 200)
+        index = self.json(self.call("GET", "/?format=json"), 200)
         self.assertIn("GET /pools", index["endpoints"])
         self.assertIn("DELETE /pools/{pool}/backends/{address...}", index["endpoints"])
         self.assertIn("POST /config", index["endpoints"])
