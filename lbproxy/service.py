@@ -40,6 +40,7 @@ from lbproxy.demo import demoBackendSite
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.http.redirect import redirectSite
+from lbproxy.http.requestid import RequestIdSettings
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.metrics import metricsRegistry, render
@@ -65,6 +66,7 @@ class LoadBalancerConfig:
     """
     Everything needed to run one load balancer, already checked.
 
+    @ivar requestIds: How requests get IDs (C{--request-id}).
     @ivar fitConnections: Lower C{limits.maxConnections} to what the
         open-file limit allows, instead of warning that it is too low (the
         operator did not choose C{--max-connections}).
@@ -81,6 +83,7 @@ class LoadBalancerConfig:
     upstream: UpstreamSettings = attrs.Factory(UpstreamSettings)
     limits: EdgeLimits = attrs.Factory(EdgeLimits)
     accessLog: AccessLog = attrs.Factory(lambda: AccessLog(None))
+    requestIds: RequestIdSettings = attrs.Factory(RequestIdSettings)
     demo: bool = False
     adhoc: bool = False
     health: HealthSettings = attrs.Factory(HealthSettings)
@@ -194,6 +197,7 @@ class LoadBalancerService(MultiService):
         self.balancer = Balancer(config.balancerConfig(), reactor, clock, self._makeUpstream)
         self.site = ProxySite(self.balancer.router, config.accessLog, config.limits, reactor=clock)
         self.site.hsts = config.hsts
+        self.site.requestIds = config.requestIds
         self.serverTLS: list[ServerTLS] = []
         self.ports: list[IListeningPort] = []
         self._listeners: dict[str, IListeningPort] = {}
@@ -332,8 +336,9 @@ class LoadBalancerService(MultiService):
         Switch to C{config} while running (a reload): listeners it adds
         are opened, those it drops are closed (their connections finish as
         usual), and its pools and routes take over new requests at once
-        (see L{Balancer.apply}). Requests in flight, idle keep-alive
-        connections and tunnels on the listeners that stay are untouched.
+        (see L{Balancer.apply}), as do its request ID settings. Requests in
+        flight, idle keep-alive connections and tunnels on the listeners
+        that stay are untouched.
         Edge limits, TLS settings, the access log and C{--redirect-http}
         are kept as they were until a restart.
 
@@ -354,6 +359,8 @@ class LoadBalancerService(MultiService):
             self._config, listens=list(config.listens), drainTimeout=config.drainTimeout
         )
         self.balancer.apply(config.balancerConfig())
+        # Its trusted proxies are --trusted-proxy's, which a reload applies.
+        self.site.requestIds = config.requestIds
 
     def _changeListeners(self, config: LoadBalancerConfig) -> None:
         wanted = {spec.description for spec in config.listens}

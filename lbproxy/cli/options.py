@@ -48,6 +48,10 @@ from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits
+from lbproxy.http.headers import NEVER_CONNECTION_OPTIONS, UNEDITABLE
+from lbproxy.http.logformats import FORMATS as LOG_FORMATS
+from lbproxy.http.requestid import DEFAULT_HEADER as DEFAULT_REQUEST_ID_HEADER
+from lbproxy.http.requestid import RequestIdSettings
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import (
     DEFAULT_LISTEN,
@@ -415,6 +419,26 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             "Default: the twistd log.",
         ],
         [
+            "access-log-format",
+            None,
+            "lbproxy",
+            "Access log lines: lbproxy, combined (Apache's and nginx's) or json "
+            "(one object per line).",
+        ],
+        [
+            "request-id",
+            None,
+            "on",
+            "on: every request gets an ID (its own from a --trusted-proxy, a new one "
+            "otherwise), sent to the backend, returned to the client and logged; off: none.",
+        ],
+        [
+            "request-id-header",
+            None,
+            DEFAULT_REQUEST_ID_HEADER,
+            "The header that carries the request ID both ways.",
+        ],
+        [
             "max-idle-per-backend",
             None,
             "64",
@@ -657,7 +681,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         raise usage.UsageError(
             f"--max-body must be a size like 1048576 or 100M, not {options['max-body']!r}"
         ) from None
-    accessLog = _accessLog(options["access-log"])
+    accessLog = _accessLog(options["access-log"], options["access-log-format"])
     allowed = frozenset(options["allow-host"]) or None
     edge = ProxySettings(
         allowedHosts=allowed,
@@ -680,6 +704,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         upstream=default.upstream,
         limits=edgeLimits(options, maxBody),
         accessLog=accessLog,
+        requestIds=_requestIds(options),
         demo=options["demo"],
         adhoc=options["adhoc"] or options["demo"],
         health=default.health,
@@ -886,22 +911,51 @@ def givenOptions(options: usage.Options, arguments: Sequence[str]) -> frozenset[
     return frozenset(names)
 
 
-def _accessLog(option: str | None) -> AccessLog:
+def _accessLog(option: str | None, format: str = "lbproxy") -> AccessLog:
     """
-    The access log C{--access-log} asks for, its file (if any) not opened:
-    the service opens it when it starts. A file that plainly cannot be
-    opened (its directory is missing, it is a directory, or it may not be
-    written) is a usage error now.
+    The access log C{--access-log} asks for, in the C{--access-log-format},
+    its file (if any) not opened: the service opens it when it starts. A
+    file that plainly cannot be opened (its directory is missing, it is a
+    directory, or it may not be written) is a usage error now.
 
-    @raise usage.UsageError: Naming the file and why.
+    @raise usage.UsageError: Naming the file and why, or the format.
     """
-    accessLog = AccessLog.fromOption(option)
+    if format not in LOG_FORMATS:
+        raise usage.UsageError(
+            f"--access-log-format must be one of {', '.join(LOG_FORMATS)}, not {format!r}"
+        )
+    accessLog = AccessLog.fromOption(option, format)
     path = accessLog.path
     if path is not None:
         reason = _unwritable(path)
         if reason is not None:
             raise usage.UsageError(f"cannot open --access-log {path!r}: {reason}")
     return accessLog
+
+
+def _requestIds(options: Mapping[str, Any]) -> RequestIdSettings:
+    """
+    The request ID settings C{--request-id}, C{--request-id-header} and
+    C{--trusted-proxy} give.
+
+    @raise usage.UsageError: For a value other than on or off, or a header
+        name that is not a token or is one lbproxy writes itself.
+    """
+    switch = options["request-id"].strip().lower()
+    if switch not in ("on", "off"):
+        raise usage.UsageError(f"--request-id must be on or off, not {options['request-id']!r}")
+    name = options["request-id-header"].strip()
+    token = re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) is not None
+    if not token or name.lower().encode("ascii") in UNEDITABLE | NEVER_CONNECTION_OPTIONS:
+        raise usage.UsageError(
+            f"--request-id-header must be a header name like X-Request-ID that lbproxy "
+            f"does not set itself, not {name!r}"
+        )
+    return RequestIdSettings(
+        enabled=switch == "on",
+        header=name.encode("ascii"),
+        trustedProxies=tuple(options["trusted-proxy"]),
+    )
 
 
 def _unwritable(path: str) -> str | None:

@@ -36,6 +36,8 @@ APPLIED_BY_RELOAD = POOL_OPTIONS | {
     "listen",
     "allow-host",
     "trusted-proxy",
+    "request-id",
+    "request-id-header",
     "send-timeout",
     "tunnel-idle-timeout",
     "drain-timeout",

@@ -11,6 +11,7 @@ does no I/O); the service opens the file when it starts
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -18,49 +19,73 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from lbproxy.proxy import ProxyRecord, proxyRecordOf
-
-_FORMAT = (
-    '{client} "{method} {path} {protocol}" {status} {bytes} '
-    "backend={backend} upstream={upstream}{extra}"
+from lbproxy.http.logformats import (
+    FORMATS,
+    LBPROXY_FORMAT,
+    CombinedFormat,
+    Entry,
+    JSONFormat,
+    lbproxyFields,
 )
+from lbproxy.proxy import ProxyRecord, proxyRecordOf
 
 
 class AccessLog:
     """
-    Formats and writes access log lines.
+    Formats and writes access log lines, in one of L{FORMATS}
+    (see L{lbproxy.http.logformats}).
 
     Events carry their fields as keys (C{client}, C{method}, C{path},
-    C{status}, C{bytes}, C{backend}, C{upstream}...) so observers can use
-    them without parsing the text.
+    C{status}, C{bytes}, C{backend}, C{upstream}... in lbproxy's format;
+    in C{json} the object's keys but C{time}, the event's own; the line
+    itself as C{line} in C{json} and C{combined}) so
+    observers can use them without parsing the text.
     """
 
-    def __init__(self, write: Callable[[str], object] | None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        write: Callable[[str], object] | None,
+        enabled: bool = True,
+        format: str = "lbproxy",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """
         @param write: Called with each formatted line (newline included);
             L{None} sends events to twisted.logger instead.
         @param enabled: False drops every line (C{--access-log none}).
+        @param format: One of L{FORMATS}.
+        @param clock: The time now, for the C{json} and C{combined} lines'
+            time and a request's duration; on the clock the edge's
+            reactor keeps.
+        @raise ValueError: For a format not in L{FORMATS}.
         """
+        if format not in FORMATS:
+            raise ValueError(f"unknown access log format {format!r}")
         self._log = Logger(namespace="lbproxy.access")
         self._write = write
         self._enabled = enabled
         self._file: IO[str] | None = None
+        self._clock = clock
+        self.format = format
+        self._combined = CombinedFormat() if format == "combined" else None
+        self._json = JSONFormat() if format == "json" else None
         self.path: str | None = None
 
     @classmethod
-    def fromOption(cls, option: str | None) -> AccessLog:
+    def fromOption(cls, option: str | None, format: str = "lbproxy") -> AccessLog:
         """
         Build the log C{--access-log} asks for: L{None} for twisted.logger,
         C{-} for stdout, C{none} for nothing, anything else a file path
-        (appended to, line-buffered, once L{open}ed). Opens nothing.
+        (appended to, line-buffered, once L{open}ed), each line in
+        C{format}. Opens nothing.
         """
         if option is None:
-            return cls(None)
+            return cls(None, format=format)
         if option == "none":
-            return cls(None, enabled=False)
+            return cls(None, enabled=False, format=format)
         if option == "-":
-            return cls(_stdoutWriter())
-        log = cls(_discard)
+            return cls(_stdoutWriter(), format=format)
+        log = cls(_discard, format=format)
         log.path = option
         return log
 
@@ -92,31 +117,20 @@ class AccessLog:
         if not self._enabled:
             return
         record = proxyRecordOf(request) or ProxyRecord()
-        extra = ""
-        tried = record.tried
-        if len(tried) > 1:
-            extra += f" retries={len(tried) - 1} tried={','.join(str(b) for b in tried)}"
-        if record.tunnelToBackend is not None:
-            seconds = record.tunnelSeconds
-            extra += f" tunnel_up={record.tunnelToBackend} tunnel_down={record.tunnelToClient}"
-            if seconds is not None:
-                extra += f" tunnel_time={seconds:.3f}s"
-        if record.truncated:
-            extra += " truncated"
-        if record.error:
-            extra += f' error="{record.error}"'
-        backend = record.backend
-        upstream = record.upstreamSeconds
         self._emit(
-            client=record.client or _host(request.getClientAddress()),
-            method=_text(request.method),
-            path=_text(request.uri),
-            protocol=_text(request.clientproto),
-            status=request.code,
-            bytes=request.sentLength,
-            backend=str(backend) if backend is not None else "-",
-            upstream="-" if upstream is None else f"{upstream:.3f}s",
-            extra=extra,
+            Entry(
+                client=record.client or _host(request.getClientAddress()),
+                method=request.method,
+                target=request.uri,
+                protocol=request.clientproto,
+                status=request.code,
+                size=request.sentLength,
+                record=record,
+                requestId=getattr(request, "requestId", None),
+                receivedAt=getattr(request, "receivedAt", None),
+                headers=request.requestHeaders,
+                transport=getattr(request, "transport", None),
+            )
         )
 
     def logRejected(
@@ -128,29 +142,50 @@ class AccessLog:
         status: int,
         size: int,
         error: str,
+        requestId: bytes | None = None,
+        transport: Any = None,
     ) -> None:
         """
         Log a request refused before it reached the proxy resource.
+
+        @param requestId: The ID it was answered with, if any.
+        @param transport: The client connection's transport, if known.
         """
         if not self._enabled:
             return
         self._emit(
-            client=_host(address),
-            method=_text(method or b"-"),
-            path=_text(path or b"-"),
-            protocol=_text(protocol or b"-"),
-            status=status,
-            bytes=size,
-            backend="-",
-            upstream="-",
-            extra=f' error="{error}"',
+            Entry(
+                client=_host(address),
+                method=method,
+                target=path,
+                protocol=protocol,
+                status=status,
+                size=size,
+                record=ProxyRecord(error=error),
+                requestId=requestId,
+                transport=transport,
+            )
         )
 
-    def _emit(self, **fields: Any) -> None:
-        if self._write is None:
-            self._log.info(_FORMAT, **fields)
+    def _emit(self, entry: Entry) -> None:
+        if self._json is not None:
+            fields = self._json.fields(entry, self._clock())
+            line = JSONFormat.dump(fields)
+            # An event's "time" is its own (legacy observers read it).
+            del fields["time"]
+            self._line(line, fields)
+        elif self._combined is not None:
+            self._line(self._combined.line(entry, self._clock()), {})
+        elif self._write is None:
+            self._log.info(LBPROXY_FORMAT, **lbproxyFields(entry))
         else:
-            self._write(_FORMAT.format(**fields) + "\n")
+            self._write(LBPROXY_FORMAT.format(**lbproxyFields(entry)) + "\n")
+
+    def _line(self, line: str, fields: dict[str, Any]) -> None:
+        if self._write is None:
+            self._log.info("{line}", line=line, **fields)
+        else:
+            self._write(line + "\n")
 
 
 def _discard(line: str) -> None:
@@ -168,16 +203,3 @@ def _stdoutWriter() -> Callable[[str], object]:
 def _host(address: IAddress) -> str:
     host = getattr(address, "host", None)
     return host if isinstance(host, str) else "-"
-
-
-def _text(value: bytes) -> str:
-    # Request lines are ASCII; escape anything else so one line stays one line.
-    text = value.decode("ascii", "backslashreplace")
-    return text.translate(_ESCAPES)
-
-
-_ESCAPES = (
-    {c: f"\\x{c:02x}" for c in range(32)}
-    | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
-    | {127: "\\x7f", ord('"'): '\\"'}
-)

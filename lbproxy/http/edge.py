@@ -42,6 +42,7 @@ from lbproxy.http.checks import (
     parsePlainHead,
 )
 from lbproxy.http.headers import connectionTokens
+from lbproxy.http.requestid import RequestIdSettings, assignRequestId, newRequestId
 from lbproxy.upstream.body import StreamedBody
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
@@ -107,6 +108,16 @@ class ProxyRequest(Request):
     Called if the edge gives up on the request before the response is
     finished (its body was too large or stalled): the proxy stops the
     exchange and writes nothing more; the edge answers.
+    """
+    requestId: bytes | None = None
+    """
+    The request's ID (see L{lbproxy.http.requestid}), once it is handed to
+    the site's resource; L{None} with request IDs off.
+    """
+    receivedAt: float | None = None
+    """
+    When the request was handed to the site's resource (its head read), by
+    the site's reactor, for the access log's duration.
     """
 
     def gotLength(self, length: int | None) -> None:
@@ -182,7 +193,16 @@ class ProxyRequest(Request):
         self.site = site
         self.prepath = []
         self.postpath = []
-        self.setHeader(b"Date", site.dateHeader())
+        now = self.receivedAt = site.reactor.seconds()
+        self.setHeader(b"Date", site.dateHeader(now))
+        requestIds = site.requestIds
+        if requestIds is not None and requestIds.enabled:
+            self.requestId = assignRequestId(
+                self.requestHeaders,
+                self.responseHeaders,
+                getattr(self.getClientAddress(), "host", None),
+                requestIds,
+            )
         try:
             self.render(site.resource)
         except BaseException:  # noqa: BLE001 - as twisted.web does: answer 500, log
@@ -833,12 +853,20 @@ class ProxyChannel(ChannelInternals):
         body = f"{rejection.code} {rejection.reason}: {rejection.message}\n".encode()
         assert self.transport is not None
         self.site.countRejection(self.transport, rejection.code)
+        # A refused request gets a new ID: what it brought was not read, or
+        # not believed.
+        requestIds = self.site.requestIds
+        requestId = None
+        idLine = b""
+        if requestIds is not None and requestIds.enabled:
+            requestId = newRequestId()
+            idLine = b"%s: %s\r\n" % (requestIds.header, requestId)
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
+            b"Content-Length: %d\r\n%s"
             b"Connection: close\r\n\r\n%s"
-            % (rejection.code, rejection.reason.encode("ascii"), len(body), body)
+            % (rejection.code, rejection.reason.encode("ascii"), len(body), idLine, body)
         )
         line = requestLine if requestLine is not None else self._requestLine
         method, _, rest = line.partition(b" ")
@@ -851,6 +879,8 @@ class ProxyChannel(ChannelInternals):
             rejection.code,
             len(body),
             rejection.message,
+            requestId=requestId,
+            transport=self.transport,
         )
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.loseConnection()
@@ -902,6 +932,7 @@ class ProxySite(Site):
     @ivar accessLog: Where access log lines go.
     @ivar hsts: The C{Strict-Transport-Security} value set on every
         response over TLS (replacing a backend's), or L{None} for none.
+    @ivar requestIds: How requests get IDs; L{None} for none.
     """
 
     _log = Logger()
@@ -910,6 +941,7 @@ class ProxySite(Site):
     displayTracebacks = False
     noisy = False
     hsts: bytes | None = None
+    requestIds: RequestIdSettings | None = None
 
     def __init__(
         self,
@@ -937,11 +969,12 @@ class ProxySite(Site):
 
     _date = (-1, b"")
 
-    def dateHeader(self) -> bytes:
+    def dateHeader(self, now: float | None = None) -> bytes:
         """
-        The C{Date} header value for now, formatted once per second.
+        The C{Date} header value for now (or C{now}, the reactor's time),
+        formatted once per second.
         """
-        second = int(self.reactor.seconds())
+        second = int(self.reactor.seconds() if now is None else now)
         if self._date[0] != second:
             self._date = (second, datetimeToString(second))
         return self._date[1]
