@@ -230,6 +230,10 @@ class Balancer:
     @ivar router: The resource that routes requests; its routing is
         replaced, whole, by each L{apply}.
     @ivar pools: The live pools by name, in configured order.
+    @ivar activeChecks: Whether the pools' active health checks run here,
+        from L{start} on; a worker under C{--workers} leaves them to the
+        supervisor, which marks its backends healthy or not
+        (L{lbproxy.control.health}).
     """
 
     _log = Logger()
@@ -240,13 +244,17 @@ class Balancer:
         reactor: IReactorTCP,
         clock: IReactorTime,
         makeUpstream: Callable[[UpstreamSettings], Upstream],
+        activeChecks: bool = True,
     ) -> None:
         """
         @param makeUpstream: Builds the backend connections of a pool.
+        @param activeChecks: Whether the pools' active health checks run
+            here (see L{activeChecks}).
         """
         self._reactor = reactor
         self._clock = clock
         self._makeUpstream = makeUpstream
+        self.activeChecks = activeChecks
         self._running = False
         self._retiring: dict[int, _Retirement] = {}
         self._retiredUpstreams: list[Upstream] = []
@@ -287,11 +295,12 @@ class Balancer:
 
     def start(self) -> None:
         """
-        Start health checks.
+        Start health checks (unless they run elsewhere, see C{activeChecks}).
         """
         self._running = True
-        for pool in self.pools.values():
-            pool.health.start()
+        if self.activeChecks:
+            for pool in self.pools.values():
+                pool.health.start()
 
     def apply(self, config: BalancerConfig) -> None:
         """
@@ -313,7 +322,7 @@ class Balancer:
                 for upstream in (previous.upstream, previous.probeUpstream):
                     if upstream not in (pool.upstream, pool.probeUpstream):
                         self._retireUpstream(upstream, config.drainTimeout)
-            if self._running:
+            if self._running and self.activeChecks:
                 pool.health.start()
         for name, previous in old.items():
             kept = self.pools.get(name)

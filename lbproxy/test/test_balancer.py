@@ -618,6 +618,28 @@ class AdminTests(BalancerCase):
         self.assertEqual(self.states()["10.0.0.4:80"], ("down", False))
         self.assertEqual(self.bodies(2), [b"a", b"a"])
 
+    def test_activeChecksElsewhere(self) -> None:
+        """
+        A balancer whose active checks run elsewhere sends no probe: not at
+        start, not after a reload, not to a backend added while running.
+        """
+        settings = HealthSettings(interval=5.0, path=b"/health", fall=1)
+        config = _config(_pool("web", [self.a], health=settings))
+        self.balancer = Balancer(
+            config, self.clock, self.clock, self.network.upstream, activeChecks=False
+        )
+        self.balancer.start()
+        self.addCleanup(self.balancer.stop)
+        self.balancer.apply(_config(_pool("web", [self.a, self.b], health=settings)))
+        self.balancer.addBackend("web", self.c.backend)
+        self.network.flush()
+        self.clock.advance(60)
+        self.network.flush()
+        self.assertEqual(
+            [seen.uri for server in (self.a, self.b, self.c) for seen in server.resource.received],
+            [],
+        )
+
     def test_addBackendRefused(self) -> None:
         """
         Adding a backend the pool has (same address, in any case) or to a

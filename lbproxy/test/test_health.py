@@ -151,6 +151,34 @@ class HealthCheckerTests(SynchronousTestCase):
         self.assertEqual(self.pool.available(), self.backends)
         self.assertIsNotNone(self.backends[0].slowStart)
 
+    def test_changesReported(self) -> None:
+        """
+        Each change of a backend's health is reported once, after the
+        backend is marked: going down, then coming back up.
+        """
+        seen: list[tuple[str, bool]] = []
+        checker = HealthChecker(
+            self.pool,
+            self.probe,
+            self.clock,
+            HealthSettings(interval=2, fall=2, rise=1),
+            onChange=lambda backend: seen.append((backend.authority, backend.healthy)),
+        )
+        checker.start()
+        self.addCleanup(checker.stop)
+        for healthy in (False, False, False, True, True):
+            self.probe.answer(healthy)
+            self.clock.advance(2)
+        self.assertEqual(
+            seen,
+            [
+                ("127.0.0.2:80", False),
+                ("127.0.0.3:80", False),
+                ("127.0.0.2:80", True),
+                ("127.0.0.3:80", True),
+            ],
+        )
+
     def test_zeroIntervalDisables(self) -> None:
         """
         With an interval of 0 nothing is probed.

@@ -126,12 +126,18 @@ class HealthChecker:
         clock: IReactorTime,
         settings: HealthSettings,
         slowStart: float = 0.0,
+        onChange: Callable[[Backend], object] | None = None,
     ) -> None:
+        """
+        @param onChange: Called with a backend whose C{healthy} the checks
+            have just changed (after the change is logged).
+        """
         self._pool = pool
         self._probe = probe
         self._clock = clock
         self._settings = settings
         self._slowStart = slowStart
+        self._onChange = onChange
         self._states: dict[int, RiseFall] = {}
         self._calls: dict[int, LoopingCall] = {}
         self._probing: set[int] = set()
@@ -235,6 +241,8 @@ class HealthChecker:
                 backend=backend.authority,
                 fall=self._settings.fall,
             )
+        if self._onChange is not None:
+            self._onChange(backend)
 
 
 class _ProbeBody(Protocol):
