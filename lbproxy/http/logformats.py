@@ -13,6 +13,7 @@ unescaped quote or invalid UTF-8 reaches the log.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,13 +93,13 @@ def lbproxyFields(entry: Entry) -> dict[str, Any]:
     if record.truncated:
         extra += " truncated"
     if record.error:
-        extra += f' error="{record.error.translate(_ESCAPES)}"'
+        extra += f' error="{_escapedText(record.error, _ERROR_UNSAFE, _ESCAPES)}"'
     if entry.requestId is not None:
-        extra += " rid=" + _text(entry.requestId).translate(_SPACE)
+        extra += " rid=" + _text(entry.requestId, _TOKEN_SAFE, _TOKEN_ESCAPES)
     backend = record.backend
     upstream = record.upstreamSeconds
     return {
-        "client": entry.client.translate(_CLIENT_ESCAPES),
+        "client": _escapedText(entry.client, _TOKEN_UNSAFE, _TOKEN_ESCAPES),
         "method": _text(entry.method or b"-"),
         "path": _text(entry.target or b"-"),
         "protocol": _text(entry.protocol or b"-"),
@@ -110,11 +111,6 @@ def lbproxyFields(entry: Entry) -> dict[str, Any]:
     }
 
 
-def _text(value: bytes) -> str:
-    # Request lines are ASCII; escape anything else so one line stays one line.
-    return value.decode("ascii", "backslashreplace").translate(_ESCAPES)
-
-
 _ESCAPES = (
     {c: f"\\x{c:02x}" for c in range(32)}
     | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
@@ -122,8 +118,29 @@ _ESCAPES = (
     # Line separators that some readers split lines at (str.splitlines).
     | {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
 )
-_SPACE = {ord(" "): "\\x20"}
-_CLIENT_ESCAPES = _ESCAPES | _SPACE
+_TOKEN_ESCAPES = _ESCAPES | {ord(" "): "\\x20"}
+_SAFE = bytes(c for c in range(0x20, 0x7F) if c != ord('"'))
+_TOKEN_SAFE = _SAFE.replace(b" ", b"")
+_ERROR_UNSAFE = re.compile('[\x00-\x1f"\x7f\x85\u2028\u2029]')
+_TOKEN_UNSAFE = re.compile('[^!#-~]')
+
+
+def _text(value: bytes, safe: bytes = _SAFE, escapes: dict[int, str] = _ESCAPES) -> str:
+    """
+    Bytes from a request as text for lbproxy's line: as they are when
+    every byte is in C{safe} (the usual case, checked in one C{translate}),
+    else escaped (bytes beyond ASCII as C{\\xHH}, the rest by C{escapes}).
+    """
+    if not value.translate(None, safe):
+        return value.decode("ascii")
+    return value.decode("ascii", "backslashreplace").translate(escapes)
+
+
+def _escapedText(text: str, unsafe: re.Pattern[str], escapes: dict[int, str]) -> str:
+    """
+    C{text} with C{escapes} made, when C{unsafe} finds it needs any.
+    """
+    return text.translate(escapes) if unsafe.search(text) else text
 
 
 # --- combined ------------------------------------------------------------
@@ -164,7 +181,7 @@ class CombinedFormat:
             request = " ".join(
                 (
                     _field(entry.method),
-                    _field(entry.target, _TARGET_ESCAPES),
+                    _field(entry.target, _TARGET_SAFE, _TARGET_ESCAPES),
                     _field(entry.protocol),
                 )
             )
@@ -173,7 +190,7 @@ class CombinedFormat:
         if headers is not None:
             referer = _first(headers, b"referer")
             userAgent = _first(headers, b"user-agent")
-        client = entry.client.translate(_TARGET_ESCAPES)
+        client = _escapedText(entry.client, _TOKEN_UNSAFE, _TARGET_ESCAPES)
         line = (
             f'{client} - - {self._stamp} "{request}" {entry.status} {entry.size or "-"} '
             f'"{_field(referer)}" "{_field(userAgent)}"'
@@ -188,11 +205,21 @@ _COMBINED_ESCAPES = {
     c: f"\\x{c:02X}" for c in (*range(0x20), ord('"'), ord("\\"), *range(0x7F, 0x100))
 }
 _TARGET_ESCAPES = _COMBINED_ESCAPES | {ord(" "): "\\x20"}
+_COMBINED_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+_TARGET_SAFE = _COMBINED_SAFE.replace(b" ", b"")
 
 
-def _field(value: bytes | None, escapes: dict[int, str] = _COMBINED_ESCAPES) -> str:
+def _field(
+    value: bytes | None, safe: bytes = _COMBINED_SAFE, escapes: dict[int, str] = _COMBINED_ESCAPES
+) -> str:
+    """
+    A combined field: C{-} when empty, else C{value}, escaped when a byte
+    is not in C{safe}.
+    """
     if not value:
         return "-"
+    if not value.translate(None, safe):
+        return value.decode("ascii")
     return value.decode("latin-1").translate(escapes)
 
 
