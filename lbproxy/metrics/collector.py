@@ -7,6 +7,12 @@ Labels are bounded: C{pool}, C{backend} (C{host:port}, or the URL of an
 C{https} backend), C{listener} (the C{--listen} description without its
 file names), C{class} (C{1xx}..C{5xx}), C{kind} and C{status} from small
 fixed sets. Never a path or a client address.
+
+The counters of those fixed sets are there from the start, at 0 (connect
+failures of every kind, rejections of every status the edge answers), as
+Prometheus's instrumentation guide asks: a series that first appears at 1
+hides that first event from C{increase()} and C{rate()}, and from alerts
+built on them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,19 @@ from lbproxy.http.edge import ProxySite, listenerKey
 
 _BACKEND = ["pool", "backend"]
 _LISTENER = ["listener"]
-_FILE_PARAMETERS = ("privateKey=", "certKey=", "extraCertChain=", "dhParameters=")
+_FILE_PARAMETERS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+CONNECT_FAILURE_KINDS = ("refused", "timeout", "dns", "tls", "unreachable")
+"""
+The kinds of connect failure (L{lbproxy.upstream.retry.connectFailureKind}),
+each exported from the start.
+"""
+
+EDGE_REJECTIONS = (400, 408, 413, 414, 421, 431, 501, 503, 505)
+"""
+The statuses the edge refuses requests (and connections) with, each
+exported from the start for every listener.
+"""
 
 
 class MetricsSource(Protocol):
@@ -49,10 +67,20 @@ class MetricsSource(Protocol):
 def listenerLabel(description: str) -> str:
     """
     A listener's label: its description without file parameters (which
-    are long, and say nothing about the traffic).
+    are long, and say nothing about the traffic). Fields are split as
+    Twisted splits them: at each C{:} not escaped by a backslash.
     """
-    parts = [p for p in description.split(":") if not p.startswith(_FILE_PARAMETERS)]
-    return ":".join(parts)
+    fields: list[str] = [""]
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            fields[-1] += character + next(characters, "")
+        elif character == ":":
+            fields.append("")
+        else:
+            fields[-1] += character
+    kept = [f for f in fields if not ("=" in f and f.partition("=")[0] in _FILE_PARAMETERS)]
+    return ":".join(kept)
 
 
 class LoadBalancerCollector(Collector):
@@ -82,7 +110,8 @@ class LoadBalancerCollector(Collector):
         )
         failures = CounterMetricFamily(
             "lbproxy_backend_failures",
-            "Requests to the backend that ended in an error of the proxy's own (502, 503, 504).",
+            "Requests to the backend that failed: no connection, no response in time, or a "
+            "response cut short (each attempt, whether or not it was then retried elsewhere).",
             labels=_BACKEND,
         )
         retries = CounterMetricFamily(
@@ -155,8 +184,9 @@ class LoadBalancerCollector(Collector):
                 failures.add_metric(labels, backend.failures)
                 retries.add_metric(labels, backend.retries)
                 ejections.add_metric(labels, backend.ejections)
-                for kind, count in sorted(backend.connectFailures.items()):
-                    connectFailures.add_metric([*labels, kind], count)
+                counts = backend.connectFailures
+                for kind in (*CONNECT_FAILURE_KINDS, *sorted(counts.keys() - _KINDS)):
+                    connectFailures.add_metric([*labels, kind], counts.get(kind, 0))
                 sent.add_metric(labels, backend.bytesToBackend)
                 received.add_metric(labels, backend.bytesFromBackend)
                 histogram = backend.latency
@@ -213,9 +243,14 @@ class LoadBalancerCollector(Collector):
             if done is not None:
                 handshakes.add_metric(label, done)
                 handshakeFailures.add_metric(label, getattr(factory, "handshakeFailures", 0))
-            for status, count in sorted(rejected.get(key, {}).items()):
-                rejections.add_metric([*label, str(status)], count)
+            counts = rejected.get(key, {})
+            for status in sorted(counts.keys() | _STATUSES):
+                rejections.add_metric([*label, str(status)], counts.get(status, 0))
         yield from (connections, handshakes, handshakeFailures, rejections)
+
+
+_KINDS = frozenset(CONNECT_FAILURE_KINDS)
+_STATUSES = frozenset(EDGE_REJECTIONS)
 
 
 def _bound(bound: float) -> str:
@@ -235,4 +270,11 @@ def metricsRegistry(source: MetricsSource, version: str) -> CollectorRegistry:
     return registry
 
 
-__all__ = ["LoadBalancerCollector", "MetricsSource", "listenerLabel", "metricsRegistry"]
+__all__ = [
+    "CONNECT_FAILURE_KINDS",
+    "EDGE_REJECTIONS",
+    "LoadBalancerCollector",
+    "MetricsSource",
+    "listenerLabel",
+    "metricsRegistry",
+]
