@@ -214,23 +214,37 @@ class Router(Resource):
         try:
             route = routeTarget(request)
         except TargetError as e:
-            return answer(request, 400, str(e), record)
+            return _refuse(request, 400, str(e), record)
         rule = routing.only
         if rule is None or routing.needsHost:
             host = hostName(route.host) if routing.needsHost else ""
             allowed = routing.allowedHosts
             if allowed is not None and host not in allowed:
-                return answer(request, 421, "This proxy does not serve that host.", record)
+                return _refuse(request, 421, "This proxy does not serve that host.", record)
             rule = routing.table.match(host, route.target)
         if rule is None:
             status = routing.table.noRouteStatus
             message = "No route for this host." if status == 421 else "No route for this path."
-            return answer(request, status, message, record)
+            return _refuse(request, status, message, record)
         proxy = routing.pools[rule.pool]
         record.pool = rule.pool
         if rule.stripPrefix:
             route = Route(target=rule.targetFor(route.target), host=route.host)
         return proxy.relay(request, route, record, rule.requestHeaders, rule.responseHeaders)
+
+
+def _refuse(request: Request, status: int, message: str, record: ProxyRecord) -> bytes:
+    """
+    Answer C{request} with C{status} before it reaches a pool, counted as
+    a rejection of its listener (see L{lbproxy.http.edge.ProxySite}).
+    """
+    channel = getattr(request, "channel", None)
+    site = getattr(channel, "site", None)
+    count = getattr(site, "countRejection", None)
+    transport = getattr(channel, "transport", None)
+    if count is not None and transport is not None:
+        count(transport, status)
+    return answer(request, status, message, record)
 
 
 def checkRoutes(rules: Sequence[RouteRule], pools: Sequence[str]) -> None:

@@ -121,6 +121,13 @@ class ChannelInternals(http.HTTPChannel):
             bounded.limit = limit
             self._transferDecoder = bounded
 
+    def bodyMayFollow(self) -> bool:
+        """
+        Whether the current request's head announced a body (a
+        C{Content-Length} above 0, or C{chunked}) that may still arrive.
+        """
+        return bool(self.length) or self._transferDecoder is not None
+
     def forgetRequest(self) -> None:
         """
         Drop the body decoder of a request cut short (it holds bound

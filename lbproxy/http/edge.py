@@ -390,7 +390,12 @@ class ProxyChannel(ChannelInternals):
         client is still sending a request body, close for writing only and
         discard what still arrives (see L{LINGER}).
         """
-        if self._phase == "body" and not self._readClosed and self._tunnel is None:
+        if (
+            self._phase == "body"
+            and not self._readClosed
+            and self._tunnel is None
+            and self.bodyMayFollow()
+        ):
             self._lingeringClose()
             return
         super().loseConnection()
@@ -409,10 +414,20 @@ class ProxyChannel(ChannelInternals):
         if self.isSecure():
             # TLS has no half-close: keep reading (and discarding) until the
             # client, told Connection: close, closes; close after LINGER.
-            self._lingerTimer = self.callLater(LINGER, transport.loseConnection)
+            self._lingerTimer = self.callLater(LINGER, self._endLinger)
             return
         self._lingerTimer = self.callLater(LINGER, transport.abortConnection)
         transport.loseWriteConnection()
+
+    def _endLinger(self) -> None:
+        """
+        The lingering close of a TLS connection is over: close it, as
+        twisted.web closes a channel (the channel stops being the TLS
+        transport's producer first; while it is one, TLS waits for it and
+        never closes).
+        """
+        self._lingerTimer = None
+        super().loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -895,12 +910,17 @@ def _bareLF(data: bytes) -> bool:
 
 def listenerKey(transport: Any) -> object:
     """
-    What tells a connection's listener apart: the port (or socket path)
-    it was accepted on, read from C{transport.getHost()} (a listening port
-    gives the same key for itself).
+    What tells a connection's listener apart: the local address and port
+    (or socket path) it was accepted on, read from C{transport.getHost()}.
+    A listening port gives its own the same way; one bound to every address
+    (C{0.0.0.0}, C{::}) is matched by port alone (see
+    L{lbproxy.metrics.collector}).
     """
-    host = transport.getHost()
-    return getattr(host, "port", None) or getattr(host, "name", None)
+    address = transport.getHost()
+    port = getattr(address, "port", None)
+    if port is None:
+        return getattr(address, "name", None)
+    return (getattr(address, "host", ""), port)
 
 
 class _Overloaded(Protocol):

@@ -225,18 +225,21 @@ class LoadBalancerCollector(Collector):
             labels=[*_LISTENER, "status"],
         )
         site = self._source.site
-        open: dict[object, int] = {}
+        ports = self._source.listeningPorts()
+        owner = _ListenerOf({description: listenerKey(port) for description, port in ports.items()})
+        open: dict[str | None, int] = {}
         for channel in list(site.channels):
             transport = channel.transport
             if transport is not None:
-                key = listenerKey(transport)
-                open[key] = open.get(key, 0) + 1
-        rejected: dict[object, dict[int, int]] = {}
+                listener = owner(listenerKey(transport))
+                open[listener] = open.get(listener, 0) + 1
+        rejected: dict[str | None, dict[int, int]] = {}
         for (key, status), count in site.rejections.items():
-            rejected.setdefault(key, {})[status] = count
-        for description, port in self._source.listeningPorts().items():
+            counts = rejected.setdefault(owner(key), {})
+            counts[status] = counts.get(status, 0) + count
+        for description, port in ports.items():
             label = [listenerLabel(description)]
-            key = listenerKey(port)
+            key = description
             connections.add_metric(label, open.get(key, 0))
             factory = getattr(port, "factory", None)
             done = getattr(factory, "handshakes", None)
@@ -251,6 +254,31 @@ class LoadBalancerCollector(Collector):
 
 _KINDS = frozenset(CONNECT_FAILURE_KINDS)
 _STATUSES = frozenset(EDGE_REJECTIONS)
+
+
+_ANY = ("", "0.0.0.0", "::", "::0")
+
+
+class _ListenerOf:
+    """
+    Which listener (by description) a connection's L{listenerKey} belongs
+    to: the one bound to its address and port, else one bound to every
+    address on its port.
+    """
+
+    def __init__(self, keys: Mapping[str, object]) -> None:
+        self._exact = {key: description for description, key in keys.items()}
+        self._wildcard = {
+            key[1]: description
+            for description, key in keys.items()
+            if isinstance(key, tuple) and key[0] in _ANY
+        }
+
+    def __call__(self, key: object) -> str | None:
+        found = self._exact.get(key)
+        if found is None and isinstance(key, tuple):
+            found = self._wildcard.get(key[1])
+        return found
 
 
 def _bound(bound: float) -> str:
