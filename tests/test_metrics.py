@@ -414,13 +414,6 @@ class TrafficTests(_MetricsCase):
         )
         self.assertEqual((statusOf(answer), closed), (400, True))
 
-    test_tlsRejectionCloses.todo = (  # type: ignore[attr-defined]
-        "lbproxy.http.edge.ProxyChannel: a rejection from allHeadersReceived is in phase "
-        "'body', so it takes the lingering close; over TLS that calls transport.loseConnection "
-        "after LINGER, which TLSMemoryBIOProtocol defers while the channel is still registered "
-        "as its producer, and the idle timeout was turned off: the connection stays open"
-    )
-
     async def test_connectFailuresAndRetries(self) -> None:
         """
         A backend that refuses connections counts each request sent to it
@@ -627,11 +620,6 @@ class TrafficTests(_MetricsCase):
         labels = {"listener": running.listener, "status": "421"}
         self.assertEqual(_delta(before, after, "lbproxy_listener_rejections_total", labels), 1)
 
-    test_allowHostRejection.todo = (  # type: ignore[attr-defined]
-        "the 421 of --allow-host is answered by the proxy (lbproxy/proxy.py), "
-        "which does not call ProxySite.countRejection"
-    )
-
     async def test_listenerConnections(self) -> None:
         """
         While K client connections are held open (sending nothing) the
@@ -722,10 +710,6 @@ class TrafficTests(_MetricsCase):
             ],
             [1, 0],
         )
-
-    test_sharedPortListeners.todo = (  # type: ignore[attr-defined]
-        "lbproxy.http.edge.listenerKey keys a listener by its port number alone"
-    )
 
     async def test_labelsBounded(self) -> None:
         """
