@@ -16,7 +16,7 @@ OPTIONS = {
     # --backends, and for options whose default is a behaviour (their help
     # must still say what it is).
     "--backends": None,
-    "--listen": "ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt",
+    "--listen": "ssl:443 with certs/loadbalancer.key and certs/loadbalancer.crt",
     "--adhoc": None,
     "--chooser": "random",
     "--allow-host": None,
