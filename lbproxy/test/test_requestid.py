@@ -12,7 +12,7 @@ import re
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from lbproxy.cli.options import Options
+from lbproxy.cli.reload import APPLIED_BY_RELOAD
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import ProxySite
 from lbproxy.http.headers import ClientInfo, requestHeaderLines
@@ -29,6 +30,7 @@ from lbproxy.http.requestid import (
     keptRequestId,
     newRequestId,
 )
+from lbproxy.service import LoadBalancerService
 
 _HEX32 = re.compile(rb"[0-9a-f]{32}\Z")
 _PROXY = ipaddress.ip_network("10.0.0.0/8")
@@ -381,3 +383,35 @@ class OptionsTests(SynchronousTestCase):
         for arguments, message in cases:
             error = self.assertRaises(usage.UsageError, _options, *arguments)
             self.assertIn(message, str(error))
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    The service gives its site the configuration's request ID settings,
+    and a reload replaces them.
+    """
+
+    def test_reload(self) -> None:
+        """
+        The site gives IDs by the configuration it was built with, then by
+        the one a reload applies (its trusted proxies and header).
+        """
+        reactor = MemoryReactorClock()
+        first = _options().config
+        assert first is not None
+        service = LoadBalancerService(first, reactor, reactor)
+        self.assertEqual(service.site.requestIds, RequestIdSettings())
+        second = _options("--trusted-proxy", "10.0.0.0/8", "--request-id-header", "X-Trace").config
+        assert second is not None
+        service.applyConfig(second)
+        self.assertEqual(
+            service.site.requestIds,
+            RequestIdSettings(header=b"X-Trace", trustedProxies=(_PROXY,)),
+        )
+
+    def test_appliedByReload(self) -> None:
+        """
+        A reload does not call the request ID options ones that wait for a
+        restart.
+        """
+        self.assertLessEqual({"request-id", "request-id-header"}, APPLIED_BY_RELOAD)
