@@ -15,13 +15,18 @@ What it drops: a backend that is gone drains (no new requests; those in
 flight finish, and are cut off after the drain timeout), then its
 connections are closed.
 
+Backends found through DNS (a pool's discovery sources, see
+L{lbproxy.discovery}) are given by L{Balancer.setDiscovered}, one source at
+a time; a reload that keeps the source keeps them, one that drops it
+drains them.
+
 Metrics and the admin API read this state through L{Balancer.snapshot};
 nothing here knows about HTTP or JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -29,6 +34,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
+from lbproxy.discovery.sources import DNS, Source, SourceKey
 from lbproxy.interfaces import IChooser
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
 from lbproxy.routing import Router, RouteTable, Routing
@@ -47,6 +53,8 @@ DRAIN_POLL = 0.25
 """
 Seconds between looks at a draining backend's requests in flight.
 """
+
+BackendKey = tuple[str, str, int]
 
 
 def _ownCopy(template: Backend) -> Backend:
@@ -87,6 +95,8 @@ class PoolConfig:
         is equal keeps the running chooser instead.
     @ivar options: The pool's options as the config file states them, for
         L{Balancer.describe}.
+    @ivar sources: Where in DNS it finds more backends (see
+        L{Balancer.setDiscovered}).
     """
 
     name: str
@@ -100,6 +110,7 @@ class PoolConfig:
     slowStart: float = 0.0
     retryBudgetPercent: float = 20.0
     options: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+    sources: tuple[Source, ...] = ()
 
 
 @attrs.frozen
@@ -146,7 +157,14 @@ class LivePool:
         clock: IReactorTime,
         makeUpstream: Callable[[UpstreamSettings], Upstream],
         previous: LivePool | None = None,
+        discovered: Sequence[Backend] = (),
     ) -> None:
+        """
+        @param previous: The pool of the same name before a reload.
+        @param discovered: Live backends its sources found, kept after
+            the configured ones (those the configuration lists too are the
+            configured ones).
+        """
         self.name = config.name
         self.config = config
         self._clock = clock
@@ -160,6 +178,8 @@ class LivePool:
                 backend.weight = template.weight
                 backend.draining = template.draining
             backends.append(backend)
+        listed = {backend.key for backend in backends}
+        backends += [backend for backend in discovered if backend.key not in listed]
         self.backends = BackendPool(backends)
         self.chooser = (
             previous.chooser
@@ -259,6 +279,7 @@ class Balancer:
         self._retiring: dict[int, _Retirement] = {}
         self._retiredUpstreams: list[Upstream] = []
         self._upstreamPolls: dict[Upstream, IDelayedCall] = {}
+        self._discovered: dict[tuple[str, SourceKey], dict[BackendKey, Backend]] = {}
         self._poolWatchers: list[Callable[[LivePool], None]] = []
         self.config = config
         self.pools: dict[str, LivePool] = {}
@@ -276,9 +297,19 @@ class Balancer:
 
     def _build(self, config: BalancerConfig) -> Routing:
         previous = self.pools
+        self._discovered = self._keptDiscovered(config)
         pools = {
             pool.name: LivePool(
-                pool, self._reactor, self._clock, self._makeUpstream, previous.get(pool.name)
+                pool,
+                self._reactor,
+                self._clock,
+                self._makeUpstream,
+                previous.get(pool.name),
+                [
+                    backend
+                    for source in pool.sources
+                    for backend in self._discovered.get((pool.name, source.key), {}).values()
+                ],
             )
             for pool in config.pools
         }
@@ -292,6 +323,29 @@ class Balancer:
             pools={name: pool.proxy for name, pool in pools.items()},
             allowedHosts=config.allowedHosts,
         )
+
+    def _keptDiscovered(
+        self, config: BalancerConfig
+    ) -> dict[tuple[str, SourceKey], dict[BackendKey, Backend]]:
+        """
+        The backends found by the sources C{config} keeps (the same kind,
+        name and port in a pool of the same name), a C{dns:} source's
+        backends given its new weight; those of other sources are
+        forgotten, and drain unless the configuration lists them.
+        """
+        kept = {}
+        for pool in config.pools:
+            for source in pool.sources:
+                found = {
+                    key: backend
+                    for key, backend in self._discovered.get((pool.name, source.key), {}).items()
+                    if not self.removing(backend)
+                }
+                if source.kind == DNS:
+                    for backend in found.values():
+                        backend.weight = source.weight
+                kept[pool.name, source.key] = found
+        return kept
 
     def start(self) -> None:
         """
@@ -373,15 +427,105 @@ class Balancer:
         pool = self.pool(poolName)
         if any(b.key == backend.key for b in pool.backends.backends):
             raise BalancerError(f"pool {poolName!r} already has backend {backend.authority}")
-        backend = _ownCopy(backend)
-        if pool.config.slowStart > 0:
-            backend.slowStart = SlowStart(self._clock, self._clock.seconds(), pool.config.slowStart)
-        pool.backends.backends.append(backend)
-        pool.health.add(backend)
+        backend = self._add(pool, backend)
         self._log.info(
             "backend {backend} added to pool {pool}", backend=backend.authority, pool=poolName
         )
         return backend
+
+    def _add(self, pool: LivePool, template: Backend) -> Backend:
+        """
+        Add a backend like C{template} to C{pool}: through slow start, when
+        the pool has it, and health-checked.
+        """
+        backend = _ownCopy(template)
+        if pool.config.slowStart > 0:
+            backend.slowStart = SlowStart(self._clock, self._clock.seconds(), pool.config.slowStart)
+        pool.backends.backends.append(backend)
+        pool.health.add(backend)
+        return backend
+
+    def setDiscovered(
+        self, poolName: str, source: Source, templates: Sequence[Backend]
+    ) -> DiscoveryChange:
+        """
+        Make C{templates} the backends C{source} gives a pool (what its DNS
+        records say now). An address that appears is added as
+        L{addBackend} adds one (slow start, health checks); one that
+        disappears drains, then leaves, unless the pool lists it or
+        another of its sources has it too; one in both is the same
+        backend, its health, ejection, slow start and counters kept (its
+        weight the records', unless the pool lists it). A backend being
+        removed that appears again is back in service.
+
+        @raise BalancerError: If there is no such pool, or it has no such
+            source.
+        """
+        pool = self.pool(poolName)
+        if not any(each.key == source.key for each in pool.config.sources):
+            raise BalancerError(f"pool {poolName!r} has no backends from {source}")
+        live = {backend.key: backend for backend in pool.backends.backends}
+        before = {
+            key: backend
+            for key, backend in self._discovered.get((poolName, source.key), {}).items()
+            if live.get(key) is backend and not self.removing(backend)
+        }
+        listed = {template.key for template in pool.config.backends}
+        others = {
+            key
+            for (name, sourceKey), found in self._discovered.items()
+            if name == poolName and sourceKey != source.key
+            for key in found
+        }
+        now: dict[BackendKey, Backend] = {}
+        change = DiscoveryChange()
+        for template in templates:
+            key = template.key
+            if key in now:
+                continue
+            backend = before.get(key) or live.get(key)
+            if backend is None:
+                backend = self._add(pool, template)
+            elif self.removing(backend):
+                self._keep(backend)
+                backend.draining = False
+            if key not in before:
+                change.added.append(backend)
+            if key not in listed and backend.weight != template.weight:
+                backend.weight = template.weight
+                if key in before:
+                    change.reweighted.append(backend)
+            now[key] = backend
+        for key, backend in before.items():
+            if key not in now:
+                change.removed.append(backend)
+                if key not in listed and key not in others:
+                    self._retire(backend, pool, self.config.drainTimeout)
+        self._discovered[poolName, source.key] = now
+        change.now.extend(now.values())
+        return change
+
+    def discoveredBy(self, poolName: str, source: Source) -> list[Backend]:
+        """
+        The backends C{source} last gave the pool C{poolName} (none before
+        its first answer).
+        """
+        return list(self._discovered.get((poolName, source.key), {}).values())
+
+    def discovered(self, poolName: str) -> list[Backend]:
+        """
+        The backends of a pool that only its sources give (not those its
+        configuration lists too), in the pool's order.
+        """
+        pool = self.pool(poolName)
+        listed = {template.key for template in pool.config.backends}
+        found = {
+            id(backend)
+            for (name, _), backends in self._discovered.items()
+            if name == poolName
+            for backend in backends.values()
+        }
+        return [b for b in pool.backends.backends if id(b) in found and b.key not in listed]
 
     def removeBackend(self, poolName: str, authority: str) -> Backend:
         """
@@ -554,6 +698,27 @@ class Balancer:
 
 
 @attrs.define
+class DiscoveryChange:
+    """
+    What L{Balancer.setDiscovered} did to one source's backends.
+
+    @ivar now: Its backends now, in the order its records gave them.
+    @ivar added: Those it did not have before.
+    @ivar removed: Those it had and does not have any more (draining, when
+        nothing else keeps them in the pool).
+    @ivar reweighted: Those it kept whose weight changed.
+    """
+
+    now: list[Backend] = attrs.Factory(list)
+    added: list[Backend] = attrs.Factory(list)
+    removed: list[Backend] = attrs.Factory(list)
+    reweighted: list[Backend] = attrs.Factory(list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.reweighted)
+
+
+@attrs.define
 class _Retirement:
     backend: Backend
     pool: LivePool
@@ -625,6 +790,7 @@ __all__ = [
     "Balancer",
     "BalancerConfig",
     "BalancerError",
+    "DiscoveryChange",
     "LivePool",
     "PoolConfig",
     "PoolState",

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTCP,
     IReactorTime,
+    IResolver,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
@@ -37,6 +38,8 @@ from lbproxy.admin import AdminAPI, ConfigHooks, ConfigRejected, adminSite
 from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
 from lbproxy.certs import defaultHostnames
 from lbproxy.demo import demoBackendSite
+from lbproxy.discovery.resolver import DiscoverySettings, makeResolver
+from lbproxy.discovery.watcher import Discovery
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits, ProxySite
 from lbproxy.http.redirect import redirectSite
@@ -97,6 +100,7 @@ class LoadBalancerConfig:
     redirectHTTP: ListenSpec | None = None
     pools: tuple[PoolConfig, ...] = ()
     routes: RouteTable | None = None
+    discovery: DiscoverySettings = attrs.Factory(DiscoverySettings)
     admin: str | None = None
     adminToken: bytes | None = None
     metrics: str | None = None
@@ -184,7 +188,12 @@ class LoadBalancerService(MultiService):
         reactor: IReactorTCP,
         clock: IReactorTime,
         bound: Sequence[IStreamServerEndpoint] = (),
+        resolver: IResolver | None = None,
     ) -> None:
+        """
+        @param resolver: Looks up the pools' C{dns:} and C{srv:} backends;
+            by default, the one C{config.discovery} describes.
+        """
         super().__init__()
         self._config = config
         self._bound = list(bound)
@@ -195,6 +204,12 @@ class LoadBalancerService(MultiService):
         self._clock = clock
         self.backendTLS = BackendTLS(config.backendTLS)
         self.balancer = Balancer(config.balancerConfig(), reactor, clock, self._makeUpstream)
+        self.discovery = Discovery(
+            self.balancer,
+            clock,
+            config.discovery,
+            (lambda: resolver) if resolver is not None else self._makeResolver,
+        )
         self.site = ProxySite(self.balancer.router, config.accessLog, config.limits, reactor=clock)
         self.site.hsts = config.hsts
         self.site.requestIds = config.requestIds
@@ -215,6 +230,9 @@ class LoadBalancerService(MultiService):
 
     def _makeUpstream(self, settings: UpstreamSettings) -> Upstream:
         return Upstream(self._reactor, self._clock, settings, tlsFor=self.backendTLS.creatorFor)
+
+    def _makeResolver(self) -> IResolver:
+        return makeResolver(self._config.discovery, self._reactor)
 
     @property
     def backends(self) -> list[Backend]:
@@ -279,7 +297,11 @@ class LoadBalancerService(MultiService):
         pools = list(self.balancer.pools.values())
         described = [
             "{backends} with chooser {chooser}".format(
-                backends=", ".join(b.authority for b in pool.backends.backends) or "no backends",
+                backends=", ".join(
+                    [b.authority for b in pool.backends.backends]
+                    + [str(source) for source in pool.config.sources]
+                )
+                or "no backends",
                 chooser=type(pool.chooser).__name__,
             )
             for pool in pools
@@ -308,6 +330,7 @@ class LoadBalancerService(MultiService):
             # refusal to start: DNS may catch up, and requests meanwhile go
             # to the other backends (a failed lookup is retried elsewhere).
             warnUnresolvable(self.backends, resolver, self._log)
+        self.discovery.start()
 
     def _listenFor(self, spec: ListenSpec, index: int | None = None) -> IListeningPort:
         """
@@ -359,6 +382,7 @@ class LoadBalancerService(MultiService):
             self._config, listens=list(config.listens), drainTimeout=config.drainTimeout
         )
         self.balancer.apply(config.balancerConfig())
+        self.discovery.update()
         # Its trusted proxies are --trusted-proxy's, which a reload applies.
         self.site.requestIds = config.requestIds
 
@@ -543,6 +567,7 @@ class LoadBalancerService(MultiService):
         log.
         """
         super().stopService()
+        self.discovery.stop()
         extra = [p for p in (self.adminPort, self.metricsPort) if p is not None]
         yield DeferredList(
             [maybeDeferred(p.stopListening) for p in self.ports + extra], consumeErrors=True

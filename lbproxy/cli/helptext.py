@@ -49,6 +49,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sticky-secret-file",
         ),
     ),
+    ("Backends from DNS", ("resolver", "dns-min-ttl", "dns-max-ttl")),
     (
         "Timeouts (seconds)",
         (

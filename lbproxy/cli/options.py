@@ -42,10 +42,12 @@ from lbproxy.cli.configfile import (
     poolOptions,
     readConfigFile,
 )
+from lbproxy.cli.discoveryoptions import DiscoveryOptions, discoverySettings
 from lbproxy.cli.helptext import groupedUsage
 from lbproxy.cli.reload import Reloader
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
+from lbproxy.discovery.sources import Source, splitBackends
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits
 from lbproxy.http.headers import NEVER_CONNECTION_OPTIONS, UNEDITABLE
@@ -67,7 +69,7 @@ from lbproxy.runtime import ProcessRoot
 from lbproxy.service import DEFAULT_POOL, LoadBalancerConfig, makeLoadBalancer
 from lbproxy.tls.certificates import TLSConfigError
 from lbproxy.tls.sni import serverOptionsFromFiles
-from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackend, parseBackends
+from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackend
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings
 from lbproxy.watch import ConfigWatcher
@@ -280,7 +282,7 @@ class ResilienceOptions(usage.Options):
     ]
 
 
-class Options(EdgeOptions, ResilienceOptions, TLSOptions):
+class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions):
     """
     C{twistd lbproxy} options.
     """
@@ -357,7 +359,9 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions):
             None,
             "Comma-separated backends: host, host:port, [v6addr]:port or "
             "http://host:port (default port 80), each optionally followed by "
-            "=WEIGHT (1-1000, default 1), e.g. 10.0.0.1:80=3.",
+            "=WEIGHT (1-1000, default 1), e.g. 10.0.0.1:80=3; dns:NAME:PORT (every "
+            "address of NAME) and srv:_service._proto.NAME (every SRV target) are "
+            "looked up again at their TTL.",
         ],
         [
             "chooser",
@@ -594,22 +598,25 @@ def versionLine() -> str:
     )
 
 
-def _backends(options: Mapping[str, Any], mayBeEmpty: bool = False) -> tuple[Backend, ...]:
+def _backends(
+    options: Mapping[str, Any], mayBeEmpty: bool = False
+) -> tuple[tuple[Backend, ...], tuple[Source, ...]]:
     """
-    The backends C{options} give; none only where C{mayBeEmpty} (a config
-    file's pool whose backends are to be added through the admin API).
+    The backends C{options} give, and the DNS names (C{dns:}, C{srv:})
+    that give more; none only where C{mayBeEmpty} (a config file's pool
+    whose backends are to be added through the admin API).
     """
     text = options["backends"]
     if options["demo"]:
         if text:
             raise usage.UsageError("--demo starts its own backends; do not give --backends")
-        return ()
+        return (), ()
     if text is None:
         raise usage.UsageError("--backends is required (or try --demo, or --config FILE)")
     if mayBeEmpty and not text.strip():
-        return ()
+        return (), ()
     try:
-        return tuple(parseBackends(text))
+        return splitBackends(text)
     except BackendSpecError as e:
         raise usage.UsageError(f"--backends: {e}") from None
 
@@ -717,6 +724,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         admin=admin,
         adminToken=adminToken,
         metrics=_metricsEndpoint(options["metrics"]),
+        discovery=discoverySettings(options),
         dashboard=admin is not None,
         decisionSample=int(_number(options, "decision-sample", 0, integer=True)),
         fitConnections="max-connections" not in options.given
@@ -772,7 +780,7 @@ def poolConfig(
 
     @raise usage.UsageError: For a bad value, naming the option.
     """
-    backends = _backends(options, mayBeEmpty)
+    backends, sources = _backends(options, mayBeEmpty)
     settings = settingsFromOptions(options)
     try:
         chooser: IChooser = makeChooser(options["chooser"], settings=settings)
@@ -805,6 +813,7 @@ def poolConfig(
         slowStart=resilience["slowStart"],
         retryBudgetPercent=resilience["retryBudgetPercent"],
         options={key: options[key] for key in sorted(POOL_OPTIONS)},
+        sources=sources,
     )
 
 

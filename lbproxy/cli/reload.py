@@ -157,7 +157,8 @@ class Reloader:
         The running configuration as a config file's contents: the options
         that differ from their defaults, every pool with its backends as
         they are now (weights and draining included; backends being
-        removed left out), and the routes.
+        removed left out; its C{dns:} and C{srv:} items, not the addresses
+        they give), and the routes.
         """
         options = self._options
         defaults = self._makeOptions()
@@ -178,12 +179,19 @@ class Reloader:
                 for key, value in pool.config.options.items()
                 if key != "backends" and value != defaults[key] and value is not None
             }
-            live = [b for b in pool.backends.backends if not balancer.removing(b)]
+            # Backends from DNS are written as their source, not as the
+            # addresses it gives now.
+            discovered = {id(b) for b in balancer.discovered(pool.name)}
+            live = [
+                b
+                for b in pool.backends.backends
+                if not balancer.removing(b) and id(b) not in discovered
+            ]
             table["backends"] = [
                 (b.url if b.scheme == "https" else b.authority)
                 + (f"={b.weight}" if b.weight != 1 else "")
                 for b in live
-            ]
+            ] + [str(source) for source in pool.config.sources]
             draining = [b.authority for b in live if b.draining]
             if draining:
                 table["draining"] = draining
