@@ -58,12 +58,14 @@ CONTENDERS = [
     "nginx-direct",
 ]
 # Not in a default run; asked for by name with --contenders.
-EXTRA_CONTENDERS = ["lbproxy-2w"]
+EXTRA_CONTENDERS = ["lbproxy-2w", "lbproxy-dash", "lbproxy-dash-off"]
 # CPUs of contenders that do not fit on CONTENDER_CPU alone.
 CONTENDER_CPUS = {"lbproxy-2w": "0,1"}
 LABELS = {
     "lbproxy": "lbproxy",
     "lbproxy-2w": "lbproxy --workers 2 (CPUs 0 and 1, sharing CPU 1 with wrk and backends)",
+    "lbproxy-dash": "lbproxy --admin (dashboard on, --decision-sample 100)",
+    "lbproxy-dash-off": "lbproxy --admin --decision-sample 0 (dashboard on, sampling off)",
     "haproxy": "HAProxy (nbthread 1)",
     "nginx": "nginx proxy (1 worker, upstream keepalive)",
     "twisted-agent": "Twisted Agent + persistent pool",
@@ -437,8 +439,14 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
         f"tcp:{PLAIN_PORT}:interface={HOST}",
     ]
     py = sys.executable
-    if name in ("lbproxy", "lbproxy-2w"):
-        workers = ["--workers", "2"] if name == "lbproxy-2w" else []
+    if name in ("lbproxy", "lbproxy-2w", "lbproxy-dash", "lbproxy-dash-off"):
+        extra = ["--workers", "2"] if name == "lbproxy-2w" else []
+        if name.startswith("lbproxy-dash"):
+            # The admin API (and with it the dashboard's history and
+            # decisions) on a unix socket; sampling at its default or off.
+            extra = ["--admin", f"unix:{tmp}/{name}-admin.sock"]
+            if name == "lbproxy-dash-off":
+                extra += ["--decision-sample", "0"]
         return [
             (
                 name,
@@ -456,7 +464,7 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
                     # and A adds 64 (lbproxy's default limit is 10 000).
                     "--max-connections",
                     "10200",
-                    *workers,
+                    *extra,
                 ],
             )
         ]

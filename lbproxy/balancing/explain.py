@@ -17,7 +17,7 @@ C{explain} fails. Nothing here runs unless a decision is sampled.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import attrs
 from twisted.web.iweb import IRequest
@@ -69,30 +69,42 @@ class ExplainingChooser(Protocol):
         """
 
 
-@attrs.frozen
-class CandidateScore:
+class CandidateScore(NamedTuple):
     """
-    One candidate of a decision, as the dashboard shows it.
+    One candidate of a decision, as it was when the choice was made
+    (cheap to make: what needs formatting is formatted when read).
 
-    @ivar address: Its C{host:port}.
-    @ivar url: Its URL (what identifies it in the admin API).
+    @ivar backend: The candidate.
     @ivar chosen: Whether it was chosen.
     @ivar inFlight: Its requests in flight when the choice was made.
-    @ivar ewmaMs: Its peak-EWMA latency estimate in milliseconds, or
-        L{None} before its first response.
+    @ivar ewma: Its peak-EWMA latency estimate in seconds, or L{None}
+        before its first response.
     @ivar weight: Its configured weight.
     @ivar effectiveWeight: The weight choosers used (lower in slow start).
     @ivar figures: What the chooser computed for it (see L{Explanation}).
     """
 
-    address: str
-    url: str
+    backend: Backend
     chosen: bool
     inFlight: int
-    ewmaMs: float | None
+    ewma: float | None
     weight: int
     effectiveWeight: float
     figures: Figures
+
+    @property
+    def address(self) -> str:
+        """
+        The candidate's C{host:port}.
+        """
+        return self.backend.authority
+
+    @property
+    def url(self) -> str:
+        """
+        The candidate's URL (what identifies it in the admin API).
+        """
+        return self.backend.url
 
 
 def explainChoice(
@@ -129,21 +141,18 @@ def explainChoice(
         except Exception as e:  # noqa: BLE001 - a third-party explain may raise anything
             reason = f"{name}.explain failed: {type(e).__name__}: {e}"
             figures = ()
-    scores = []
-    for index, backend in enumerate(candidates):
-        ewma = backend.latencyEWMA.value
-        scores.append(
-            CandidateScore(
-                address=backend.authority,
-                url=backend.url,
-                chosen=backend is chosen,
-                inFlight=backend.inFlight,
-                ewmaMs=None if ewma is None else round(ewma * 1000, 3),
-                weight=backend.weight,
-                effectiveWeight=round(backend.effectiveWeight, 3),
-                figures=dict(figures[index]) if figures else {},
-            )
+    scores = [
+        CandidateScore(
+            backend,
+            backend is chosen,
+            backend.inFlight,
+            backend.latencyEWMA.value,
+            backend.weight,
+            backend.effectiveWeight,
+            figures[index] if figures else {},
         )
+        for index, backend in enumerate(candidates)
+    ]
     return reason, scores
 
 

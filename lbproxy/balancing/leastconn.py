@@ -69,10 +69,7 @@ class LeastConnChooser:
         known = [load for load in loads if load is not None]
         lowest = min(known) if known else None
         tied = sum(1 for load in loads if load == lowest)
-        figures: list[Figures] = [
-            {"load": None if load is None else round(load, 4), "least": load == lowest}
-            for load in loads
-        ]
+        figures: list[Figures] = [{"load": load, "least": load == lowest} for load in loads]
         if lowest is None:
             return Explanation("no backend has a positive weight", figures)
         reason = f"fewest in flight per unit of weight ({lowest:.4g})"

@@ -98,7 +98,7 @@ class P2CChooser:
         figures: list[Figures] = [{"drawn": False} for _ in backends]
         for index in pair:
             load = backends[index].inFlight / weights[index]
-            figures[index] = {"drawn": True, "load": round(load, 4)}
+            figures[index] = {"drawn": True, "load": load}
         first, second = pair
         return Explanation(
             f"the less loaded of the two drawn ({backends[first]} and {backends[second]}); "

@@ -118,8 +118,8 @@ class PeakEWMAChooser:
         for index, backend in enumerate(backends):
             figures.append(
                 {
-                    "cost": round(peakCost(backend, weights[index], now, typical), 6),
-                    "latency_ms": round(backend.latencyEWMA.estimate(now, typical) * 1000, 3),
+                    "cost": peakCost(backend, weights[index], now, typical),
+                    "latency_ms": backend.latencyEWMA.estimate(now, typical) * 1000,
                     "drawn": pair is not None and index in pair,
                 }
             )

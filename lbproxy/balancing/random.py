@@ -56,7 +56,7 @@ class RandomChooser:
         total = sum(weights)
         return Explanation(
             "drawn at random in proportion to weight",
-            [{"probability": round(weight / total, 4)} for weight in weights],
+            [{"probability": weight / total} for weight in weights],
         )
 
 

@@ -93,7 +93,7 @@ class RoundRobinChooser:
             return single
         return Explanation(
             "next in the smooth weighted rotation (highest current value + weight)",
-            [{"current": round(self._smooth.current(b), 3)} for b in backends],
+            [{"current": self._smooth.current(b)} for b in backends],
         )
 
 

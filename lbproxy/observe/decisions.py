@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from lbproxy.balancer import LivePool
-from lbproxy.balancing.explain import CandidateScore, explainChoice
+from lbproxy.balancing.explain import CandidateScore, Figure, explainChoice
 from lbproxy.proxy import ReverseProxyResource
 from lbproxy.upstream.backends import Backend
 
@@ -57,10 +57,13 @@ class Decision:
     @ivar path: The request's path, without the query, at most
         L{MAX_PATH} characters.
     @ivar reason: The chooser's one-line explanation.
-    @ivar chosen: The chosen backend's C{host:port}, or L{None} when none
-        could be chosen (the client got 503).
+    @ivar chosen: The chosen backend, or L{None} when none could be
+        chosen (the client got 503).
     @ivar candidates: Every backend that could take traffic, with its
         scores, in configured order.
+
+    What is recorded is kept raw (backends, unrounded numbers), to make
+    recording cheap; L{view} formats it.
     """
 
     number: int
@@ -70,8 +73,8 @@ class Decision:
     method: str
     path: str
     reason: str
-    chosen: str | None
-    candidates: tuple[CandidateScore, ...]
+    chosen: Backend | None
+    candidates: Sequence[CandidateScore]
 
     def view(self) -> dict[str, Any]:
         """
@@ -85,21 +88,30 @@ class Decision:
             "method": self.method,
             "path": self.path,
             "reason": self.reason,
-            "chosen": self.chosen,
+            "chosen": None if self.chosen is None else self.chosen.authority,
             "candidates": [
                 {
                     "address": c.address,
                     "url": c.url,
                     "chosen": c.chosen,
                     "in_flight": c.inFlight,
-                    "ewma_ms": c.ewmaMs,
+                    "ewma_ms": None if c.ewma is None else round(c.ewma * 1000, 3),
                     "weight": c.weight,
-                    "effective_weight": c.effectiveWeight,
-                    "scores": dict(c.figures),
+                    "effective_weight": round(c.effectiveWeight, 3),
+                    "scores": {name: _plain(value) for name, value in c.figures.items()},
                 }
                 for c in self.candidates
             ],
         }
+
+
+def _plain(value: Figure) -> Figure:
+    """
+    A score as the admin API shows it: a number to 6 significant digits.
+    """
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
 
 
 class DecisionRing:
@@ -200,8 +212,8 @@ class DecisionSampler:
                 method=_text(request.method, 16),
                 path=_text(request.path, MAX_PATH),
                 reason=reason,
-                chosen=None if chosen is None else chosen.authority,
-                candidates=tuple(scores),
+                chosen=chosen,
+                candidates=scores,
             )
         except Exception:  # noqa: BLE001 - observing must never fail a request
             self._log.failure("recording a decision of pool {pool}", pool=pool)

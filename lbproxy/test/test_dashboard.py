@@ -379,8 +379,8 @@ class WorkersTests(SynchronousTestCase):
                 method="GET",
                 path=f"/{number}",
                 reason="r",
-                chosen="127.0.0.2:80",
-                candidates=(),
+                chosen=backend,
+                candidates=[],
             )
             dashboards.append(dashboard)
             api = AdminAPI(balancer, Hooks(), dashboard=dashboard)

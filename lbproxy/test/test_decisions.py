@@ -27,7 +27,7 @@ def _fields(path: str = "/") -> dict[str, object]:
         "path": path,
         "reason": "r",
         "chosen": None,
-        "candidates": (),
+        "candidates": [],
     }
 
 
@@ -105,7 +105,7 @@ class SamplerTests(BalancerCase):
             [c.address for c in newest.candidates], ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
         )
         self.assertEqual([c.chosen for c in newest.candidates], [True, False, False])
-        self.assertEqual(newest.chosen, "10.0.0.1:80")
+        self.assertIs(newest.chosen, self.live(self.a))
         self.assertEqual(set(newest.candidates[0].figures), {"current"})
 
     def test_off(self) -> None:
@@ -146,8 +146,8 @@ class SamplerTests(BalancerCase):
         self.assertEqual(self.get().code, 503)
         (decision,) = sampler.ring.recent()
         self.assertEqual(
-            (decision.chosen, decision.candidates, decision.reason),
-            (None, (), "no backend can take traffic"),
+            (decision.chosen, list(decision.candidates), decision.reason),
+            (None, [], "no backend can take traffic"),
         )
 
     def test_reloadedPoolsSampled(self) -> None:
@@ -181,6 +181,23 @@ class SamplerTests(BalancerCase):
         self.assertEqual(self.get().body, b"a")
         self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
         self.assertEqual(self.balancer.pool("web").proxy.sampleIn, 1)
+
+    def test_viewRounds(self) -> None:
+        """
+        Scores are recorded as the chooser gives them and shown to six
+        significant digits.
+        """
+
+        class Thirds(FirstAvailable):
+            def explain(self, backends: object, request: object, chosen: object) -> Explanation:
+                return Explanation("thirds", [{"share": 1 / 3, "n": 7, "ok": True}] * 3)
+
+        sampler = self.sampled(1, Thirds())
+        self.get()
+        (decision,) = sampler.ring.recent()
+        self.assertEqual(decision.candidates[0].figures["share"], 1 / 3)
+        (candidate, _, _) = decision.view()["candidates"]
+        self.assertEqual(candidate["scores"], {"share": 0.333333, "n": 7, "ok": True})
 
     def test_view(self) -> None:
         """
