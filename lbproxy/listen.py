@@ -44,6 +44,7 @@ __all__ = [
     "parseListen",
     "serverEndpointForListen",
     "socketDescription",
+    "splitDescription",
 ]
 
 DEFAULT_LISTEN = "ssl:443:privateKey=certs/loadbalancer.key:certKey=certs/loadbalancer.crt"
@@ -151,6 +152,16 @@ def _split(description: str) -> tuple[list[str], dict[str, str]]:
         else:
             named[field[0]] = field[1]
     return positional, named
+
+
+def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and the named fields of an endpoint description, split
+    the way Twisted splits them.
+
+    @raise ListenError: If a backslash ends it or a name is given twice.
+    """
+    return _split(description)
 
 
 def _integer(description: str, name: str, value: str, low: int, high: int) -> int:

@@ -9,14 +9,19 @@ L{WorkerSupervisor}, that does no proxying:
   - it binds the plain socket under every C{--listen} (and
     C{--redirect-http}): the TCP socket of an C{ssl:} listener, the socket
     under an C{haproxy:} one (L{lbproxy.listen.socketDescription}), and
-    never accepts on them itself;
+    never accepts on them itself.  With C{--reuse-port} (the default on
+    Linux) it binds each TCP socket N times, once per worker slot, with
+    C{SO_REUSEPORT} (L{lbproxy.reuseport}): each slot's worker accepts
+    from its own socket, and the kernel spreads new connections over the
+    sockets by a hash of their addresses and ports.  Otherwise, and always
+    for C{unix:} listeners, every worker accepts from the one socket,
+    whichever wakes first taking what is queued;
   - it starts N workers, each C{python -m lbproxy.workers --fds 3,4,...
-    ARGS}, with those sockets as the worker's file descriptors 3, 4... and
-    ARGS the supervisor's own lbproxy arguments.  A worker (L{workerMain})
-    runs the single-process load balancer on the sockets it was given
-    (L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}), doing TLS
-    itself; every worker accepts from the same sockets, and the kernel
-    gives each new connection to one of them;
+    ARGS}, with its slot's sockets as the worker's file descriptors 3,
+    4... and ARGS the supervisor's own lbproxy arguments.  A worker
+    (L{workerMain}) runs the single-process load balancer on the sockets it
+    was given (L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}),
+    doing TLS itself;
   - a worker's standard output and error are pipes to the supervisor, which
     logs each line it reads, with the worker's slot and pid as the log
     system; a worker's standard input is a pipe from the supervisor, whose
@@ -53,9 +58,18 @@ L{WorkerSupervisor}, that does no proxying:
     slot, no sooner than L{RestartPolicy} allows.  It starts from the
     command line and the config file; with the admin API on, the
     supervisor then makes its pools' backends (which, their weights,
-    draining) those of a running worker (L{lbproxy.control.resync}).
+    draining) those of a running worker (L{lbproxy.control.resync}).  It
+    adopts the sockets of its slot, which the supervisor kept open: with
+    C{--reuse-port}, the connections the kernel gave that slot's socket
+    while it was empty waited in its queue (up to its backlog; SYNs past
+    that are dropped, and the clients send them again), and are served by
+    the new worker;
+  - active health checks are the supervisor's (L{lbproxy.control.health}):
+    it probes each backend once per interval for all the workers, which
+    run none, and tells every worker each change, and a worker that starts
+    the state of every backend.
 
-Health checks, ejections and retry budgets are each worker's own.
+Ejections (passive checks) and retry budgets are each worker's own.
 """
 
 from __future__ import annotations
@@ -106,19 +120,25 @@ from lbproxy.control import (
     ReloadReport,
     ReportedReload,
     Resynced,
+    SharedHealth,
     WorkersAdmin,
     adminHandler,
     askAll,
     escapeLogText,
+    healthHandlers,
     isReply,
     resync,
 )
 from lbproxy.listen import ListenError, ListenSpec, socketDescription
 from lbproxy.metrics.site import metricsSite
+from lbproxy.reuseport import REUSE_PORT, bindGroup, tcpAddress
 from lbproxy.service import LoadBalancerConfig, StartupError, makeLoadBalancer
+from lbproxy.tls.client import BackendTLS
+from lbproxy.upstream.pool import Upstream, UpstreamSettings
 
 __all__ = [
     "KILL_GRACE",
+    "REUSE_PORT",
     "RestartPolicy",
     "WorkerSupervisor",
     "WorkersError",
@@ -126,6 +146,7 @@ __all__ = [
     "configurationCheck",
     "makeSupervisor",
     "parseWorkers",
+    "reusePortChoice",
     "workerArgv",
     "workerEnvironment",
     "workerMain",
@@ -187,6 +208,25 @@ class WorkersError(ValueError):
     """
 
 
+def reusePortChoice(reusePort: bool, noReusePort: bool, available: bool = REUSE_PORT) -> bool:
+    """
+    Whether workers get sockets of their own (C{SO_REUSEPORT}), from
+    C{--reuse-port} and C{--no-reuse-port}: yes where it is C{available}
+    unless C{--no-reuse-port} says no.
+
+    @raise WorkersError: For both flags, or C{--reuse-port} where it is not
+        available.
+    """
+    if reusePort and noReusePort:
+        raise WorkersError("give --reuse-port or --no-reuse-port, not both")
+    if reusePort and not available:
+        raise WorkersError(
+            "--reuse-port needs SO_REUSEPORT as Linux has it (the kernel spreading "
+            "connections over the sockets); use --no-reuse-port here"
+        )
+    return available and not noReusePort
+
+
 def checkWorkers(count: int, config: LoadBalancerConfig) -> None:
     """
     Refuse what C{count} workers cannot do with C{config}: C{--demo} (its
@@ -235,6 +275,49 @@ class RestartPolicy:
         quickExits += 1
         wait = min(self.maxDelay, self.interval * 2 ** (quickExits - 1))
         return max(0.0, wait - ranFor), quickExits
+
+
+@attrs.define(eq=False)
+class _Listener:
+    """
+    The supervisor's sockets for one listener: one that every worker
+    shares (C{port}), or one per worker slot (C{sockets}, bound with
+    C{SO_REUSEPORT}).  The supervisor never accepts on them.
+    """
+
+    description: str
+    port: IListeningPort | None = None
+    sockets: list[socket.socket] = attrs.Factory(list)
+
+    def fileno(self, slot: int) -> int:
+        """
+        The file descriptor of the socket for the worker in slot C{slot}
+        (from 1).
+        """
+        if self.port is not None:
+            fd: int = self.port.fileno()  # type: ignore[attr-defined]
+            return fd
+        return self.sockets[slot - 1].fileno()
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether every worker accepts from the same socket.
+        """
+        return self.port is not None
+
+    def close(self) -> Deferred[Any]:
+        """
+        Close the supervisor's copy of the sockets (each stays open while a
+        worker holds it).
+        """
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+        if self.port is not None:
+            port, self.port = self.port, None
+            return maybeDeferred(port.stopListening)
+        return succeed(None)
 
 
 @attrs.define(eq=False)
@@ -370,6 +453,8 @@ class WorkerSupervisor(Service):
         adminToken: bytes | None = None,
         answerTimeout: float = ANSWER_TIMEOUT,
         metrics: str | None = None,
+        reusePort: bool = False,
+        health: SharedHealth | None = None,
     ) -> None:
         """
         @param count: How many workers.
@@ -393,6 +478,11 @@ class WorkerSupervisor(Service):
             request (a reload, an admin call).
         @param metrics: The C{--metrics} endpoint, served by the supervisor
             with every worker's metrics summed, if any.
+        @param reusePort: Bind each TCP socket once per worker slot, with
+            C{SO_REUSEPORT}, each slot's worker getting its own (see
+            L{lbproxy.reuseport}); else once, for every worker.
+        @param health: The active health checks the supervisor runs for
+            the workers (which run none), if it does.
         """
         self._sockets = list(sockets)
         self._check = check
@@ -408,9 +498,18 @@ class WorkerSupervisor(Service):
         self._drainTimeout = drainTimeout
         self._policy = policy
         self._environment = environment
-        self.ports: list[IListeningPort] = []
+        self._reusePort = reusePort
+        self._health = health
+        self.listeners: list[_Listener] = []
         self.slots = [_Slot(number) for number in range(1, count + 1)]
         self._bound = False
+
+    @property
+    def ports(self) -> list[IListeningPort]:
+        """
+        The listening ports every worker shares, in order.
+        """
+        return [listener.port for listener in self.listeners if listener.port is not None]
 
     def privilegedStartService(self) -> None:
         """
@@ -422,22 +521,43 @@ class WorkerSupervisor(Service):
             self._bound = True
             try:
                 for description in self._sockets:
-                    port = self._listen(description, ServerFactory())
-                    # The workers accept; the supervisor only holds the socket open.
-                    port.stopReading()  # type: ignore[attr-defined]
-                    self.ports.append(port)
+                    self.listeners.append(self._bind(description))
                 if self._admin is not None:
                     self.adminPort = self._listen(self._admin, self._adminSite())
                 if self._metrics is not None:
                     self.metricsPort = self._listen(self._metrics, self._metricsSite())
             except StartupError:
-                for port in self.ports + ([self.adminPort] if self.adminPort else []):
-                    port.stopListening()
-                self.ports = []
+                for listener in self.listeners:
+                    listener.close()
+                if self.adminPort is not None:
+                    self.adminPort.stopListening()
+                self.listeners = []
                 self.adminPort = None
                 self._bound = False
                 raise
         super().privilegedStartService()
+
+    def _bind(self, description: str) -> _Listener:
+        """
+        Bind the sockets of one listener: one per slot for TCP with
+        C{reusePort}, else one.
+
+        @raise StartupError: If they cannot be bound.
+        """
+        try:
+            address = tcpAddress(description) if self._reusePort else None
+        except (ListenError, ValueError, KeyError) as e:
+            raise StartupError(f"cannot listen on {description!r}: {e}") from None
+        if address is None:
+            port = self._listen(description, ServerFactory())
+            # The workers accept; the supervisor only holds the socket open.
+            port.stopReading()  # type: ignore[attr-defined]
+            return _Listener(description, port=port)
+        try:
+            sockets = bindGroup(address, len(self.slots))
+        except OSError as e:
+            raise StartupError(f"cannot listen on {description!r}: {e}") from None
+        return _Listener(description, sockets=sockets)
 
     def _listen(self, description: str, factory: Any) -> IListeningPort:
         factory.noisy = False
@@ -457,7 +577,16 @@ class WorkerSupervisor(Service):
         """
         The admin API's site: every request answered by the workers.
         """
-        return adminSite(WorkersAdmin(lambda: self.slots), self._adminToken, self._clock)
+        admin = WorkersAdmin(lambda: self.slots, changed=self._changedByAdmin)
+        return adminSite(admin, self._adminToken, self._clock)
+
+    def _changedByAdmin(self) -> None:
+        """
+        The admin API has changed the workers (their backends, or their
+        whole configuration): the shared health checks follow.
+        """
+        if self._health is not None:
+            self._health.refresh()
 
     def _metricsSite(self) -> Any:
         """
@@ -477,7 +606,11 @@ class WorkerSupervisor(Service):
         self._log.info(
             "lbproxy starting {count} workers on {sockets}",
             count=len(self.slots),
-            sockets=", ".join(self._sockets),
+            sockets=", ".join(
+                listener.description
+                + (" (shared)" if listener.shared else " (a socket each, SO_REUSEPORT)")
+                for listener in self.listeners
+            ),
         )
         if self._admin is not None:
             self._log.info(
@@ -487,14 +620,16 @@ class WorkerSupervisor(Service):
             )
         for slot in self.slots:
             self._start(slot)
+        if self._health is not None:
+            self._health.start(lambda: self.slots)
 
     def _start(self, slot: _Slot) -> None:
         slot.restart = None
         slot.starts += 1
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         numbers = []
-        for index, port in enumerate(self.ports):
-            childFDs[FIRST_FD + index] = port.fileno()  # type: ignore[attr-defined]
+        for index, listener in enumerate(self.listeners):
+            childFDs[FIRST_FD + index] = listener.fileno(slot.number)
             numbers.append(FIRST_FD + index)
         argv = self._argv(numbers)
         protocol = _WorkerProtocol(self, slot)
@@ -509,6 +644,8 @@ class WorkerSupervisor(Service):
         )
         slot.startedAt = self._clock.seconds()
         self._log.info("worker {slot} started: pid {pid}", slot=slot.number, pid=slot.pid)
+        if self._health is not None:
+            self._health.joined(slot)
         if slot.starts > 1 and self._admin is not None:
             self._resync(slot)
 
@@ -529,6 +666,10 @@ class WorkerSupervisor(Service):
             callbackArgs=(worker, like),
             errbackArgs=(worker, like),
         )
+        if self._health is not None:
+            # The backends resync added are told their health too.
+            health = self._health
+            syncing.addBoth(lambda _: health.joined(slot) if slot.process is not None else None)
 
     def _resynced(self, done: Resynced, worker: str, model: str) -> None:
         if done.done:
@@ -632,6 +773,11 @@ class WorkerSupervisor(Service):
         return asking.addCallback(lambda answers: self._reported(ReloadReport.of(answers)))
 
     def _reported(self, report: ReloadReport) -> bool:
+        if self._health is not None:
+            self._health.refresh()
+        return self._logReport(report)
+
+    def _logReport(self, report: ReloadReport) -> bool:
         if report.ok:
             self._log.info(
                 "reload: all {count} workers applied the configuration", count=report.count
@@ -664,10 +810,11 @@ class WorkerSupervisor(Service):
                 slot.restart.cancel()
             slot.restart = None
         extra = [p for p in (self.adminPort, self.metricsPort) if p is not None]
-        closed: list[Deferred[Any]] = [
-            maybeDeferred(port.stopListening) for port in self.ports + extra
-        ]
-        self.ports = []
+        closed: list[Deferred[Any]] = [listener.close() for listener in self.listeners]
+        closed += [maybeDeferred(port.stopListening) for port in extra]
+        if self._health is not None:
+            closed.append(self._health.stop())
+        self.listeners = []
         self.adminPort = self.metricsPort = None
         self._bound = False
         ended: list[Deferred[Any]] = [slot.whenEnded() for slot in self.slots]
@@ -734,14 +881,27 @@ def _metricsBody(response: AdminResponse) -> bytes:
 
 
 def makeSupervisor(
-    count: int, config: LoadBalancerConfig, arguments: Sequence[str], reactor: Any
+    count: int,
+    config: LoadBalancerConfig,
+    arguments: Sequence[str],
+    reactor: Any,
+    reusePort: bool = REUSE_PORT,
 ) -> WorkerSupervisor:
     """
     The supervisor of C{count} workers for C{config}, each started with the
     same lbproxy C{arguments}.  The supervisor serves no requests, so it
     never opens the access log file (each worker opens its own when it
-    starts); it serves the admin API (C{config.admin}) for all of them.
+    starts); it serves the admin API (C{config.admin}) for all of them,
+    and runs the active health checks for all of them
+    (L{lbproxy.control.health}).
+
+    @param reusePort: Give each worker sockets of its own (C{SO_REUSEPORT}).
     """
+    backendTLS = BackendTLS(config.backendTLS)
+
+    def probeUpstream(settings: UpstreamSettings) -> Upstream:
+        return Upstream(reactor, reactor, settings, tlsFor=backendTLS.creatorFor)
+
     return WorkerSupervisor(
         count,
         [socketDescription(spec) for spec in _sharedListens(config)],
@@ -754,6 +914,8 @@ def makeSupervisor(
         admin=config.admin,
         adminToken=config.adminToken,
         metrics=config.metrics,
+        reusePort=reusePort,
+        health=SharedHealth(reactor, probeUpstream),
     )
 
 
@@ -894,10 +1056,14 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         reactor,
         [_adopted(reactor, fd) for fd in fds],
     )
+    # The supervisor probes the backends for every worker, and says what
+    # it finds (lbproxy.control.health).
+    service.balancer.activeChecks = False
     reloader = Reloader(options, service, Options)
     service.configHooks = reloader
     control = ControlServer(
         {
+            **healthHandlers(service.balancer, reactor),
             "reload": ReportedReload(reloader.reload, globalLogPublisher),
             "admin": adminHandler(
                 AdminAPI(service.balancer, reloader, service.renderMetrics, service.dashboard)

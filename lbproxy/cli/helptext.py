@@ -23,6 +23,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "chooser",
             "allow-host",
             "workers",
+            "reuse-port",
+            "no-reuse-port",
         ),
     ),
     (

@@ -73,7 +73,13 @@ from lbproxy.upstream.backends import Backend, BackendSpecError, parseBackend
 from lbproxy.upstream.health import EjectionSettings, HealthSettings
 from lbproxy.upstream.pool import UpstreamSettings
 from lbproxy.watch import ConfigWatcher
-from lbproxy.workers import WorkersError, checkWorkers, makeSupervisor, parseWorkers
+from lbproxy.workers import (
+    WorkersError,
+    checkWorkers,
+    makeSupervisor,
+    parseWorkers,
+    reusePortChoice,
+)
 
 ADHOC_LISTEN = "ssl:443"
 
@@ -315,6 +321,19 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions):
             "Start two demo backends in this process and serve them on "
             "ssl:8443 (ad-hoc certificate) and tcp:8080.",
         ],
+        [
+            "reuse-port",
+            None,
+            "With --workers, give each worker a socket of its own on every TCP "
+            "listener (SO_REUSEPORT), so that the kernel spreads new connections "
+            "evenly over the workers. The default on Linux.",
+        ],
+        [
+            "no-reuse-port",
+            None,
+            "With --workers, let every worker accept from one socket per listener "
+            "(one accept queue) instead of --reuse-port.",
+        ],
     ]
 
     optParameters = [
@@ -477,6 +496,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions):
         self.given: frozenset[str] = frozenset()
         self._configSource: ConfigSource | None = None
         self.workers = 1
+        self.reusePort = False
         self.arguments: list[str] = []
 
     def getUsage(self, width: int | None = None) -> str:
@@ -565,10 +585,15 @@ def _checkWorkers(options: Options, count: int, config: LoadBalancerConfig) -> N
     Refuse what C{--workers} C{count} cannot do: C{--chooser sticky} without
     C{--sticky-secret-file} (each worker would sign cookies with a random
     key of its own, and ignore the others'), and whatever
-    L{lbproxy.workers.checkWorkers} refuses in C{config}.
+    L{lbproxy.workers.checkWorkers} refuses in C{config}; settle
+    C{--reuse-port} (L{lbproxy.workers.reusePortChoice}).
 
     @raise usage.UsageError: With one line saying which.
     """
+    try:
+        options.reusePort = reusePortChoice(options["reuse-port"], options["no-reuse-port"])
+    except WorkersError as e:
+        raise usage.UsageError(str(e)) from None
     if count == 1:
         return
     if options["chooser"] == "sticky" and options["sticky-secret-file"] is None:
@@ -1043,7 +1068,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     network: IReactorTCP = reactor
     clock: IReactorTime = reactor
     if options.workers > 1:
-        supervisor = makeSupervisor(options.workers, config, options.arguments, reactor)
+        supervisor = makeSupervisor(
+            options.workers, config, options.arguments, reactor, options.reusePort
+        )
         root = ProcessRoot(supervisor, reactor, supervisor.reload)
         reload: Any = supervisor.reload
     else:

@@ -2,7 +2,8 @@
 """
 The control channel between the C{--workers} supervisor and its workers
 (L{lbproxy.workers}): a reload, or an admin API call, is sent to every
-worker, and their answers are combined into one.
+worker, and their answers are combined into one; the supervisor's active
+health checks tell every worker what they find (L{health}).
 
 It runs over the pipes the supervisor has to each worker anyway
 (L{wire}):
@@ -27,13 +28,16 @@ The supervisor's side is L{ControlClient} (one per worker process),
 L{askAll} and L{ReloadReport} (L{client}), and L{WorkersAdmin}, the admin
 API the supervisor serves, answering from every worker (L{admin}), and
 L{resync}, which brings a restarted worker's backends up to date with a
-running worker's; the worker's side is L{ControlServer} with the handlers
-L{ReportedReload} and L{adminHandler} (L{worker}).
+running worker's, and L{SharedHealth}, the health checks it runs for the
+workers; the worker's side is L{ControlServer} with the handlers
+L{ReportedReload}, L{adminHandler} (L{worker}) and L{healthHandlers}
+(C{health-pools} and C{health}).
 """
 
 from lbproxy.admin.api import AdminHandler
 from lbproxy.control.admin import WorkersAdmin, combineAnswers, combineViews
 from lbproxy.control.client import Answer, ControlClient, ReloadReport, Worker, askAll
+from lbproxy.control.health import SharedHealth, healthHandlers
 from lbproxy.control.resync import Resynced, resync
 from lbproxy.control.wire import (
     ANSWER_TIMEOUT,
@@ -60,6 +64,7 @@ __all__ = [
     "ReloadReport",
     "ReportedReload",
     "Resynced",
+    "SharedHealth",
     "Worker",
     "WorkersAdmin",
     "adminHandler",
@@ -67,6 +72,7 @@ __all__ = [
     "combineAnswers",
     "combineViews",
     "escapeLogText",
+    "healthHandlers",
     "isReply",
     "resync",
 ]

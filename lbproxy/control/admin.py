@@ -34,11 +34,18 @@ class WorkersAdmin:
 
     _log = Logger()
 
-    def __init__(self, workers: Callable[[], Sequence[Worker]]) -> None:
+    def __init__(
+        self,
+        workers: Callable[[], Sequence[Worker]],
+        changed: Callable[[], object] | None = None,
+    ) -> None:
         """
         @param workers: The worker slots, in order, at the time of a call.
+        @param changed: Called once the workers have answered a change
+            (whatever they answered: some may have made it).
         """
         self._workers = workers
+        self._changed = changed
 
     def handle(
         self, method: str, path: str, body: bytes, accept: str | None = None
@@ -75,6 +82,8 @@ class WorkersAdmin:
             status=response.status,
             count=count,
         )
+        if self._changed is not None:
+            self._changed()
         return response
 
 

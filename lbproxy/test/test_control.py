@@ -14,11 +14,21 @@ from typing import Any, cast
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, capturedLogs
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    capturedLogs,
+    formatEvent,
+)
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
 
 from lbproxy.admin.api import AdminAPI
 from lbproxy.admin.response import JSON, AdminResponse, errorResponse, jsonResponse
+from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
+from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.control import (
     MARKER,
     MAX_MESSAGE,
@@ -41,6 +51,16 @@ from lbproxy.control import (
     isReply,
     resync,
 )
+from lbproxy.control.health import (
+    BackendHealth,
+    PoolToCheck,
+    SharedHealth,
+    applyHealth,
+    describePools,
+    healthHandlers,
+    readPools,
+    readStates,
+)
 from lbproxy.control.resync import changesFor
 from lbproxy.control.wire import (
     adminRequest,
@@ -52,8 +72,11 @@ from lbproxy.control.wire import (
     readResponse,
     responseFields,
 )
+from lbproxy.routing import RouteRule, RouteTable
+from lbproxy.test.memorynet import MemoryBackend, MemoryNetwork
 from lbproxy.test.test_admin import Hooks, makeBalancer
 from lbproxy.upstream.backends import Backend
+from lbproxy.upstream.health import HealthSettings
 
 
 class WireTests(SynchronousTestCase):
@@ -876,6 +899,29 @@ class WorkersAdminTests(SynchronousTestCase):
             ],
         )
 
+    def test_changedCalled(self) -> None:
+        """
+        C{changed} is called once the workers have answered a change, even
+        a refused one, and not for a C{GET}.
+        """
+        answers: list[Deferred[dict[str, Any]]] = []
+
+        def answer(kind: str, fields: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+            answers.append(Deferred())
+            return answers[-1]
+
+        workers = [_Worker(1, answer)]
+        called: list[None] = []
+        api = WorkersAdmin(lambda: [_worker(w) for w in workers], lambda: called.append(None))
+        reading = api.handle("GET", "/pools", b"")
+        answers[0].callback(_answer(200, {"pools": []}))
+        self.assertEqual(self.successResultOf(reading).status, 200)
+        changing = api.handle("DELETE", "/pools/web/backends/b", b"")
+        self.assertEqual(called, [])
+        answers[1].callback(responseFields(errorResponse(404, "no such backend")))
+        self.assertEqual(self.successResultOf(changing).status, 404)
+        self.assertEqual(called, [None])
+
     def test_changesAudited(self) -> None:
         """
         A change is logged once, with its answer and the number of workers.
@@ -1179,3 +1225,381 @@ class ResyncTests(SynchronousTestCase):
         self.assertEqual(
             failure.getErrorMessage(), "worker 1 (pid 101) answered GET /pools with 500"
         )
+
+
+HEALTH = HealthSettings(interval=2.0, path=b"/health", timeout=1.0, fall=2, rise=1)
+
+
+def _down(request: Request) -> bytes:
+    request.setResponseCode(503)
+    return b"down"
+
+
+@attrs.define
+class _HealthWorker:
+    """
+    A worker slot whose worker is in memory: its own balancer (no active
+    checks of its own) behind a real L{ControlServer} with the health
+    handlers and the admin API, joined to a L{ControlClient} by lists of
+    lines.
+    """
+
+    number: int
+    balancer: Balancer
+    clock: Clock = attrs.Factory(Clock)
+    isRunning: bool = True
+    kinds: list[str] = attrs.Factory(list)
+    client: ControlClient = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        handlers = {
+            **healthHandlers(self.balancer, self.clock),
+            "admin": adminHandler(AdminAPI(self.balancer, Hooks())),
+        }
+        server = ControlServer(handlers, self._toSupervisor)
+        self.client = ControlClient(
+            lambda line: server.lineReceived(line.rstrip(b"\n")), self.clock
+        )
+
+    def _toSupervisor(self, line: bytes) -> None:
+        self.client.lineReceived(line.rstrip(b"\n"))
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.number}"
+
+    @property
+    def running(self) -> bool:
+        return self.isRunning
+
+    def call(self, kind: str, fields: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        self.kinds.append(kind)
+        if not self.isRunning:
+            return fail(ControlError("not running"))
+        return self.client.call(kind, fields)
+
+    def health(self, pool: str = "web") -> dict[str, bool]:
+        """
+        Whether each backend of C{pool} is healthy, by address.
+        """
+        return {b.authority: b.healthy for b in self.balancer.pool(pool).backends.backends}
+
+
+class SharedHealthTests(SynchronousTestCase):
+    """
+    L{SharedHealth}: the supervisor checks the workers' backends once per
+    interval for all of them and tells them what it finds; the probes and
+    the backends are in memory, the workers are real balancers behind real
+    control channels.
+    """
+
+    def setUp(self) -> None:
+        self.network = MemoryNetwork()
+        self.clock = self.network.clock
+        self.a = self.network.backend(b"a", "10.0.0.1")
+        self.b = self.network.backend(b"b", "10.0.0.2", respond=_down)
+        self.c = self.network.backend(b"c", "10.0.0.3")
+        self.workers = [self.worker(number) for number in (1, 2, 3)]
+        self.health = SharedHealth(self.clock, self.network.upstream, refresh=5.0)
+        self.addCleanup(self.health.stop)
+
+    def config(
+        self, *servers: MemoryBackend, health: HealthSettings = HEALTH, slowStart: float = 0.0
+    ) -> BalancerConfig:
+        servers = servers or (self.a, self.b)
+        pool = PoolConfig(
+            name="web",
+            backends=tuple(server.backend for server in servers),
+            chooser=RoundRobinChooser(),
+            health=health,
+            slowStart=slowStart,
+        )
+        return BalancerConfig(pools=(pool,), routes=RouteTable((RouteRule(pool="web"),)))
+
+    def worker(self, number: int, config: BalancerConfig | None = None) -> _HealthWorker:
+        balancer = Balancer(
+            config or self.config(),
+            self.clock,
+            self.clock,
+            self.network.upstream,
+            activeChecks=False,
+        )
+        balancer.start()
+        self.addCleanup(balancer.stop)
+        return _HealthWorker(number, balancer)
+
+    def start(self) -> None:
+        self.health.start(lambda: [_worker(w) for w in self.workers])
+        self.network.flush()
+
+    def advance(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass, a second at a time, the network flushed after
+        each.
+        """
+        for _ in range(int(seconds)):
+            self.clock.advance(1)
+            self.network.flush()
+
+    def probes(self, *servers: MemoryBackend) -> list[int]:
+        """
+        How many probes each of C{servers} has received.
+        """
+        return [
+            sum(1 for r in server.resource.received if r.uri == b"/health") for server in servers
+        ]
+
+    def test_oneProbePerInterval(self) -> None:
+        """
+        Each backend gets one probe at once and one per interval after,
+        however many workers there are; the pools are asked of the first
+        worker only.
+        """
+        self.start()
+        self.assertEqual(self.probes(self.a, self.b), [1, 1])
+        self.advance(10)
+        self.assertEqual(self.probes(self.a, self.b), [6, 6])
+        self.assertEqual([w.kinds.count("health-pools") for w in self.workers], [3, 0, 0])
+
+    def test_everyWorkerTold(self) -> None:
+        """
+        A backend that fails C{fall} checks is down in every worker; one
+        that passes C{rise} checks again is back up in every worker, and
+        the supervisor logs each change once.
+        """
+        with capturedLogs() as events:
+            self.start()
+            self.assertEqual([w.health() for w in self.workers], [HEALTHY_AB] * 3)
+            self.advance(2)
+            self.assertEqual(
+                [w.health() for w in self.workers],
+                [{"10.0.0.1:80": True, "10.0.0.2:80": False}] * 3,
+            )
+            self.b.resource.handler = None
+            self.advance(2)
+        self.assertEqual([w.health() for w in self.workers], [HEALTHY_AB] * 3)
+        self.assertEqual(
+            [formatEvent(e) for e in events if "backend" in e],
+            [
+                "backend 10.0.0.2:80 is DOWN (2 health checks failed)",
+                "backend 10.0.0.2:80 is UP (health checks pass)",
+            ],
+        )
+
+    def test_backUpWithSlowStart(self) -> None:
+        """
+        A backend that comes back up starts the worker's pool's slow start.
+        """
+        self.workers = [self.worker(1, self.config(slowStart=30))]
+        self.start()
+        self.advance(2)
+        self.b.resource.handler = None
+        self.advance(2)
+        (_, b) = self.workers[0].balancer.pool("web").backends.backends
+        self.assertEqual((b.healthy, b.state), (True, "slow-start"))
+
+    def test_workerThatJoinsIsTold(self) -> None:
+        """
+        A worker that starts (or starts again) is told the state of every
+        backend: a backend down elsewhere is down in it at once.
+        """
+        self.start()
+        self.advance(2)
+        joining = self.worker(4)
+        self.assertEqual(joining.health(), HEALTHY_AB)
+        self.health.joined(_worker(joining))
+        self.assertEqual(joining.health(), {"10.0.0.1:80": True, "10.0.0.2:80": False})
+
+    def test_notRunningNotTold(self) -> None:
+        """
+        A change is sent to the running workers only; one that is not
+        running learns it when it joins.
+        """
+        self.workers[2].isRunning = False
+        self.start()
+        self.advance(2)
+        self.assertEqual([w.health()["10.0.0.2:80"] for w in self.workers], [False, False, True])
+        self.assertNotIn("health", self.workers[2].kinds)
+
+    def test_followsTheWorkersPools(self) -> None:
+        """
+        After a refresh the supervisor checks the pools a worker has now: a
+        backend added is probed at once, a backend removed no more, new
+        settings are used and the backends it kept keep their state.
+        """
+        self.start()
+        self.advance(2)
+        slower = attrs.evolve(HEALTH, interval=4.0)
+        for worker in self.workers:
+            worker.balancer.apply(self.config(self.b, self.c, health=slower))
+        self.health.refresh()
+        self.network.flush()
+        self.assertEqual(self.probes(self.a, self.b, self.c), [2, 3, 1])
+        self.advance(8)
+        self.assertEqual(self.probes(self.a, self.b, self.c), [2, 5, 3])
+        self.assertEqual(self.workers[0].health(), {"10.0.0.2:80": False, "10.0.0.3:80": True})
+
+    def test_addedThroughTheAdminAPI(self) -> None:
+        """
+        A backend the admin API adds to the workers is checked once the
+        supervisor refreshes, and its failures reach every worker.
+        """
+        self.start()
+        down = self.network.backend(b"d", "10.0.0.4", respond=_down)
+        for worker in self.workers:
+            worker.balancer.addBackend("web", down.backend)
+        self.health.refresh()
+        self.network.flush()
+        self.assertEqual(self.probes(down), [1])
+        self.advance(2)
+        self.assertEqual({w.health()["10.0.0.4:80"] for w in self.workers}, {False})
+
+    def test_poolGone(self) -> None:
+        """
+        A pool the workers no longer have is no longer checked.
+        """
+        self.start()
+        other = PoolConfig(
+            name="other", backends=(self.c.backend,), chooser=RoundRobinChooser(), health=HEALTH
+        )
+        config = BalancerConfig(pools=(other,), routes=RouteTable((RouteRule(pool="other"),)))
+        for worker in self.workers:
+            worker.balancer.apply(config)
+        self.health.refresh()
+        self.network.flush()
+        self.advance(10)
+        self.assertEqual(self.probes(self.a, self.b, self.c), [1, 1, 6])
+
+    def test_refreshWhileAsking(self) -> None:
+        """
+        A refresh asked for while the first worker has not yet answered is
+        made once that answer is in (the pools may have changed since).
+        """
+        answers: list[Deferred[dict[str, Any]]] = []
+
+        def slow(kind: str, fields: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+            answers.append(Deferred())
+            return answers[-1]
+
+        worker = _Worker(1, slow)
+        self.health.start(lambda: [_worker(worker)])
+        self.health.refresh()
+        self.health.refresh()
+        self.assertEqual(len(answers), 1)
+        answers[0].callback({"pools": []})
+        self.assertEqual(len(answers), 2)
+
+    def test_silentWorkerWarnedOnce(self) -> None:
+        """
+        A worker that cannot say what its pools are is warned about once
+        until one does; checks go on with what was known.
+        """
+        worker = _Worker(1, ControlError("no answer within 10 s"))
+        with capturedLogs() as events:
+            self.health.start(lambda: [_worker(worker)])
+            self.clock.advance(5)
+            self.clock.advance(5)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "shared health checks: worker 1 (pid 101) did not say what its pools "
+                "are: no answer within 10 s"
+            ],
+        )
+
+    def test_noneRunning(self) -> None:
+        """
+        With no worker running, nobody is asked.
+        """
+        for worker in self.workers:
+            worker.isRunning = False
+        self.start()
+        self.assertEqual([w.kinds for w in self.workers], [[], [], []])
+
+    def test_stop(self) -> None:
+        """
+        Once stopped, nothing is probed or asked any more.
+        """
+        self.start()
+        stopped = self.health.stop()
+        self.network.flush()
+        self.successResultOf(stopped)
+        self.advance(10)
+        self.assertEqual(self.probes(self.a, self.b), [1, 1])
+        self.assertEqual(self.workers[0].kinds, ["health-pools"])
+
+
+HEALTHY_AB = {"10.0.0.1:80": True, "10.0.0.2:80": True}
+
+
+class HealthMessagesTests(SynchronousTestCase):
+    """
+    The workers' side of the shared health checks: what they describe and
+    what they apply.
+    """
+
+    def test_describedAndRead(self) -> None:
+        """
+        A worker describes each pool's health settings and backends (those
+        on their way out left out), and the supervisor reads them back.
+        """
+        balancer, _ = makeBalancer(
+            ("web", (Backend("127.0.0.2", 80), Backend("::1", 8080, scheme="https")))
+        )
+        balancer.removeBackend("web", "127.0.0.2:80")
+        balancer.pool("web").backends.backends[0].inFlight = 1
+        described = json.loads(json.dumps(describePools(balancer)))
+        self.assertEqual(
+            readPools(described),
+            [PoolToCheck("web", HealthSettings(), (("https", "::1", 8080),))],
+        )
+
+    def test_appliedByAddress(self) -> None:
+        """
+        A state is applied to the backend of that pool with that scheme,
+        host and port, however its address is written; others are passed
+        over.
+        """
+        balancer, clock = makeBalancer()
+        states = [
+            BackendHealth("web", ("http", "127.0.0.2", 80), False),
+            BackendHealth("web", ("https", "127.0.0.3", 80), False),
+            BackendHealth("api", ("http", "127.000.0.4", 80), False),
+            BackendHealth("nope", ("http", "127.0.0.2", 80), False),
+        ]
+        fields = {"backends": [state.fields() for state in states]}
+        self.assertEqual(applyHealth(balancer, clock, readStates(fields)), 1)
+        self.assertEqual(
+            [(b.authority, b.healthy) for b in balancer.pool("web").backends.backends],
+            [("127.0.0.2:80", False), ("127.0.0.3:80", True)],
+        )
+
+    def test_refused(self) -> None:
+        """
+        Messages of the wrong shape are refused with a reason.
+        """
+        for fields in (
+            {},
+            {"pools": [{"name": "web"}]},
+            {"pools": [{"name": "web", "backends": [["http", "h"]]}]},
+            {
+                "pools": [
+                    {
+                        "name": "web",
+                        "interval": "2",
+                        "path": "/",
+                        "timeout": 1,
+                        "fall": 1,
+                        "rise": 1,
+                        "backends": [],
+                    }
+                ]
+            },
+        ):
+            self.assertRaises(ControlError, readPools, fields)
+        for fields in (
+            {},
+            {"backends": [{"pool": "web", "scheme": "http", "host": "h", "port": 80}]},
+            {"backends": [{"pool": "web", "host": "h", "port": "80", "healthy": True}]},
+        ):
+            self.assertRaises(ControlError, readStates, fields)

@@ -9,18 +9,20 @@ control requests, and the load balancer on adopted sockets.
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import os
 import socket
 import sys
 from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -30,15 +32,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.control import MARKER, isReply
+from lbproxy.control.health import SharedHealth
 from lbproxy.control.wire import adminRequest, encodeReply, readResponse
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.listen import ListenError, parseListen, socketDescription
+from lbproxy.reuseport import TCPAddress, bindGroup, tcpAddress
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService, StartupError
 from lbproxy.test.fakes import get, reactor, startBackend, until
+from lbproxy.test.memorynet import MemoryNetwork
 from lbproxy.test.test_tap import OptionsTestCase
 from lbproxy.upstream.health import HealthSettings
 from lbproxy.workers import (
     KILL_GRACE,
+    REUSE_PORT,
     RestartPolicy,
     WorkersError,
     WorkerSupervisor,
@@ -48,6 +54,7 @@ from lbproxy.workers import (
     checkWorkers,
     configurationCheck,
     parseWorkers,
+    reusePortChoice,
     workerArgv,
     workerEnvironment,
 )
@@ -154,6 +161,152 @@ class WorkersOptionTests(OptionsTestCase):
             self.assertIn("systemd:domain=INET", str(raised.exception))
             self.assertIn("can be shared by --workers", str(raised.exception))
             checkWorkers(1, config)
+
+
+class ReusePortOptionTests(OptionsTestCase):
+    """
+    C{--reuse-port} and C{--no-reuse-port}.
+    """
+
+    def test_choice(self) -> None:
+        """
+        Workers get sockets of their own where the platform spreads
+        connections over them, unless C{--no-reuse-port}; C{--reuse-port}
+        insists, and is refused where it cannot be had.
+        """
+        self.assertEqual(
+            [
+                reusePortChoice(False, False, available=True),
+                reusePortChoice(True, False, available=True),
+                reusePortChoice(False, True, available=True),
+                reusePortChoice(False, False, available=False),
+                reusePortChoice(False, True, available=False),
+            ],
+            [True, True, False, False, False],
+        )
+        with self.assertRaises(WorkersError) as raised:
+            reusePortChoice(True, False, available=False)
+        self.assertIn("--no-reuse-port", str(raised.exception))
+
+    def test_flags(self) -> None:
+        """
+        On Linux the default is on; C{--no-reuse-port} turns it off; both
+        flags at once are refused.
+        """
+        common = ["--workers", "2", "--backends", "h", "--listen", "tcp:0"]
+        self.assertEqual(self.parse(*common).reusePort, REUSE_PORT)
+        self.assertFalse(self.parse(*common, "--no-reuse-port").reusePort)
+        output = self.refused(*common, "--reuse-port", "--no-reuse-port")
+        self.assertIn("not both", output)
+
+
+class TCPAddressTests(SynchronousTestCase):
+    """
+    L{tcpAddress} reads where a C{tcp:} or C{tcp6:} description binds, as
+    Twisted would.
+    """
+
+    def test_table(self) -> None:
+        """
+        The port, the interface (its family from it) and the backlog, named
+        or in Twisted's order; other types have none.
+        """
+        table: list[tuple[str, TCPAddress | None]] = [
+            ("tcp:80", TCPAddress(socket.AF_INET, "", 80, 50)),
+            (
+                "tcp:80:interface=127.0.0.1:backlog=7",
+                TCPAddress(socket.AF_INET, "127.0.0.1", 80, 7),
+            ),
+            ("tcp:80:10.0.0.1:9", TCPAddress(socket.AF_INET, "10.0.0.1", 80, 9)),
+            ("tcp:port=81", TCPAddress(socket.AF_INET, "", 81, 50)),
+            ("tcp:80:interface=\\:\\:1", TCPAddress(socket.AF_INET6, "::1", 80, 50)),
+            ("tcp6:80", TCPAddress(socket.AF_INET6, "::", 80, 50)),
+            ("tcp6:80:9:\\:\\:1", TCPAddress(socket.AF_INET6, "::1", 80, 9)),
+            ("unix:/run/lb.sock", None),
+        ]
+        self.assertEqual([(d, tcpAddress(d)) for d, _ in table], table)
+
+    def test_bad(self) -> None:
+        """
+        A port or backlog that is not a number is refused.
+        """
+        for description in ("tcp:http", "tcp:80:backlog=many"):
+            self.assertRaises(ValueError, tcpAddress, description)
+
+
+class BindGroupTests(SynchronousTestCase):
+    """
+    L{bindGroup} binds sockets that share a port.
+    """
+
+    def group(self, count: int) -> list[socket.socket]:
+        sockets = bindGroup(TCPAddress(socket.AF_INET, "127.0.0.1", 0, 128), count)
+        for s in sockets:
+            self.addCleanup(s.close)
+        return sockets
+
+    def test_onePort(self) -> None:
+        """
+        Port 0 binds the first socket to a free port and the others to the
+        same one; each listens, does not block and has C{SO_REUSEPORT}.
+        """
+        sockets = self.group(3)
+        self.assertEqual(len({s.getsockname()[1] for s in sockets}), 1)
+        self.assertEqual(
+            [
+                (
+                    s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT),
+                    s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
+                    s.getblocking(),
+                )
+                for s in sockets
+            ],
+            [(1, 1, False)] * 3,
+        )
+
+    def test_connectionsSpread(self) -> None:
+        """
+        New connections are spread over the sockets: 64 connections land
+        on both of two (all 64 on one has odds of 2 in 2^64).
+        """
+        sockets = self.group(2)
+        port = sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+        for client in clients:
+            self.addCleanup(client.close)
+        counts = []
+        for s in sockets:
+            count = 0
+            while True:
+                try:
+                    accepted, _ = s.accept()
+                except BlockingIOError:
+                    break
+                accepted.close()
+                count += 1
+            counts.append(count)
+        self.assertEqual(sum(counts), 64)
+        self.assertNotIn(0, counts)
+
+    def test_portTaken(self) -> None:
+        """
+        A port another group holds is refused (sockets of one user could
+        otherwise share it without a word); a port a plain socket listens
+        on too.
+        """
+        for taken in (self.group(2)[0], _listening()):
+            self.addCleanup(taken.close)
+            address = TCPAddress(socket.AF_INET, "127.0.0.1", taken.getsockname()[1])
+            with self.assertRaises(OSError) as raised:
+                bindGroup(address, 2)
+            self.assertEqual(raised.exception.errno, errno.EADDRINUSE)
+
+
+def _listening() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
 
 
 class SocketDescriptionTests(SynchronousTestCase):
@@ -279,6 +432,7 @@ class _Processes:
     def __init__(self) -> None:
         self.started: list[_Process] = []
         self.listenTCP = reactor.listenTCP
+        self.listenUNIX = cast(IReactorUNIX, reactor).listenUNIX
 
     def spawnProcess(
         self,
@@ -322,6 +476,8 @@ class _SupervisorCase(TestCase):
         sockets: Sequence[str] = (),
         check: Callable[[], str | None] | None = None,
         admin: str | None = None,
+        reusePort: bool = False,
+        health: SharedHealth | None = None,
     ) -> WorkerSupervisor:
         self.clock = Clock()
         self.processes = _Processes()
@@ -335,6 +491,8 @@ class _SupervisorCase(TestCase):
             policy=RestartPolicy(interval=1, maxDelay=30, stableAfter=10),
             check=check,
             admin=admin,
+            reusePort=reusePort,
+            health=health,
         )
         self.closing: list[Any] = []
         self.addCleanup(self._closePorts, supervisor)
@@ -342,7 +500,8 @@ class _SupervisorCase(TestCase):
 
     def _closePorts(self, supervisor: WorkerSupervisor) -> Deferred[Any]:
         return DeferredList(
-            [maybeDeferred(port.stopListening) for port in supervisor.ports + self.closing]
+            [listener.close() for listener in supervisor.listeners]
+            + [maybeDeferred(port.stopListening) for port in self.closing]
         )
 
     def running(self) -> list[_Process]:
@@ -670,6 +829,200 @@ class SupervisorTests(_SupervisorCase):
         )
 
 
+class ReusePortSupervisorTests(_SupervisorCase):
+    """
+    With C{reusePort}, every worker slot has a socket of its own on each
+    TCP listener, all on one port.
+    """
+
+    def test_aSocketEach(self) -> None:
+        """
+        Each worker gets its slot's socket of a TCP listener (all on one
+        port, with C{SO_REUSEPORT}) and the one socket of a UNIX listener,
+        which they share.
+        """
+        path = os.path.abspath(self.mktemp())
+        supervisor = self.supervisor(
+            2, ["tcp:0:interface=127.0.0.1", f"unix:{path}"], reusePort=True
+        )
+        supervisor.startService()
+        tcp, unix = supervisor.listeners
+        self.assertEqual((tcp.shared, unix.shared), (False, True))
+        ports = {s.getsockname()[1] for s in tcp.sockets}
+        self.assertEqual(len(ports), 1)
+        self.assertEqual(
+            [s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in tcp.sockets], [1, 1]
+        )
+        first, second = self.processes.started
+        self.assertEqual(first.argv, ["worker", "3,4"])
+        self.assertEqual(
+            [(p.childFDs[3], p.childFDs[4]) for p in (first, second)],
+            [(tcp.sockets[0].fileno(), unix.fileno(1)), (tcp.sockets[1].fileno(), unix.fileno(1))],
+        )
+
+    def test_restartedWorkerAdoptsItsSlotsSocket(self) -> None:
+        """
+        A worker started again in its slot gets the same socket as the one
+        before it, which the supervisor kept open: the connections queued
+        on it while the slot was empty are waiting for the new worker.
+        """
+        supervisor = self.supervisor(2, ["tcp:0:interface=127.0.0.1"], reusePort=True)
+        supervisor.startService()
+        held = supervisor.listeners[0].sockets[0]
+        self.clock.advance(60)
+        self.processes.started[0].end(ProcessTerminated(signal=9))
+        port = held.getsockname()[1]
+        queued = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(32)]
+        for connection in queued:
+            self.addCleanup(connection.close)
+        self.clock.advance(0)
+        self.assertEqual(self.processes.started[2].childFDs[3], held.fileno())
+        waiting = 0
+        while True:
+            try:
+                accepted, _ = held.accept()
+            except BlockingIOError:
+                break
+            accepted.close()
+            waiting += 1
+        self.assertGreater(waiting, 0)
+
+    def test_stopClosesEverySocket(self) -> None:
+        """
+        Stopping closes the supervisor's copy of every slot's sockets: the
+        port is free once the workers close theirs.
+        """
+        supervisor = self.supervisor(2, ["tcp:0:interface=127.0.0.1"], reusePort=True)
+        supervisor.startService()
+        port = supervisor.listeners[0].sockets[0].getsockname()[1]
+        for process in self.processes.started:
+            process.signals.clear()
+        stopped = supervisor.stopService()
+        for process in self.processes.started:
+            process.end(ProcessDone(0))
+        self.successResultOf(stopped)
+        again = socket.socket()
+        self.addCleanup(again.close)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+
+    def test_takenPortBindsNothing(self) -> None:
+        """
+        A port another group of SO_REUSEPORT sockets holds (another lbproxy
+        started twice) is refused, naming the listener, and nothing stays
+        bound.
+        """
+        other = bindGroup(TCPAddress(socket.AF_INET, "127.0.0.1", 0), 2)
+        for s in other:
+            self.addCleanup(s.close)
+        description = f"tcp:{other[0].getsockname()[1]}:interface=127.0.0.1"
+        supervisor = self.supervisor(2, ["tcp:0:interface=127.0.0.1", description], reusePort=True)
+        with self.assertRaises(StartupError) as raised:
+            supervisor.privilegedStartService()
+        self.assertIn(repr(description), str(raised.exception))
+        self.assertIn("Address already in use", str(raised.exception))
+        self.assertEqual(supervisor.listeners, [])
+
+
+class SupervisorHealthTests(_SupervisorCase):
+    """
+    The supervisor runs the shared health checks: it learns the pools from
+    a worker and tells each worker that starts what it knows.
+    """
+
+    def health(self) -> SharedHealth:
+        self.network = MemoryNetwork()
+        return SharedHealth(self.network.clock, self.network.upstream)
+
+    def test_asksTheFirstWorker(self) -> None:
+        """
+        Once the workers are started, the first is asked for its pools.
+        """
+        self.supervisor(2, health=self.health()).startService()
+        self.assertEqual(
+            [[r["kind"] for r in p.requests()] for p in self.processes.started],
+            [["health-pools"], []],
+        )
+
+    def test_restartedWorkerTold(self) -> None:
+        """
+        A worker started again in its slot is told the health of every
+        backend.
+        """
+        self.supervisor(2, health=self.health()).startService()
+        first = self.processes.started[0]
+        first.answer(
+            {
+                "pools": [
+                    {
+                        "name": "web",
+                        "interval": 0,
+                        "path": "/",
+                        "timeout": 1,
+                        "fall": 1,
+                        "rise": 1,
+                        "backends": [["http", "10.0.0.1", 80]],
+                    }
+                ]
+            }
+        )
+        self.clock.advance(60)
+        first.end(ProcessTerminated(signal=9))
+        self.clock.advance(0)
+        (told,) = self.processes.started[2].requests()
+        self.assertEqual(
+            (told["kind"], told["backends"]),
+            (
+                "health",
+                [
+                    {
+                        "pool": "web",
+                        "scheme": "http",
+                        "host": "10.0.0.1",
+                        "port": 80,
+                        "healthy": True,
+                    }
+                ],
+            ),
+        )
+
+    def test_refreshedAfterReload(self) -> None:
+        """
+        After a reload the first worker is asked for its pools again.
+        """
+        supervisor = self.supervisor(2, health=self.health())
+        supervisor.startService()
+        first, second = self.processes.started
+        first.answer({"pools": []})
+        reloaded = supervisor.reload()
+        for process in (first, second):
+            process.answer({"ok": True, "why": None})
+        self.successResultOf(reloaded)
+        self.assertEqual(first.requests()[-1]["kind"], "health-pools")
+
+    @inlineCallbacks
+    def test_refreshedAfterAdminChange(self) -> Gen:
+        """
+        After a change through the admin API the first worker is asked for
+        its pools again.
+        """
+        supervisor = self.supervisor(2, health=self.health(), admin="tcp:0:interface=127.0.0.1")
+        supervisor.startService()
+        self.closing.append(supervisor.adminPort)
+        first, second = self.processes.started
+        first.answer({"pools": []})
+        assert supervisor.adminPort is not None
+        port = supervisor.adminPort.getHost().port  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{port}/pools/web/backends".encode()
+        answer = get(self, url, method=b"POST")
+        yield until(lambda: len(second.requests()) == 1, "both workers to be asked")
+        for process in (first, second):
+            process.answer(_jsonAnswer(201, {}))
+        response, _ = yield answer
+        self.assertEqual(response.code, 201)
+        self.assertEqual(first.requests()[-1]["kind"], "health-pools")
+
+
 class SupervisorAdminTests(_SupervisorCase):
     """
     The supervisor serves the admin API for its workers, over real
@@ -957,7 +1310,8 @@ class RealWorkerTests(TestCase):
         A worker answers admin calls from its own admin API and serves no
         admin listener itself (C{--admin} is the supervisor's); it answers
         a reload of an invalid file with the reason, and applies a valid
-        one.
+        one; it describes its pools for the supervisor's health checks,
+        and marks a backend down when told.
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -1015,6 +1369,18 @@ class RealWorkerTests(TestCase):
         answer = yield slot.call("admin", adminRequest("GET", "/pools/web", b"", None))
         backends = json.loads(readResponse(answer).body)["backends"]
         self.assertEqual([b["address"] for b in backends], ["127.0.0.3:80"])
+
+        answer = yield slot.call("health-pools", {})
+        self.assertEqual(
+            [(p["name"], p["interval"], p["backends"]) for p in answer["pools"]],
+            [("web", 0.0, [["http", "127.0.0.3", 80]])],
+        )
+        down = {"pool": "web", "scheme": "http", "host": "127.0.0.3", "port": 80}
+        answer = yield slot.call("health", {"backends": [{**down, "healthy": False}]})
+        self.assertEqual(answer, {"changed": 1})
+        answer = yield slot.call("admin", adminRequest("GET", "/pools/web", b"", None))
+        backends = json.loads(readResponse(answer).body)["backends"]
+        self.assertEqual([b["state"] for b in backends], ["down"])
 
 
 class AdoptedSocketTests(TestCase):
