@@ -42,6 +42,8 @@ from lbproxy.discovery.resolver import DiscoverySettings, makeResolver
 from lbproxy.discovery.watcher import Discovery
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits, ProxySite
+from lbproxy.http2.listening import listenerFactory, tlsWithHTTP2
+from lbproxy.http2.settings import HTTP2Settings
 from lbproxy.http.redirect import redirectSite
 from lbproxy.http.requestid import RequestIdSettings
 from lbproxy.interfaces import IChooser
@@ -75,6 +77,7 @@ class LoadBalancerConfig:
         operator did not choose C{--max-connections}).
     @ivar dashboard: Keep the admin dashboard's history and sampled
         decisions (L{lbproxy.observe}); on when the admin API is served.
+    @ivar http2: C{--http2} and C{--h2c}: HTTP/2 to clients.
     @ivar decisionSample: C{--decision-sample}: one choice in this many is
         recorded for the dashboard, per pool; 0 records none.
     """
@@ -107,6 +110,7 @@ class LoadBalancerConfig:
     fitConnections: bool = False
     dashboard: bool = False
     decisionSample: int = DEFAULT_SAMPLE
+    http2: HTTP2Settings = attrs.Factory(HTTP2Settings)
 
     def balancerConfig(self) -> BalancerConfig:
         """
@@ -342,10 +346,12 @@ class LoadBalancerService(MultiService):
         config = self._config
         bound = None if index is None else self._boundFor(index)
         try:
-            endpoint = serverEndpointForListen(self._reactor, spec, self._adhoc, config.tls, bound)
+            tls = tlsWithHTTP2(config.tls, config.http2)
+            endpoint = serverEndpointForListen(self._reactor, spec, self._adhoc, tls, bound)
         except (ListenError, TLSConfigError) as e:
             raise StartupError(f"cannot use --listen {spec.description!r}: {e}") from None
-        port = self._listenNow(spec.description, self.site, endpoint)
+        factory = listenerFactory(self.site, config.http2, spec.isTLS, self._clock)
+        port = self._listenNow(spec.description, factory, endpoint)
         self.ports.append(port)
         self._listeners[spec.description] = port
         contextFactory = getattr(endpoint, "contextFactory", None)

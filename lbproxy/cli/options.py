@@ -45,6 +45,7 @@ from lbproxy.cli.configfile import (
 from lbproxy.cli.discoveryoptions import DiscoveryOptions, discoverySettings
 from lbproxy.cli.helptext import groupedUsage
 from lbproxy.cli.reload import Reloader
+from lbproxy.cli.http2options import HTTP2Options, http2Settings
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.discovery.sources import Source, splitBackends
@@ -288,7 +289,7 @@ class ResilienceOptions(usage.Options):
     ]
 
 
-class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions):
+class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions, HTTP2Options):
     """
     C{twistd lbproxy} options.
     """
@@ -754,6 +755,7 @@ def buildConfig(options: Options) -> LoadBalancerConfig:
         decisionSample=int(_number(options, "decision-sample", 0, integer=True)),
         fitConnections="max-connections" not in options.given
         and (layout is None or "max-connections" not in layout.source.data),
+        http2=http2Settings(options),
         **tlsConfig(options, listens),
     )
 
