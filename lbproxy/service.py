@@ -42,10 +42,10 @@ from lbproxy.discovery.resolver import DiscoverySettings, makeResolver
 from lbproxy.discovery.watcher import Discovery
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.edge import EdgeLimits, ProxySite
-from lbproxy.http2.listening import listenerFactory, tlsWithHTTP2
-from lbproxy.http2.settings import HTTP2Settings
 from lbproxy.http.redirect import redirectSite
 from lbproxy.http.requestid import RequestIdSettings
+from lbproxy.http2.listening import listenerFactory, tlsWithHTTP2
+from lbproxy.http2.settings import HTTP2Settings
 from lbproxy.interfaces import IChooser
 from lbproxy.listen import ListenError, ListenSpec, serverEndpointForListen
 from lbproxy.metrics import metricsRegistry, render

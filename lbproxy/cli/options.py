@@ -44,8 +44,8 @@ from lbproxy.cli.configfile import (
 )
 from lbproxy.cli.discoveryoptions import DiscoveryOptions, discoverySettings
 from lbproxy.cli.helptext import groupedUsage
-from lbproxy.cli.reload import Reloader
 from lbproxy.cli.http2options import HTTP2Options, http2Settings
+from lbproxy.cli.reload import Reloader
 from lbproxy.cli.tlsoptions import TLSOptions, tlsConfig
 from lbproxy.demo import DEMO_LISTEN
 from lbproxy.discovery.sources import Source, splitBackends

@@ -35,7 +35,8 @@ __all__ = [
     "serverContext",
 ]
 
-# The application protocols offered by ALPN, most preferred first.
+# The application protocols offered by ALPN, most preferred first (with
+# C{--http2 on}, C{h2} comes first: see ServerTLSSettings.alpnProtocols).
 ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
 
 # The TLS versions C{--tls-min} accepts: 1.2 is Mozilla's "intermediate"
@@ -82,7 +83,11 @@ def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> bytes:
     The ALPN protocol for a connection: the first of L{ALPN_PROTOCOLS} the
     client offers, or none (the handshake goes on without ALPN).
     """
-    for protocol in ALPN_PROTOCOLS:
+    return _select(ALPN_PROTOCOLS, offered)
+
+
+def _select(protocols: tuple[bytes, ...], offered: list[bytes]) -> bytes:
+    for protocol in protocols:
         if protocol in offered:
             return protocol
     return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
@@ -103,13 +108,19 @@ def _setGroups(context: SSL.Context) -> None:
     raise TLSConfigError("this OpenSSL supports none of X25519, P-256 and P-384")
 
 
-def serverContext(minimumVersion: str, certificate: ServerCertificate) -> SSL.Context:
+def serverContext(
+    minimumVersion: str,
+    certificate: ServerCertificate,
+    alpnProtocols: tuple[bytes, ...] = ALPN_PROTOCOLS,
+) -> SSL.Context:
     """
     A new server context for C{certificate}: the one place lbproxy's server
     TLS policy is set (see the module docstring).
 
     @param minimumVersion: a key of L{TLS_VERSIONS}.
     @param certificate: what the context serves.
+    @param alpnProtocols: the protocols ALPN may choose, most preferred
+        first.
     """
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(TLS_VERSIONS[minimumVersion])
@@ -126,5 +137,8 @@ def serverContext(minimumVersion: str, certificate: ServerCertificate) -> SSL.Co
     context.set_verify(SSL.VERIFY_NONE)
     context.set_session_id(b"lbproxy")
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    context.set_alpn_select_callback(_selectALPN)
+    if alpnProtocols == ALPN_PROTOCOLS:
+        context.set_alpn_select_callback(_selectALPN)
+    else:
+        context.set_alpn_select_callback(lambda c, offered: _select(alpnProtocols, offered))
     return context

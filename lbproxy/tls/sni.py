@@ -30,7 +30,7 @@ from lbproxy.tls.certificates import (
     TLSConfigError,
     certificateDirectory,
 )
-from lbproxy.tls.policy import serverContext
+from lbproxy.tls.policy import ALPN_PROTOCOLS, serverContext
 
 __all__ = [
     "ServerTLS",
@@ -53,12 +53,15 @@ class ServerTLSSettings:
         again on every reload.
     @ivar handshakeTimeout: seconds a client has to complete its handshake
         before the connection is dropped.
+    @ivar alpnProtocols: what ALPN may choose, most preferred first
+        (C{h2} first with C{--http2 on}).
     """
 
     minimumVersion: str = "1.2"
     handshakeTimeout: float = 10.0
     certificates: tuple[CertificateFiles, ...] = ()
     directories: tuple[str, ...] = ()
+    alpnProtocols: tuple[bytes, ...] = ALPN_PROTOCOLS
 
 
 def loadSNICertificates(settings: ServerTLSSettings) -> dict[str, ServerCertificate]:
@@ -142,9 +145,10 @@ class ServerTLS:
         """
         version = self.settings.minimumVersion
         defaultCertificate = self.default.load()
-        default = serverContext(version, defaultCertificate)
+        alpn = self.settings.alpnProtocols
+        default = serverContext(version, defaultCertificate, alpn)
         byName = {
-            name: serverContext(version, certificate)
+            name: serverContext(version, certificate, alpn)
             for name, certificate in loadSNICertificates(self.settings).items()
         }
         if byName:
