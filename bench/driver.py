@@ -58,12 +58,13 @@ CONTENDERS = [
     "nginx-direct",
 ]
 # Not in a default run; asked for by name with --contenders.
-EXTRA_CONTENDERS = ["lbproxy-2w", "lbproxy-dash", "lbproxy-dash-off"]
+EXTRA_CONTENDERS = ["lbproxy-2w", "lbproxy-2w-shared", "lbproxy-dash", "lbproxy-dash-off"]
 # CPUs of contenders that do not fit on CONTENDER_CPU alone.
-CONTENDER_CPUS = {"lbproxy-2w": "0,1"}
+CONTENDER_CPUS = {"lbproxy-2w": "0,1", "lbproxy-2w-shared": "0,1"}
 LABELS = {
     "lbproxy": "lbproxy",
     "lbproxy-2w": "lbproxy --workers 2 (CPUs 0 and 1, sharing CPU 1 with wrk and backends)",
+    "lbproxy-2w-shared": "lbproxy --workers 2 --no-reuse-port (one accept queue; CPUs 0 and 1)",
     "lbproxy-dash": "lbproxy --admin (dashboard on, --decision-sample 100)",
     "lbproxy-dash-off": "lbproxy --admin --decision-sample 0 (dashboard on, sampling off)",
     "haproxy": "HAProxy (nbthread 1)",
@@ -439,8 +440,10 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
         f"tcp:{PLAIN_PORT}:interface={HOST}",
     ]
     py = sys.executable
-    if name in ("lbproxy", "lbproxy-2w", "lbproxy-dash", "lbproxy-dash-off"):
-        extra = ["--workers", "2"] if name == "lbproxy-2w" else []
+    if name in ("lbproxy", "lbproxy-2w", "lbproxy-2w-shared", "lbproxy-dash", "lbproxy-dash-off"):
+        extra = ["--workers", "2"] if name.startswith("lbproxy-2w") else []
+        if name == "lbproxy-2w-shared":
+            extra.append("--no-reuse-port")
         if name.startswith("lbproxy-dash"):
             # The admin API (and with it the dashboard's history and
             # decisions) on a unix socket; sampling at its default or off.
