@@ -333,6 +333,9 @@ def _sendAll(connection: socket.socket, pieces: Iterator[bytes], exchange: Excha
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # Many connections at once (HTTP/2 streams each take one to the
+    # backend): socketserver's backlog of 5 would drop their SYNs.
+    request_queue_size = 256
 
     def __init__(self, host: str) -> None:
         super().__init__((host, 0), _Handler)
