@@ -327,7 +327,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions, HTTP
             None,
             "With --workers, give each worker a socket of its own on every TCP "
             "listener (SO_REUSEPORT), so that the kernel spreads new connections "
-            "evenly over the workers. The default on Linux.",
+            "over the workers (by a hash: even on average). The default on Linux.",
         ],
         [
             "no-reuse-port",

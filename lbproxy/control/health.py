@@ -462,6 +462,8 @@ class SharedHealth:
         askAll(workers, "health", fields).addCallback(self._told)
 
     def _told(self, answers: Sequence[Answer]) -> None:
+        if not self._running:
+            return  # the workers are stopping too
         for answer in answers:
             if answer.reply is None:
                 self._log.warn(

@@ -1507,6 +1507,31 @@ class SharedHealthTests(SynchronousTestCase):
             ],
         )
 
+    def test_notToldWarned(self) -> None:
+        """
+        A worker that does not take a change is warned about, naming it
+        and why.
+        """
+        described = describePools(self.workers[0].balancer)
+
+        def answer(kind: str, fields: Mapping[str, Any]) -> object:
+            if kind == "health-pools":
+                return described
+            return ControlError("exited (signal SIGKILL) before answering")
+
+        deaf = _Worker(1, answer)
+        with capturedLogs() as events:
+            self.health.start(lambda: [_worker(deaf)])
+            self.network.flush()
+            self.advance(2)
+        self.assertEqual(
+            [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn][-1:],
+            [
+                "worker 1 (pid 101) was not told the backends' health: "
+                "exited (signal SIGKILL) before answering"
+            ],
+        )
+
     def test_noneRunning(self) -> None:
         """
         With no worker running, nobody is asked.
