@@ -591,8 +591,13 @@ def _checkWorkers(options: Options, count: int, config: LoadBalancerConfig) -> N
 
     @raise usage.UsageError: With one line saying which.
     """
+    reuse, noReuse = bool(options["reuse-port"]), bool(options["no-reuse-port"])
+    if reuse and noReuse and len({"reuse-port", "no-reuse-port"} & options.given) == 1:
+        # One from the command line, the other from the config file: the
+        # command line wins.
+        reuse, noReuse = "reuse-port" in options.given, "no-reuse-port" in options.given
     try:
-        options.reusePort = reusePortChoice(options["reuse-port"], options["no-reuse-port"])
+        options.reusePort = reusePortChoice(reuse, noReuse)
     except WorkersError as e:
         raise usage.UsageError(str(e)) from None
     if count == 1:

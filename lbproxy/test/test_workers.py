@@ -199,6 +199,17 @@ class ReusePortOptionTests(OptionsTestCase):
         output = self.refused(*common, "--reuse-port", "--no-reuse-port")
         self.assertIn("not both", output)
 
+    def test_commandLineWinsOverFile(self) -> None:
+        """
+        One of the flags in the config file and the other on the command
+        line: the command line wins, as for every option.
+        """
+        with open("lbproxy.toml", "w") as f:
+            f.write('workers = 2\nno-reuse-port = true\nlisten = ["tcp:0"]\nbackends = ["h"]\n')
+        self.assertFalse(self.parse("--config", "lbproxy.toml").reusePort)
+        if REUSE_PORT:
+            self.assertTrue(self.parse("--config", "lbproxy.toml", "--reuse-port").reusePort)
+
 
 class TCPAddressTests(SynchronousTestCase):
     """
