@@ -13,8 +13,10 @@ import errno
 import io
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, cast
 
@@ -852,7 +854,11 @@ class ReusePortSupervisorTests(_SupervisorCase):
         port, with C{SO_REUSEPORT}) and the one socket of a UNIX listener,
         which they share.
         """
-        path = os.path.abspath(self.mktemp())
+        # A short path: AF_UNIX paths are limited to 107 bytes, and the
+        # trial temp directory of a CI run can be longer than that.
+        directory = tempfile.mkdtemp(prefix="lb")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s")
         supervisor = self.supervisor(
             2, ["tcp:0:interface=127.0.0.1", f"unix:{path}"], reusePort=True
         )
