@@ -180,10 +180,14 @@ class DashboardInBrowserTests(TestCase):
         admin = proxy.admin
 
         async def sampled() -> bool:
+            # A sparkline needs two samples; one of them with the traffic.
             history = await admin.get("/dashboard/history")
-            return any(sum(b["rate"]) > 0 for b in history["backends"])
+            backends = history["backends"]
+            return all(len(b["rate"]) >= 2 for b in backends) and any(
+                sum(b["rate"]) > 0 for b in backends
+            )
 
-        await eventually(sampled, "a history sample with traffic")
+        await eventually(sampled, "two history samples, with traffic")
         url = f"http://127.0.0.1:{admin.port}/"
         dom = await self.dom(url, directory, 'class="decision"')
 
