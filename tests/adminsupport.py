@@ -28,15 +28,20 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.support import REQUEST_TIMEOUT, STOP_DEADLINE, Twistd, freePort, startTwistd
+from tests.support import (
+    REQUEST_TIMEOUT,
+    STOP_DEADLINE,
+    TrackingFactory,
+    Twistd,
+    freePort,
+    startTwistd,
+)
 
 __all__ = [
     "AdminAnswer",
@@ -236,32 +241,6 @@ class _Counting(Resource):
             request.finish()
 
 
-class _Tracking(WrappingFactory):
-    """
-    Remembers open connections, so that cleanup can close them.
-    """
-
-    def __init__(self, wrapped: Site) -> None:
-        super().__init__(wrapped)
-        self._waiting: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Protocol) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def closeAll(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if not self.protocols:
-            d.callback(None)
-            return d
-        self._waiting.append(d)
-        for p in list(self.protocols):
-            if p.transport is not None:
-                p.transport.abortConnection()
-        return d
 
 
 @attrs.define
@@ -324,7 +303,7 @@ def startCountingBackend(
     resource = _Counting(name, holdPath)
     site = Site(resource)
     site.log = lambda request: None  # type: ignore[method-assign]
-    factory = _Tracking(site)
+    factory = TrackingFactory(site)
     tcp = cast(IReactorTCP, _globalReactor)
     # WrappingFactory is typed as a ClientFactory, but serves as well.
     port: IListeningPort = tcp.listenTCP(0, factory, interface=host)  # type: ignore[arg-type]

@@ -30,9 +30,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -41,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from tests.support import STOP_DEADLINE, ExitResult, Twistd, startTwistd, until
+from tests.support import STOP_DEADLINE, ExitResult, TrackingFactory, Twistd, startTwistd, until
 
 __all__ = [
     "REJECTED",
@@ -132,32 +130,6 @@ class _Echo(Resource):
         return body.encode("utf-8")
 
 
-class _Tracking(WrappingFactory):
-    """
-    Remembers open connections, so that cleanup can close them.
-    """
-
-    def __init__(self, wrapped: Site) -> None:
-        super().__init__(wrapped)
-        self._waiting: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Protocol) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def closeAll(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if not self.protocols:
-            d.callback(None)
-            return d
-        self._waiting.append(d)
-        for p in list(self.protocols):
-            if p.transport is not None:
-                p.transport.abortConnection()
-        return d
 
 
 class EchoBackend:
@@ -180,7 +152,7 @@ class EchoBackend:
         self.held: list[tuple[Request, bytes]] = []
         site = Site(_Echo(self))
         site.log = lambda request: None  # type: ignore[method-assign]
-        factory = self._factory = _Tracking(site)
+        factory = self._factory = TrackingFactory(site)
         # WrappingFactory is typed as a ClientFactory, but serves as well.
         port: IListeningPort = _tcp().listenTCP(0, factory, interface=host)  # type: ignore[arg-type]
         self.port: int = port.getHost().port  # type: ignore[attr-defined]

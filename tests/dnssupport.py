@@ -18,17 +18,14 @@ from typing import Any, cast
 import attrs
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP
-from twisted.internet.protocol import Protocol
 from twisted.names import authority, dns, server
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.support import STOP_DEADLINE
+from tests.support import STOP_DEADLINE, TrackingFactory
 
 __all__ = ["DNSServer", "NamedBackend", "Query", "Zone", "namedBackends"]
 
@@ -190,7 +187,7 @@ class NamedBackend:
         self.held: list[Request] = []
         site = Site(_Named(self))
         site.log = lambda request: None  # type: ignore[method-assign]
-        factory = _Tracking(site)
+        factory = TrackingFactory(site)
         # WrappingFactory is typed as a ClientFactory, but serves as well.
         listening: IListeningPort = _tcp().listenTCP(port, factory, interface=host)  # type: ignore[arg-type]
         self.port: int = cast(IPv4Address, listening.getHost()).port
@@ -211,32 +208,6 @@ class NamedBackend:
             request.finish()
 
 
-class _Tracking(WrappingFactory):
-    """
-    Remembers open connections, so that cleanup can close them.
-    """
-
-    def __init__(self, wrapped: Site) -> None:
-        super().__init__(wrapped)
-        self._waiting: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Protocol) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def closeAll(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if not self.protocols:
-            d.callback(None)
-            return d
-        self._waiting.append(d)
-        for p in list(self.protocols):
-            if p.transport is not None:
-                p.transport.abortConnection()
-        return d
 
 
 def namedBackends(testCase: TestCase, hosts: Sequence[str]) -> list[NamedBackend]:

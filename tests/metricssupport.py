@@ -22,15 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.support import REQUEST_TIMEOUT, STOP_DEADLINE
+from tests.support import REQUEST_TIMEOUT, STOP_DEADLINE, TrackingFactory
 
 __all__ = [
     "UPLOAD_ANSWER",
@@ -110,32 +108,6 @@ class _Statuses(Resource):
         return bodyFor(status)
 
 
-class _Tracking(WrappingFactory):
-    """
-    Remembers open connections, so that stopping can close them.
-    """
-
-    def __init__(self, wrapped: Site) -> None:
-        super().__init__(wrapped)
-        self._waiting: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Protocol) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def closeAll(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if not self.protocols:
-            d.callback(None)
-            return d
-        self._waiting.append(d)
-        for p in list(self.protocols):
-            if p.transport is not None:
-                p.transport.abortConnection()
-        return d
 
 
 @attrs.define
@@ -152,7 +124,7 @@ class StatusBackend:
     port: int
     _resource: _Statuses
     _listening: IListeningPort
-    _factory: _Tracking
+    _factory: TrackingFactory
     _stopped: bool = False
 
     @property
@@ -204,7 +176,7 @@ def startStatusBackend(testCase: TestCase, host: str = "127.0.0.1") -> StatusBac
     resource = _Statuses()
     site = Site(resource)
     site.log = lambda request: None  # type: ignore[method-assign]
-    factory = _Tracking(site)
+    factory = TrackingFactory(site)
     tcp = cast(IReactorTCP, _globalReactor)
     # WrappingFactory is typed as a ClientFactory, but serves as well.
     port: IListeningPort = tcp.listenTCP(0, factory, interface=host)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ __all__ = [
     "READY_LINE",
     "Backend",
     "ExitResult",
+    "TrackingFactory",
     "Twistd",
     "fetch",
     "freePort",
@@ -320,7 +321,7 @@ class _Answer(Resource):
         return self._body
 
 
-class _TrackingFactory(WrappingFactory):
+class TrackingFactory(WrappingFactory):
     """
     Remembers open connections, so that they can be closed at cleanup.
     """
@@ -379,7 +380,7 @@ def startBackend(testCase: TestCase, host: str, body: bytes) -> Backend:
     """
     site = Site(_Answer(body))
     site.log = lambda request: None  # type: ignore[method-assign]
-    factory = _TrackingFactory(site)
+    factory = TrackingFactory(site)
     # WrappingFactory is typed as a ClientFactory, but serves as well.
     port: IListeningPort = _tcp().listenTCP(0, factory, interface=host)  # type: ignore[arg-type]
 
