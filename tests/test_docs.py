@@ -11,7 +11,7 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import runTwistd
+from tests.support import runTwistd, startTwistd
 
 _TABLE = os.path.join(os.path.dirname(__file__), "..", "docs", "operations.md")
 _ENTRY = re.compile(r"^ {2}(?:-\w, )?--([\w-]+)|^ {6}--([\w-]+)")
@@ -96,3 +96,33 @@ class OptionsTableTests(TestCase):
             helpDefaults(text),
             {"listen": "ssl:443:privateKey=certs/k.key", "backends": None, "timeout": "30"},
         )
+
+
+class ExampleConfigTests(TestCase):
+    """
+    docs/examples/lbproxy.toml, the commented example the configuration
+    manual points to, starts the installed program.
+    """
+
+    async def test_exampleStarts(self) -> None:
+        """
+        The example file is valid: with its certificate-bound listener and
+        its admin port replaced by free ones, twistd lbproxy starts from it
+        and serves the pool it names.
+        """
+        example = os.path.abspath(
+            os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "lbproxy.toml")
+        )
+        process = await startTwistd(
+            self,
+            [
+                "--config",
+                example,
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--admin",
+                "tcp:0:interface=127.0.0.1",
+            ],
+            ".",
+        )
+        self.assertIn("pool web", process.out)
