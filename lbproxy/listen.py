@@ -71,7 +71,12 @@ class ListenError(Exception):
     """
     A C{--listen} description cannot be used; the message is one line that
     quotes the description and says why.
+
+    @ivar reason: Why, without the description (for other options that
+        take endpoint descriptions).
     """
+
+    reason = ""
 
 
 @attrs.frozen
@@ -114,7 +119,9 @@ def _error(description: str, reason: str) -> ListenError:
     """
     The L{ListenError} for C{description}, failing for C{reason}.
     """
-    return ListenError(f"cannot use --listen {description!r}: {reason}")
+    error = ListenError(f"cannot use --listen {description!r}: {reason}")
+    error.reason = reason
+    return error
 
 
 def _split(description: str) -> tuple[list[str], dict[str, str]]:

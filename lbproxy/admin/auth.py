@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 
 from lbproxy.admin.response import AdminResponse, errorResponse
+from lbproxy.listen import ListenError, splitDescription
 
 MAX_TOKEN = 4096
 """
@@ -129,21 +130,21 @@ def _parseEndpoint(description: str) -> tuple[str, dict[str, str]]:
     @raise AdminConfigError: If it cannot be.
     """
 
-    fields = _split(description)
-    kind = fields[0]
-    if not isinstance(kind, str) or kind not in _PARAMETERS:
+    try:
+        fields, named = splitDescription(description)
+    except ListenError as e:
+        raise _refuse(description, e.reason or str(e)) from None
+    kind = fields[0] if fields else ""
+    if kind not in _PARAMETERS:
         raise _refuse(
             description, "give a tcp:, tcp6: or unix: endpoint, e.g. tcp:8081:interface=127.0.0.1"
         )
     names = _PARAMETERS[kind]
-    positional = [field for field in fields[1:] if isinstance(field, str)]
+    positional = fields[1:]
     if len(positional) > len(names):
         raise _refuse(description, f"{kind} takes at most {len(names)} fields ({', '.join(names)})")
     parameters = dict(zip(names, positional, strict=False))
-    for field in fields[1:]:
-        if isinstance(field, str):
-            continue
-        name, value = field
+    for name, value in named.items():
         if name not in names:
             raise _refuse(
                 description, f"unknown {kind} option {name!r} (known: {', '.join(names)})"
@@ -168,31 +169,6 @@ def _parseEndpoint(description: str) -> tuple[str, dict[str, str]]:
 
 def _refuse(description: str, reason: str) -> AdminConfigError:
     return AdminConfigError(f"cannot use --admin {description!r}: {reason}")
-
-
-def _split(description: str) -> list[str | tuple[str, str]]:
-    """
-    Split an endpoint string as Twisted does: C{:} separates fields, the
-    first C{=} in a field separates a name from its value, a backslash
-    escapes the next character.
-
-    @return: Each field: its text, or its name and value.
-    """
-    fields: list[list[str]] = [[""]]
-    characters = iter(description)
-    for character in characters:
-        if character == "\\":
-            escaped = next(characters, None)
-            if escaped is None:
-                raise _refuse(description, "it ends with a lone backslash")
-            fields[-1][-1] += escaped
-        elif character == ":":
-            fields.append([""])
-        elif character == "=" and len(fields[-1]) == 1:
-            fields[-1].append("")
-        else:
-            fields[-1][-1] += character
-    return [field[0] if len(field) == 1 else (field[0], field[1]) for field in fields]
 
 
 _NUMBERS = (("port", 10, 65535), ("backlog", 10, 1 << 20), ("mode", 8, 0o777), ("lockfile", 10, 1))
