@@ -100,6 +100,18 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "TLS",
         ("tls-min", "cert", "cert-dir", "hsts", "redirect-http", "backend-ca", "backend-insecure"),
     ),
+    (
+        "HTTP/2",
+        (
+            "http2",
+            "h2c",
+            "http2-max-concurrent-streams",
+            "http2-max-header-list-size",
+            "http2-initial-window-size",
+            "http2-max-frame-size",
+            "http2-stream-buffer",
+        ),
+    ),
 )
 """
 Each group's heading and its options, in the order shown; any option not

@@ -14,6 +14,17 @@ The client connection preface (RFC 9113 3.4): how a prior-knowledge h2c
 connection starts.
 """
 
+MAX_WINDOW_SIZE = 2**31 - 1
+"""
+The largest flow-control window (and setting value) HTTP/2 allows (RFC
+9113 6.9.1).
+"""
+
+MAX_FRAME_SIZE_RANGE = (2**14, 2**24 - 1)
+"""
+The values SETTINGS_MAX_FRAME_SIZE may take (RFC 9113 6.5.2).
+"""
+
 
 @attrs.frozen
 class HTTP2Settings:
@@ -32,8 +43,9 @@ class HTTP2Settings:
     @ivar maxFrameSize: The largest frame payload a client may send.
     @ivar initialWindowSize: Each stream's receive window: request body
         bytes a client may send ahead of their being taken by a backend.
-        The connection's window is this times C{maxConcurrentStreams}, so
-        that a stalled stream never holds the others back.
+        The connection's window is this times C{maxConcurrentStreams} (at
+        most L{MAX_WINDOW_SIZE}), so that a stalled stream never holds the
+        others back.
     @ivar streamBuffer: Response bytes held per stream, waiting for the
         client's flow-control window, before reading from that stream's
         backend pauses.
@@ -64,7 +76,7 @@ class HTTP2Settings:
         """
         The connection's receive window (see C{initialWindowSize}).
         """
-        return self.maxConcurrentStreams * self.initialWindowSize
+        return min(MAX_WINDOW_SIZE, self.maxConcurrentStreams * self.initialWindowSize)
 
 
-__all__ = ["H2_PREFACE", "HTTP2Settings"]
+__all__ = ["H2_PREFACE", "MAX_FRAME_SIZE_RANGE", "MAX_WINDOW_SIZE", "HTTP2Settings"]
