@@ -106,6 +106,7 @@ class H2Stream:
     _offset = 0
     _outBytes = 0
     _waitingSince: float | None = None
+    _trailers: list[tuple[bytes, bytes]] | None = None
 
     def __init__(self, connection: H2EdgeConnection, streamId: int, head: H2Head) -> None:
         self.connection = connection
@@ -360,6 +361,20 @@ class H2Stream:
         self._producer = None
         self._producerPaused = False
 
+    def writeTrailers(self, lines: list[tuple[bytes, bytes]]) -> None:
+        """
+        End the response with trailer fields (a gRPC status), sent as a
+        last HEADERS frame once the body is out; call before the request
+        finishes.
+        """
+        trailers = [
+            (name.lower(), value)
+            for name, value in lines
+            if not name.startswith(b":") and name.lower() not in _HOP_BY_HOP
+        ]
+        if trailers:
+            self._trailers = trailers
+
     def requestDone(self, request: H2Request) -> None:
         self._stopBodyTimer()
         self._finished = True
@@ -393,9 +408,10 @@ class H2Stream:
         if self._head is not None:
             head, self._head = self._head, None
             end = self._finished and not self._out
-            conn.send_headers(streamId, head, end_stream=end)
+            conn.send_headers(streamId, head, end_stream=end and self._trailers is None)
             self._headSent = True
             if end:
+                self._endWithTrailers()
                 self._sentAll()
                 return False
         if not self._headSent:
@@ -416,17 +432,20 @@ class H2Stream:
                 self._offset = 0
             self._outBytes -= size
             end = self._finished and not out
-            conn.send_data(streamId, piece, end_stream=end)
+            conn.send_data(streamId, piece, end_stream=end and self._trailers is None)
             sent = True
             self._waitingSince = None
             if end:
+                self._endWithTrailers()
                 self._sentAll()
                 return True
         if out:
             if self._waitingSince is None and not sent:
                 self._waitingSince = now
         elif self._finished:
-            conn.end_stream(streamId)
+            if self._trailers is None:
+                conn.end_stream(streamId)
+            self._endWithTrailers()
             self._sentAll()
             return sent
         if (
@@ -437,6 +456,11 @@ class H2Stream:
             self._producerPaused = False
             self._producer.resumeProducing()
         return sent
+
+    def _endWithTrailers(self) -> None:
+        trailers, self._trailers = self._trailers, None
+        if trailers is not None:
+            self.connection.h2.send_headers(self.streamId, trailers, end_stream=True)
 
     def waitingSince(self) -> float | None:
         """
