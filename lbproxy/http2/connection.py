@@ -11,10 +11,21 @@ resets are also rate limited (a token bucket, L{HTTP2Settings.resetBurst}
 and L{HTTP2Settings.resetRate}); past it the connection is closed with
 GOAWAY ENHANCE_YOUR_CALM. So are the acknowledgements a client makes
 queue while not reading (PING and SETTINGS floods,
-L{HTTP2Settings.maxPendingAcks}). A malformed frame or header block, a
-CONTINUATION flood (C{h2} holds at most 64 CONTINUATION frames) or a
-header list above L{HTTP2Settings.maxHeaderListSize} is a connection error:
+L{HTTP2Settings.maxPendingAcks}). A malformed frame, a CONTINUATION flood
+(C{h2} holds at most 64 CONTINUATION frames) or a header list above
+L{HTTP2Settings.maxHeaderListSize} (the HPACK bomb) is a connection error:
 GOAWAY with its code, and the connection closes.
+
+A header block that decodes but is malformed as a request (RFC 9113 8.1.1:
+upper-case or illegal names and values, connection-specific fields,
+missing, repeated or unknown pseudo-headers, an empty C{:path}) is a
+stream error: RST_STREAM PROTOCOL_ERROR on that stream only, the other
+streams and the connection go on. The checks are C{h2}'s own
+(L{h2.utilities.validate_headers}), run here on each request's and
+trailer's fields instead of inside C{h2}, which would make every one a
+connection error. Those resets are spent from the same budget as the
+client's own (a client could otherwise make lbproxy reset streams for it,
+as in "MadeYouReset", CVE-2025-8671).
 
 Output is driven by the windows and by the transport: the connection is
 its transport's producer, and while the transport is paused no DATA is
@@ -38,10 +49,12 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
+from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
@@ -92,7 +105,8 @@ class H2EdgeConnection(Protocol):
         self.h2 = H2Connection(
             H2Configuration(
                 client_side=False,
-                validate_inbound_headers=True,
+                # Checked per stream instead (_malformed).
+                validate_inbound_headers=False,
                 normalize_inbound_headers=True,
                 header_encoding=None,
             )
@@ -175,11 +189,22 @@ class H2EdgeConnection(Protocol):
                 if self._draining:
                     self.resetStream(streamId, ErrorCodes.REFUSED_STREAM)
                     continue
+                if self._malformed(streamId, event.headers, _REQUEST):
+                    if not self._spendReset():
+                        return
+                    continue
                 stream = self._newStream(streamId, event.headers)
                 if stream is not None:
                     new.append(stream)
                     if event.stream_ended is not None:
                         stream.ended = True
+            elif isinstance(event, TrailersReceived):
+                if self._malformed(event.stream_id, event.headers, _TRAILERS):
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.resetByPeer()
+                    if not self._spendReset():
+                        return
             elif isinstance(event, StreamEnded):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -223,6 +248,25 @@ class H2EdgeConnection(Protocol):
         stream = H2Stream(self, streamId, head)
         self.streams[streamId] = stream
         return stream
+
+    def _malformed(self, streamId: int, fields: list[Any], flags: HeaderValidationFlags) -> bool:
+        """
+        Whether a header block is malformed (RFC 9113 8.1.1, by C{h2}'s
+        checks); if it is, reset its stream with PROTOCOL_ERROR.
+        """
+        try:
+            for _ in validate_headers(fields, flags):
+                pass
+        except ProtocolError as e:
+            self._log.info(
+                "HTTP/2 stream {stream} from {peer} malformed, reset: {error}",
+                stream=streamId,
+                peer=self._peer(),
+                error=str(e),
+            )
+            self.resetStream(streamId, ErrorCodes.PROTOCOL_ERROR)
+            return True
+        return False
 
     def _spendReset(self) -> bool:
         """
@@ -433,6 +477,14 @@ class H2EdgeConnection(Protocol):
     def _peer(self) -> str:
         peer = getattr(self.transport, "getPeer", None)
         return str(getattr(peer(), "host", "-")) if peer is not None else "-"
+
+
+_REQUEST = HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_TRAILERS = HeaderValidationFlags(
+    is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
+)
 
 
 def _emptyHead(fields: list[tuple[bytes, bytes]]) -> Any:

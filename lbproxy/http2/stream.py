@@ -19,6 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
@@ -315,6 +316,26 @@ class H2Stream:
 
     def releaseHead(self) -> None:
         self._holding = False
+        self.connection.send(self)
+
+    def writeInterim(self, code: int, phrase: bytes, lines: Any) -> None:
+        """
+        Send an interim (1xx) response, C{100 Continue} or C{103 Early
+        Hints}, as a HEADERS frame without END_STREAM, ahead of the final
+        one (what L{lbproxy.http.edge.ProxyChannel.writeInterim} is to
+        HTTP/1.1; the phrase has no place in HTTP/2).
+        """
+        if self.closed or self._headSent or self._head is not None or code == 101:
+            return
+        head = [(b":status", b"%d" % (code,))]
+        for name, value in lines:
+            lowered = name.lower()
+            if lowered not in _HOP_BY_HOP:
+                head.append((lowered, value))
+        try:
+            self.connection.h2.send_headers(self.streamId, head, end_stream=False)
+        except ProtocolError:
+            return
         self.connection.send(self)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
