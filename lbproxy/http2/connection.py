@@ -469,6 +469,9 @@ class H2EdgeConnection(Protocol):
         transport: Any = self.transport
         if transport is None:
             return
+        # A transport with a producer registered (TLS's) waits for it to
+        # go before it closes.
+        transport.unregisterProducer()
         if self._writePaused:
             transport.abortConnection()
         else:

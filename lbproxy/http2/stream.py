@@ -485,9 +485,13 @@ class H2Stream:
 
     def waitingSince(self) -> float | None:
         """
-        Since when the stream has had data it could not send, if it has.
+        Since when the stream has had data it could not send, if it has;
+        not while its producer is paused: the proxy's own send timeout
+        (C{--send-timeout}) then runs, and drops both sides.
         """
-        return self._waitingSince if self._out and not self.closed else None
+        if self._producerPaused or not self._out or self.closed:
+            return None
+        return self._waitingSince
 
     def _sentAll(self) -> None:
         self._endSent = True
