@@ -3,8 +3,8 @@ lbproxy's benchmark driver (run it through bench/run, which installs what it
 needs first).
 
 Two nginx backends on 127.0.0.2:80 and 127.0.0.3:80; each contender in turn
-on 127.0.0.1:8443 (TLS) and 127.0.0.1:8080 (plain), pinned to CPU 0; wrk, the
-backends and the helper clients on CPU 1. Rounds are interleaved (every
+on 127.0.0.1:8443 (TLS) and 127.0.0.1:8080 (plain), pinned to CPU 0; wrk (h2load
+for G, HTTP/2), the backends and the helper clients on CPU 1. Rounds are interleaved (every
 contender in round 1, then every contender in round 2...), so slow drift of
 a shared machine hits all contenders alike; ratios come from the same run.
 
@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,14 +85,32 @@ SCENARIOS = {
     "D": "HTTPS keep-alive, 64 connections, 1 MiB responses",
     "E": "10 000 idle TLS connections held open while A runs",
     "F": "one slow client reading a large response while A runs",
+    "G": "HTTP/2 over TLS (h2load), 8 connections x 16 streams, small response",
 }
 WRK_SCENARIOS = ["A", "B", "C", "D"]
+# Measured with h2load rather than wrk, against the contender started with
+# HTTP/2 on (contenderArgv's http2).
+H2_SCENARIOS = ["G"]
+LOAD_SCENARIOS = WRK_SCENARIOS + H2_SCENARIOS
+# Rounds: these get --rounds, the other load scenarios --rounds-other.
+MAIN_SCENARIOS = ["A", "B", "G"]
 SHORT = {
     "A": "HTTPS keep-alive",
     "B": "plain HTTP keep-alive",
     "C": "HTTPS, handshake per request",
     "D": "HTTPS keep-alive, 1 MiB",
+    "G": "HTTP/2, 8 conns x 16 streams",
 }
+# G: h2load's connections and concurrent streams per connection.
+H2_CONNECTIONS = 8
+H2_STREAMS = 16
+
+
+def speaksHTTP2(name: str) -> bool:
+    """
+    Whether contender C{name} can offer HTTP/2 to clients (scenario G).
+    """
+    return name.startswith("lbproxy") or name in ("haproxy", "nginx", "nginx-direct")
 
 
 class BenchError(Exception):
@@ -427,10 +447,11 @@ class Running:
                 STARTED.remove(proc)
 
 
-def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
+def contenderArgv(name: str, world: World, http2: bool = False) -> list[tuple[str, list[str]]]:
     """
     The process(es) to start for a contender, first the one whose RSS and
-    profile matter most.
+    profile matter most. With C{http2}, its TLS listener offers h2 (then
+    http/1.1) in ALPN; backends are spoken to over HTTP/1.1 either way.
     """
     tmp = world.tmp
     twistedListen = [
@@ -450,6 +471,8 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
             extra = ["--admin", f"unix:{tmp}/{name}-admin.sock"]
             if name == "lbproxy-dash-off":
                 extra += ["--decision-sample", "0"]
+        if http2:
+            extra += ["--http2", "on"]
         return [
             (
                 name,
@@ -495,8 +518,11 @@ def contenderArgv(name: str, world: World) -> list[tuple[str, list[str]]]:
             ),
             (f"{name}-plain", [*common, "--port", str(PLAIN_PORT)]),
         ]
+    if http2 and not speaksHTTP2(name):
+        raise BenchError(f"{name} cannot speak HTTP/2 to clients")
     if name == "haproxy":
         conf = tmp / "haproxy.cfg"
+        alpn = "h2,http/1.1" if http2 else "http/1.1"
         conf.write_text(
             f"""
 global
@@ -516,7 +542,7 @@ defaults
     timeout http-request 300s
     timeout http-keep-alive 300s
 frontend fe
-    bind {HOST}:{TLS_PORT} ssl crt {world.pem} alpn http/1.1
+    bind {HOST}:{TLS_PORT} ssl crt {world.pem} alpn {alpn}
     bind {HOST}:{PLAIN_PORT}
     default_backend be
 backend be
@@ -554,7 +580,7 @@ backend be
             + upstream
             + f"""
     server {{
-        listen {HOST}:{TLS_PORT} ssl backlog=4096;
+        listen {HOST}:{TLS_PORT} ssl{" http2" if http2 else ""} backlog=4096;
         listen {HOST}:{PLAIN_PORT} backlog=4096;
         ssl_certificate {world.cert};
         ssl_certificate_key {world.key};
@@ -568,13 +594,13 @@ backend be
     raise BenchError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
 
 
-def startContender(name: str, world: World) -> Running:
+def startContender(name: str, world: World, http2: bool = False) -> Running:
     waitPortsFree()
     procs = [
         spawn(
             procName, argv, world.logs / f"{procName}.log", CONTENDER_CPUS.get(name, CONTENDER_CPU)
         )
-        for procName, argv in contenderArgv(name, world)
+        for procName, argv in contenderArgv(name, world, http2)
     ]
     running = Running(name, procs)
     try:
@@ -675,6 +701,142 @@ def warmUp(scenario: str, seconds: float) -> None:
     if seconds > 0:
         with contextlib.suppress(BenchError):
             runWrk(scenario, seconds)
+
+
+# --- h2load (G) ------------------------------------------------------------
+
+
+def h2loadArgv(duration: float, warmup: float, logPath: Path) -> list[str]:
+    argv = [
+        *("taskset", "-c", LOAD_CPU, "h2load"),
+        *("-c", str(H2_CONNECTIONS), "-m", str(H2_STREAMS), "-t", "1"),
+        *("-D", str(max(1, round(duration)))),
+        f"--log-file={logPath}",
+        # As wrk's Host: localhost in A.
+        *("-H", ":authority: localhost"),
+    ]
+    if round(warmup) > 0:
+        argv.append(f"--warm-up-time={round(warmup)}")
+    return [*argv, f"https://{HOST}:{TLS_PORT}/"]
+
+
+def percentile(ordered: list[int], q: float) -> float:
+    """
+    The nearest-rank C{q} quantile (0 < q <= 1) of a sorted list.
+    """
+    return float(ordered[max(0, math.ceil(len(ordered) * q) - 1)])
+
+
+def parseH2load(output: str, latenciesUs: list[int]) -> WrkResult:
+    """
+    h2load's summary, with p50 and p99 from the per-request times of its
+    --log-file (h2load prints no percentiles).
+    """
+    protocol = re.search(r"^Application protocol: (\S+)", output, re.M)
+    if not protocol or protocol.group(1) != "h2":
+        got = protocol.group(1) if protocol else "none"
+        raise BenchError(f"h2load did not negotiate h2 (ALPN chose {got}):\n{output}")
+    rps = re.search(r"^finished in \S+, ([\d.]+) req/s", output, re.M)
+    counts = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        output,
+        re.M,
+    )
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output, re.M)
+    if not (rps and counts and codes):
+        raise BenchError(f"cannot read h2load output:\n{output}")
+    if not latenciesUs:
+        raise BenchError(f"h2load logged no requests:\n{output}")
+    ordered = sorted(latenciesUs)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50=percentile(ordered, 0.50) / 1000,
+        p99=percentile(ordered, 0.99) / 1000,
+        requests=int(counts.group(3)),
+        errors=int(counts.group(5)),
+        non2xx=int(codes.group(3)) + int(codes.group(4)),
+    )
+
+
+def readH2loadLog(path: Path) -> list[int]:
+    """
+    The response times, in µs, of the requests in an h2load --log-file
+    (start µs since the epoch, status, µs to the end of the response).
+    Only the main duration's requests are logged, not the warm-up's.
+    """
+    times = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split("\t")
+            if len(fields) >= 3:
+                times.append(int(fields[2]))
+    return times
+
+
+def runH2load(
+    running: Running, duration: float, warmup: float, tmp: Path
+) -> tuple[WrkResult, float]:
+    """
+    h2load against the contender: C{warmup} seconds on the same connections,
+    then C{duration} measured. Returns the result and the contender's CPU
+    seconds during the measured part alone (sampled when h2load says that
+    part starts and ends; it prints those lines as they happen).
+    """
+    logPath = tmp / "h2load.log"
+    logPath.unlink(missing_ok=True)  # h2load appends
+    popen = subprocess.Popen(
+        h2loadArgv(duration, warmup, logPath),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    proc = Proc("h2load", popen)  # type: ignore[arg-type]
+    STARTED.append(proc)
+    limit = threading.Timer(duration + warmup + 60, popen.kill)
+    limit.start()
+    cpuStart = running.cpu()
+    cpuBefore: float | None = None
+    cpuAfter: float | None = None
+    lines = []
+    try:
+        assert popen.stdout is not None
+        for line in popen.stdout:
+            lines.append(line)
+            if line.startswith("Main benchmark duration is started"):
+                cpuBefore = running.cpu()
+            elif line.startswith("Main benchmark duration is over"):
+                cpuAfter = running.cpu()
+        popen.wait(30)
+    finally:
+        limit.cancel()
+        proc.stop()
+        with contextlib.suppress(ValueError):
+            STARTED.remove(proc)
+    if cpuAfter is None:
+        cpuAfter = running.cpu()
+    output = "".join(lines)
+    if popen.returncode != 0:
+        raise BenchError(f"h2load failed ({popen.returncode}): {output.strip()[-2000:]}")
+    result = parseH2load(output, readH2loadLog(logPath) if logPath.exists() else [])
+    logPath.unlink(missing_ok=True)
+    return result, cpuAfter - (cpuStart if cpuBefore is None else cpuBefore)
+
+
+def measure(
+    scenario: str, running: Running, args: argparse.Namespace, world: World
+) -> tuple[WrkResult, float]:
+    """
+    One measurement of a load scenario, after its warm-up: the result and
+    the contender's CPU seconds while it was measured.
+    """
+    if scenario in H2_SCENARIOS:
+        return runH2load(running, args.duration, args.warmup, world.tmp)
+    warmUp(scenario, args.warmup)
+    cpuBefore = running.cpu()
+    result = runWrk(scenario, args.duration)
+    return result, running.cpu() - cpuBefore
 
 
 # --- scenarios E and F -------------------------------------------------------
@@ -807,64 +969,35 @@ def scenarioF(running: Running, world: World, args: argparse.Namespace) -> dict[
 
 def runAll(args: argparse.Namespace, world: World, record: dict[str, object]) -> None:
     contenders: list[str] = args.contenders
-    wrkScenarios = [s for s in WRK_SCENARIOS if s in args.scenarios]
-    rows: list[dict[str, object]] = record["wrk"]  # type: ignore[assignment]
+    loadScenarios = [s for s in LOAD_SCENARIOS if s in args.scenarios]
+    notes: list[str] = record["notes"]  # type: ignore[assignment]
     failures: list[str] = record["failures"]  # type: ignore[assignment]
-    rounds = max(args.rounds, args.rounds_other) if wrkScenarios else 0
+    if "G" in loadScenarios:
+        for name in contenders:
+            if not speaksHTTP2(name):
+                notes.append(f"G skipped for {name}: it cannot speak HTTP/2 to clients.")
+    rounds = max(args.rounds, args.rounds_other) if loadScenarios else 0
     for r in range(1, rounds + 1):
         scenarios = [
-            s for s in wrkScenarios if r <= (args.rounds if s in "AB" else args.rounds_other)
+            s
+            for s in loadScenarios
+            if r <= (args.rounds if s in MAIN_SCENARIOS else args.rounds_other)
         ]
-        if not scenarios:
-            continue
         for name in contenders:
-            log(f"round {r}: {name}: {','.join(scenarios)}")
-            try:
-                running = startContender(name, world)
-            except BenchError as e:
-                failures.append(f"round {r} {name}: {e}")
-                log(f"  {e}")
-                continue
-            try:
-                for s in scenarios:
-                    warmUp(s, args.warmup)
-                    try:
-                        cpuBefore = running.cpu()
-                        result = runWrk(s, args.duration)
-                        cpuUsed = running.cpu() - cpuBefore
-                    except (BenchError, subprocess.TimeoutExpired) as e:
-                        failures.append(f"round {r} {name} {s}: {e}")
-                        log(f"  {s}: {e}")
-                        continue
-                    cpuPerRequest = cpuUsed / result.requests * 1e6 if result.requests else 0.0
-                    rows.append(
-                        {
-                            "round": r,
-                            "scenario": s,
-                            "contender": name,
-                            **result.asDict(),
-                            "cpuUsPerRequest": cpuPerRequest,
-                        }
-                    )
-                    log(
-                        f"  {s}: {result.rps:9.0f} req/s  p50 {result.p50:7.2f} ms  "
-                        f"p99 {result.p99:7.2f} ms  CPU {cpuPerRequest:6.1f} us/req  "
-                        f"errors {result.errors} non2xx {result.non2xx}"
-                    )
-                    if not running.main.alive():
-                        raise BenchError(f"{name} died during {s}")
-            except BenchError as e:
-                failures.append(f"round {r} {name}: {e}")
-                log(f"  {e}")
-            finally:
-                running.stop()
-            saveTmp(record)
+            # A-D against the contender as configured for HTTP/1.1; G against
+            # a fresh one with HTTP/2 on, in the same round.
+            wrkHere = [s for s in scenarios if s in WRK_SCENARIOS]
+            if wrkHere:
+                measureContender(r, name, wrkHere, False, args, world, record)
+            h2Here = [s for s in scenarios if s in H2_SCENARIOS]
+            if h2Here and speaksHTTP2(name):
+                measureContender(r, name, h2Here, True, args, world, record)
     for scenario, function in (("E", scenarioE), ("F", scenarioF)):
         if scenario not in args.scenarios:
             continue
         for name in contenders:
             if scenario == "E" and name == "flask":
-                record["notes"].append(  # type: ignore[attr-defined]
+                notes.append(
                     "E skipped for flask: Werkzeug's threaded server needs one OS thread per "
                     "idle connection; 10 000 of them is not a configuration anyone would run."
                 )
@@ -886,6 +1019,61 @@ def runAll(args: argparse.Namespace, world: World, record: dict[str, object]) ->
             finally:
                 running.stop()
             saveTmp(record)
+
+
+def measureContender(
+    r: int,
+    name: str,
+    scenarios: list[str],
+    http2: bool,
+    args: argparse.Namespace,
+    world: World,
+    record: dict[str, object],
+) -> None:
+    """
+    Start contender C{name}, measure each of C{scenarios} in turn into
+    C{record}, stop it.
+    """
+    rows: list[dict[str, object]] = record["wrk"]  # type: ignore[assignment]
+    failures: list[str] = record["failures"]  # type: ignore[assignment]
+    log(f"round {r}: {name}{' (HTTP/2 on)' if http2 else ''}: {','.join(scenarios)}")
+    try:
+        running = startContender(name, world, http2)
+    except BenchError as e:
+        failures.append(f"round {r} {name}: {e}")
+        log(f"  {e}")
+        return
+    try:
+        for s in scenarios:
+            try:
+                result, cpuUsed = measure(s, running, args, world)
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                failures.append(f"round {r} {name} {s}: {e}")
+                log(f"  {s}: {e}")
+                continue
+            cpuPerRequest = cpuUsed / result.requests * 1e6 if result.requests else 0.0
+            rows.append(
+                {
+                    "round": r,
+                    "scenario": s,
+                    "contender": name,
+                    **result.asDict(),
+                    "cpuUsPerRequest": cpuPerRequest,
+                }
+            )
+            log(
+                f"  {s}: {result.rps:9.0f} req/s  p50 {result.p50:7.2f} ms  "
+                f"p99 {result.p99:7.2f} ms  CPU {cpuPerRequest:6.1f} us/req  "
+                f"errors {result.errors} non2xx {result.non2xx}"
+            )
+            if not running.main.alive():
+                raise BenchError(f"{name} died during {s}")
+    except BenchError as e:
+        failures.append(f"round {r} {name}: {e}")
+        log(f"  {e}")
+    finally:
+        running.stop()
+    saveTmp(record)
 
 
 def saveTmp(record: dict[str, object]) -> None:
@@ -936,24 +1124,33 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
     lines += [
         f"- settings: {args.duration:g} s per measurement after {args.warmup:g} s warm-up; "
         f"{'RSA-2048' if args.rsa else 'ECDSA P-256'} server certificate; "
-        f"A, B: {args.rounds} round(s); C, D: {args.rounds_other}; wrk -t1 -c64; "
-        f"contenders on CPU {CONTENDER_CPU}, wrk and backends on CPU {LOAD_CPU}",
+        f"A, B, G: {args.rounds} round(s); C, D: {args.rounds_other}; wrk -t1 -c64; "
+        f"G: h2load -c{H2_CONNECTIONS} -m{H2_STREAMS} -t1 (HTTP/2 over TLS) with its "
+        f"warm-up on the same connections; "
+        f"contenders on CPU {CONTENDER_CPU}, wrk, h2load and backends on CPU {LOAD_CPU}",
         "- req/s is the median over rounds, spread is min-max, p50/p99 are medians of "
         "each round's wrk latency percentiles; ratios are this row's median over the "
         "baseline's median in the same run. CPU µs/req is the contender's CPU time "
         "(user + system, all its processes) during the measurement over the requests "
-        "wrk completed, median over rounds: the cost per request, less sensitive to "
+        "wrk (in G, h2load) completed, median over rounds: the cost per request, less sensitive to "
         "the machine's noise than req/s.",
+        "- G: each contender started again with HTTP/2 offered in ALPN (lbproxy "
+        "`--http2 on`, HAProxy `alpn h2,http/1.1`, nginx `listen ... ssl http2`), "
+        "HTTP/1.1 to the same backends; h2load prints no percentiles, so p50/p99 are "
+        "nearest-rank percentiles of every measured request's time in h2load's "
+        "`--log-file` (warm-up requests are not logged); errors are h2load's failed "
+        "requests plus 4xx/5xx.",
         "",
     ]
-    for s in WRK_SCENARIOS:
+    for s in LOAD_SCENARIOS:
         present = [c for c in args.contenders if (s, c) in summary]
         if not present:
             continue
         lines += [f"## {s}: {SCENARIOS[s]}", ""]
+        bases = [b for b in BASELINES if s not in H2_SCENARIOS or speaksHTTP2(b)]
         head = "| contender | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |"
-        head += "".join(f" vs {b} |" for b in BASELINES)
-        lines += [head, "|" + " --- |" * (7 + len(BASELINES))]
+        head += "".join(f" vs {b} |" for b in bases)
+        lines += [head, "|" + " --- |" * (7 + len(bases))]
         for c in present:
             m = summary[(s, c)]
             row = (
@@ -961,11 +1158,13 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
                 f"| {m['p50']:.2f} | {m['p99']:.2f} | {_fmt(m['cpu'] or None, 1)} "
                 f"| {int(m['errors'])} |"
             )
-            for b in BASELINES:
+            for b in bases:
                 base = summary.get((s, b), {}).get("median")
                 row += f" {_ratio(m['median'], base)} |"
             lines.append(row)
         lines.append("")
+        if s == "G":
+            lines += http2AgainstA(summary, args)
     E: dict[str, dict[str, object]] = record["E"]  # type: ignore[assignment]
     if E:
         lines += [f"## E: {SCENARIOS['E']}", ""]
@@ -1013,11 +1212,50 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def http2AgainstA(
+    summary: dict[tuple[str, str], dict[str, float]], args: argparse.Namespace
+) -> list[str]:
+    """
+    G beside A, per contender, from the same run: what HTTP/2 costs each
+    one against its own HTTP/1.1, and lbproxy against HAProxy and nginx.
+    """
+    both = [c for c in args.contenders if ("G", c) in summary and ("A", c) in summary]
+    out = []
+    if both:
+        out += [
+            "G against the same contender's HTTP/1.1 scenario A in this run:",
+            "",
+            "| contender | A req/s | G req/s | G / A | A CPU µs/req | G CPU µs/req "
+            "| A p99 ms | G p99 ms |",
+            "|" + " --- |" * 8,
+        ]
+        for c in both:
+            a, g = summary[("A", c)], summary[("G", c)]
+            out.append(
+                f"| {c} | {_fmt(a['median'])} | {_fmt(g['median'])} "
+                f"| {g['median'] / a['median']:.0%} | {_fmt(a['cpu'] or None, 1)} "
+                f"| {_fmt(g['cpu'] or None, 1)} | {a['p99']:.2f} | {g['p99']:.2f} |"
+            )
+        out.append("")
+    lb = summary.get(("G", "lbproxy"))
+    if lb:
+        for base in ("haproxy", "nginx"):
+            other = summary.get(("G", base))
+            if other:
+                out.append(
+                    f"- lbproxy / {base} on G: {lb['median'] / other['median']:.0%} of its "
+                    f"req/s, {_ratio(lb['cpu'], other['cpu'])} its CPU per request"
+                )
+        out.append("")
+    return out
+
+
 def targets(
     summary: dict[tuple[str, str], dict[str, float]], record: dict[str, object]
 ) -> list[str]:
     """
-    Issue #6's targets for lbproxy, checked against this run.
+    Issue #6's targets for lbproxy (and issue #15's for HTTP/2), checked
+    against this run.
     """
 
     def med(s: str, c: str) -> float | None:
@@ -1038,6 +1276,8 @@ def targets(
     ratio("B", "twisted-agent", 1.5, "B: >= 1.5x Twisted Agent+pool")
     ratio("C", "haproxy", 0.8, "C: >= 80 % of HAProxy")
     ratio("D", "haproxy", 0.7, "D: >= 70 % of HAProxy")
+    h2, h1 = med("G", "lbproxy"), med("A", "lbproxy")
+    checks.append(("G: >= 60 % of lbproxy's own A", h2 / h1 if h2 and h1 else None, 0.6, ">="))
     e = record["E"].get("lbproxy")  # type: ignore[attr-defined]
     if e:
         checks.append(("E: <= 32 KiB RSS per idle TLS connection", e["perConnKiB"], 32, "<="))
@@ -1058,7 +1298,7 @@ def targets(
     a, b = p99("A", "lbproxy"), p99("A", "twisted-agent")
     checks.append(("A: p99 no worse than Agent+pool (ratio)", a / b if a and b else None, 1, "<="))
     out = [
-        "## lbproxy against issue #6's targets",
+        "## lbproxy against its targets (issue #6; G: issue #15)",
         "",
         "| target | this run | met |",
         "| --- | --- | --- |",
@@ -1080,11 +1320,11 @@ def chart(record: dict[str, object], args: argparse.Namespace, path: Path) -> No
     import matplotlib.pyplot as plt
 
     summary = summarise(record["wrk"])  # type: ignore[arg-type]
-    scenarios = [s for s in WRK_SCENARIOS if any((s, c) in summary for c in args.contenders)]
+    scenarios = [s for s in LOAD_SCENARIOS if any((s, c) in summary for c in args.contenders)]
     if not scenarios:
         return
     contenders = [c for c in args.contenders if any((s, c) in summary for s in scenarios)]
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / len(contenders)
     for i, c in enumerate(contenders):
         xs, ys, lo, hi = [], [], [], []
@@ -1114,8 +1354,12 @@ def chart(record: dict[str, object], args: argparse.Namespace, path: Path) -> No
     )
     ax.set_yscale("log")
     ax.set_ylabel("requests/s (median, log scale; whiskers min-max)")
-    ax.set_title(f"lbproxy benchmark {record['stamp']}: one core each, 64 connections")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(
+        f"lbproxy benchmark {record['stamp']}: one core each, 64 connections "
+        f"(G: {H2_CONNECTIONS} x {H2_STREAMS} streams)"
+    )
+    # Beside the bars, not over them (G's stand at the right).
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1150,6 +1394,7 @@ def machineInfo(args: argparse.Namespace) -> dict[str, str]:
         "haproxy": out(["haproxy", "-v"]),
         "nginx": out(["nginx", "-v"]),
         "wrk": out(["wrk", "-v"]),
+        "h2load": out(["h2load", "--version"]),
         "openssl": ssl.OPENSSL_VERSION,
     }
 
@@ -1159,14 +1404,19 @@ def machineInfo(args: argparse.Namespace) -> dict[str, str]:
 
 def profile(args: argparse.Namespace, world: World) -> None:
     """
-    lbproxy alone under py-spy during each of A-D asked for: raw (collapsed)
-    stacks, a flame graph, and a summary in results/profile-*.
+    lbproxy alone under py-spy during each of A-D and G asked for: raw
+    (collapsed) stacks, a flame graph, and a summary in results/profile-*.
     """
     pyspy = BIN / "py-spy"
-    for s in [s for s in args.scenarios if s in WRK_SCENARIOS]:
-        running = startContender("lbproxy", world)
+    for s in [s for s in args.scenarios if s in LOAD_SCENARIOS]:
+        http2 = s in H2_SCENARIOS
+        running = startContender("lbproxy", world, http2)
         try:
-            warmUp(s, args.warmup)
+            if http2:
+                with contextlib.suppress(BenchError):
+                    runH2load(running, args.warmup, 0, world.tmp)
+            else:
+                warmUp(s, args.warmup)
             for fmt, suffix in (("raw", "txt"), ("flamegraph", "svg")):
                 out = RESULTS / f"profile-{s}.{suffix}"
                 spy = subprocess.Popen(
@@ -1193,7 +1443,10 @@ def profile(args: argparse.Namespace, world: World) -> None:
                 )
                 STARTED.append(Proc("py-spy", spy))  # type: ignore[arg-type]
                 time.sleep(0.5)
-                result = runWrk(s, args.duration)
+                if http2:
+                    result, _ = runH2load(running, args.duration, 0, world.tmp)
+                else:
+                    result = runWrk(s, args.duration)
                 spy.wait(args.duration + 60)
                 log(f"profile {s} ({fmt}): {result.rps:.0f} req/s under py-spy -> {out}")
         finally:
@@ -1228,11 +1481,13 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="F as specified: 1 GiB at 1 MiB/s (17 minutes per contender)",
     )
-    parser.add_argument("--scenarios", default="A,B,C,D,E,F", help="comma-separated (default all)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated (default all)"
+    )
     parser.add_argument(
         "--contenders", default=",".join(CONTENDERS), help="comma-separated (default all)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of A and B (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of A, B and G (default 3)")
     parser.add_argument("--rounds-other", type=int, default=1, help="rounds of C and D (default 1)")
     parser.add_argument(
         "--duration", type=float, default=10, help="seconds per measurement (default 10)"
@@ -1255,7 +1510,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead: profile lbproxy under py-spy during --scenarios (A-D)",
+        help="instead: profile lbproxy under py-spy during --scenarios (A-D, G)",
     )
     parser.add_argument(
         "--rsa",
@@ -1313,7 +1568,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--report"] and len(argv) == 2:
         return rerender(Path(argv[1]))
     args = parseArgs(argv)
-    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+    tools = ["nginx", "haproxy", "wrk", "taskset"]
+    if "G" in args.scenarios:
+        tools.append("h2load")
+    for tool in tools:
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} not found; run through bench/run, which installs it")
     if (os.cpu_count() or 1) < 2:
