@@ -19,6 +19,7 @@ import shutil
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Iterator
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -62,7 +63,12 @@ async def _payload(size: int) -> str:
         directory = os.path.abspath("payloads")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"{size}.bin")
-        await deferToThread(writePattern, path, size)
+        # Two sweeps may ask for one size at once: each writes its own
+        # file and renames it into place, so that neither reads a file
+        # the other is still writing (one once read 0 bytes of 1).
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        await deferToThread(writePattern, partial, size)
+        os.replace(partial, path)
         _payloads[size] = path
     return _payloads[size]
 
