@@ -153,6 +153,10 @@ request may be the edge's or a plain twisted.web one (a twisted.web site
 can mount the proxy resource), so the attribute is not declared on a class.
 """
 
+# The client protocols that take interim (1xx) responses, so whose Expect:
+# 100-continue is relayed (RFC 9110 15.2: not HTTP/1.0).
+_EXPECTING = frozenset({b"HTTP/1.1", b"HTTP/2"})
+
 
 def setProxyRecord(request: Request, record: ProxyRecord) -> None:
     """
@@ -478,7 +482,9 @@ class _Exchange:
 
     def _interim(self, code: int, phrase: bytes, headers: HeaderLines) -> None:
         request = self._request
-        if self._clientGone or self._abandoned or request.clientproto != b"HTTP/1.1":
+        if self._clientGone or self._abandoned:
+            return
+        if request.clientproto not in _EXPECTING:
             return  # HTTP/1.0 clients get no 1xx (RFC 9110 15.2).
         writeInterim = getattr(request.channel, "writeInterim", None)
         if writeInterim is not None:
@@ -905,7 +911,7 @@ def _relayedControls(
     """
     headers = request.requestHeaders
     lines: list[tuple[bytes, bytes]] = []
-    if body is not None and not body.complete and request.clientproto == b"HTTP/1.1":
+    if body is not None and not body.complete and request.clientproto in _EXPECTING:
         expect = headers.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue":
             lines.append((b"Expect", b"100-continue"))

@@ -478,7 +478,7 @@ class AttackTests(_Case):
         client = await deferToThread(attack)
         goAway = client.goAway()
         assert goAway is not None, client.events[-5:]
-        self.assertNotEqual(goAway[1], ErrorCodes.NO_ERROR)
+        self.assertEqual(goAway[1], ErrorCodes.ENHANCE_YOUR_CALM)
         self.assertTrue(client.closed)
         grown = residentBytes(proxy.process.pid) - before
         self.assertLess(grown, 16 * MiB, f"grew by {grown / MiB:.1f} MiB")

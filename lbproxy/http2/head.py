@@ -3,13 +3,14 @@
 The checks of an HTTP/2 request head, as the HTTP/1.1 edge checks a request
 line and its headers (L{lbproxy.http.checks}), with the same limits.
 
-The C{h2} library has already refused (as a connection error, which RFC
-9113 5.4.1 allows for any stream error) what makes a header block
-malformed as HTTP/2 sees it: unknown, repeated, misplaced or missing
-pseudo-headers, upper-case names, connection-specific fields (RFC 9113
-8.2.2). What is left is what HTTP/1.1 checks too, answered on the stream
-alone: the method, the target and its length, the authority as a Host,
-the framing, the size of the header section.
+What makes a header block malformed as HTTP/2 sees it (unknown, repeated,
+misplaced or missing pseudo-headers, upper-case or illegal names, CR, LF or
+NUL in values, connection-specific fields: RFC 9113 8.1.1, 8.2) has already
+reset the stream, by C{h2}'s own checks
+(L{lbproxy.http2.connection.H2EdgeConnection}). What is left is what
+HTTP/1.1 checks too, answered on the stream alone: the method, the target
+and its length, the authority as a Host, the framing, the size of the
+header section.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from twisted.web.http_headers import Headers
 
 from lbproxy.http.checks import Rejection, badRequest, checkFraming, checkRequestLine, validHost
 
-# RFC 9113 8.2.2; h2 refuses them first, this says so again for anyone
-# who turns its validation off.
+# RFC 9113 8.2.2; h2's checks reset such a stream first, this says so
+# again for anyone who turns them off.
 _CONNECTION_SPECIFIC = frozenset(
     [b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"]
 )
