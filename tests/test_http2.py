@@ -776,8 +776,3 @@ class InterimTests(_Case):
             [{b":status": b"103", b"link": b"</s.css>; rel=preload"}],
         )
         self.assertClean(proxy)
-
-    test_earlyHints.todo = (  # type: ignore[attr-defined]
-        "lbproxy/proxy.py relays 1xx only to HTTP/1.1 clients (ProxyExchange._interim "
-        "checks clientproto == HTTP/1.1)"
-    )

@@ -574,10 +574,6 @@ class InterimTests(HTTP2Case):
         client.flush()
         self.assertEqual(self.informational(client, streamId), [{b":status": b"100"}])
 
-    test_continueRelayed.todo = (  # type: ignore[attr-defined]
-        "lbproxy/proxy.py relays Expect and 1xx only for HTTP/1.1 clients (clientproto)"
-    )
-
 
 class FlowControlTests(HTTP2Case):
     """
