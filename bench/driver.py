@@ -1121,27 +1121,35 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
     summary = summarise(record["wrk"])  # type: ignore[arg-type]
     lines = [f"# lbproxy benchmark {record['stamp']}", ""]
     lines += [f"- {k}: {v}" for k, v in record["machine"].items()]  # type: ignore[attr-defined]
+    http2 = any(s in H2_SCENARIOS for s, _ in summary)
+    h2load = (
+        f"G: h2load -c{H2_CONNECTIONS} -m{H2_STREAMS} -t1 (HTTP/2 over TLS) with its "
+        "warm-up on the same connections; "
+    )
     lines += [
         f"- settings: {args.duration:g} s per measurement after {args.warmup:g} s warm-up; "
         f"{'RSA-2048' if args.rsa else 'ECDSA P-256'} server certificate; "
-        f"A, B, G: {args.rounds} round(s); C, D: {args.rounds_other}; wrk -t1 -c64; "
-        f"G: h2load -c{H2_CONNECTIONS} -m{H2_STREAMS} -t1 (HTTP/2 over TLS) with its "
-        f"warm-up on the same connections; "
-        f"contenders on CPU {CONTENDER_CPU}, wrk, h2load and backends on CPU {LOAD_CPU}",
+        f"A, B{', G' if http2 else ''}: {args.rounds} round(s); C, D: {args.rounds_other}; "
+        f"wrk -t1 -c64; {h2load if http2 else ''}"
+        f"contenders on CPU {CONTENDER_CPU}, "
+        f"wrk{', h2load' if http2 else ''} and backends on CPU {LOAD_CPU}",
         "- req/s is the median over rounds, spread is min-max, p50/p99 are medians of "
         "each round's wrk latency percentiles; ratios are this row's median over the "
         "baseline's median in the same run. CPU µs/req is the contender's CPU time "
         "(user + system, all its processes) during the measurement over the requests "
-        "wrk (in G, h2load) completed, median over rounds: the cost per request, less sensitive to "
-        "the machine's noise than req/s.",
-        "- G: each contender started again with HTTP/2 offered in ALPN (lbproxy "
-        "`--http2 on`, HAProxy `alpn h2,http/1.1`, nginx `listen ... ssl http2`), "
-        "HTTP/1.1 to the same backends; h2load prints no percentiles, so p50/p99 are "
-        "nearest-rank percentiles of every measured request's time in h2load's "
-        "`--log-file` (warm-up requests are not logged); errors are h2load's failed "
-        "requests plus 4xx/5xx.",
-        "",
+        f"wrk{' (in G, h2load)' if http2 else ''} completed, median over rounds: the cost "
+        "per request, less sensitive to the machine's noise than req/s.",
     ]
+    if http2:
+        lines.append(
+            "- G: each contender started again with HTTP/2 offered in ALPN (lbproxy "
+            "`--http2 on`, HAProxy `alpn h2,http/1.1`, nginx `listen ... ssl http2`), "
+            "HTTP/1.1 to the same backends; h2load prints no percentiles, so p50/p99 are "
+            "nearest-rank percentiles of every measured request's time in h2load's "
+            "`--log-file` (warm-up requests are not logged); errors are h2load's failed "
+            "requests plus 4xx/5xx."
+        )
+    lines.append("")
     for s in LOAD_SCENARIOS:
         present = [c for c in args.contenders if (s, c) in summary]
         if not present:
