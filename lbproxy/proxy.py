@@ -3,7 +3,8 @@
 The reverse proxy resource: picks a backend for each request, relays the
 request, and streams the answer back with backpressure.
 
-This module is the one place where failures become 502, 503 or 504.
+This module is the one place where failures become 502, 503 or 504 (or,
+for a gRPC call, HTTP 200 with C{grpc-status} 14 or 4, see L{grpcFailure}).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -271,12 +273,15 @@ class ReverseProxyResource(Resource):
             if not self.sampleIn and self.decisions is not None:
                 self.decisions(available, backend, request)
         if backend is None:
-            request.setHeader(b"Retry-After", b"%d" % (self.settings.retryAfter,))
             self._log.warn(
                 "no backend available for {method} {path}",
                 method=_text(request.method),
                 path=_text(request.uri),
             )
+            if isGRPC(request):
+                grpcFailure(request, 503, "No backend is available.", record)
+                return NOT_DONE_YET
+            request.setHeader(b"Retry-After", b"%d" % (self.settings.retryAfter,))
             return answer(request, 503, "No backend is available.", record)
         peer = _clientAddress(request)
         trusted = peer is not None and self.isTrustedProxy(peer)
@@ -317,8 +322,6 @@ def _clientAddress(request: Request) -> str | None:
     return host if isinstance(host, str) else None
 
 
-
-
 def answer(request: Request, code: int, message: str, record: ProxyRecord) -> bytes:
     """
     Make C{request} a short plain-text answer of the proxy's own, noting
@@ -332,6 +335,75 @@ def answer(request: Request, code: int, message: str, record: ProxyRecord) -> by
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     request.setHeader(b"Cache-Control", b"no-store")
     return body
+
+
+GRPC_UNAVAILABLE = 14
+GRPC_DEADLINE_EXCEEDED = 4
+
+
+def isGRPC(request: Request) -> bool:
+    """
+    Whether C{request} is a gRPC call (C{content-type: application/grpc},
+    or one of its C{+proto}, C{+json}, C{-web} forms).
+    """
+    types = request.requestHeaders.getRawHeaders(b"content-type")
+    return types is not None and types[0].strip().lower().startswith(b"application/grpc")
+
+
+def grpcFailure(request: Request, code: int, message: str, record: ProxyRecord) -> None:
+    """
+    Answer a gRPC call that the proxy failed with C{code} (502, 503 or 504)
+    as gRPC clients understand it and as Envoy does: HTTP 200 with
+    C{grpc-status} 14 (UNAVAILABLE), or 4 (DEADLINE_EXCEEDED) for a
+    timeout, and the reason in C{grpc-message}, as a trailers-only response
+    (a single HEADERS frame that ends the stream). The record keeps the
+    HTTP status the proxy decided on, for the access log.
+    """
+    status = GRPC_DEADLINE_EXCEEDED if code == 504 else GRPC_UNAVAILABLE
+    record.error = f"{message} (HTTP {code} as grpc-status {status})"
+    request.responseHeaders = Headers()
+    request.setResponseCode(200, b"OK")
+    request.setHeader(b"Content-Type", b"application/grpc")
+    request.setHeader(b"grpc-status", b"%d" % (status,))
+    request.setHeader(b"grpc-message", _grpcMessage(message))
+    if request.clientproto != b"HTTP/2":
+        request.setHeader(b"Content-Length", b"0")
+    _finishResponse(request, None)
+
+
+def _grpcMessage(message: str) -> bytes:
+    """
+    C{message} percent-encoded as C{grpc-message} wants it.
+    """
+    return "".join(
+        c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
+        for c in message
+    ).encode("ascii")
+
+
+def _finishResponse(request: Request, trailers: Sequence[tuple[bytes, bytes]] | None) -> None:
+    """
+    Finish C{request}'s response, with C{trailers} for an HTTP/2 client (an
+    HTTP/1.x client gets none: gRPC needs HTTP/2 end to end). A response
+    with no body yet goes out as one HEADERS frame that ends the stream
+    (or, with trailers, is followed by them), as gRPC's trailers-only
+    responses must.
+    """
+    channel: Any = request.channel
+    writeTrailers = getattr(channel, "writeTrailers", None)
+    if writeTrailers is None:
+        request.finish()
+        return
+    if trailers:
+        writeTrailers(list(trailers))
+    if request.startedWriting:
+        request.finish()
+        return
+    channel.holdHead()
+    try:
+        request.finish()
+    finally:
+        channel.releaseHead()
 
 
 def classifyFailure(failure: Failure, timedOut: bool) -> tuple[int, str]:
@@ -398,6 +470,7 @@ class _Exchange:
     _tunnel: Any = None
     _logged = False
     _upgrade = False
+    _response: Any = None
     _tunnelOpened = 0.0
     # Whether the response body is being watched for stalls: only once it
     # did not arrive with its head (most small bodies do), so that a small
@@ -528,6 +601,7 @@ class _Exchange:
         if response.tunnel is not None:
             self._startTunnel(response)
             return
+        self._response = response
         request = self._request
         request.setResponseCode(response.code, response.phrase)
         # The backend's headers replace the server side's (Date); its
@@ -593,6 +667,9 @@ class _Exchange:
         if retryTo is not None:
             self._backend.retries += 1
             self._attempt(retryTo)
+            return
+        if isGRPC(self._request):
+            grpcFailure(self._request, code, reason, self._record)
             return
         if code == 503:
             self._request.setHeader(b"Retry-After", b"%d" % (self._proxy.settings.retryAfter,))
@@ -705,9 +782,22 @@ class _Exchange:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             self._finish(failed=False)
-            request.finish()
+            _finishResponse(request, getattr(self._response, "trailers", None))
             return
         self._finish(failed=True)
+        if not request.startedWriting and isGRPC(request):
+            # Nothing of the answer went out yet: the call fails as gRPC
+            # clients understand, not with a reset.
+            self._log.warn(
+                "backend {backend} failed {method} {path} before its response "
+                "body: {reason}; answering grpc-status 14",
+                backend=self._backend.authority,
+                method=_text(request.method),
+                path=_text(request.uri),
+                reason=reason.getErrorMessage(),
+            )
+            grpcFailure(request, 502, "the backend failed mid-response", self._record)
+            return
         self._record.truncated = True
         self._record.error = "backend failed mid-response"
         self._log.warn(

@@ -78,7 +78,9 @@ class Backend:
     @ivar host: Host name or IP literal (IPv6 without brackets).
     @ivar port: TCP port.
     @ivar scheme: C{"http"}, or C{"https"} for a backend reached over TLS
-        (its certificate verified, see L{lbproxy.tls.client.BackendTLS}).
+        (its certificate verified, see L{lbproxy.tls.client.BackendTLS});
+        C{"h2c"} and C{"h2"} for the same over HTTP/2 (see
+        L{lbproxy.upstream.h2client}).
     @ivar weight: Relative share of traffic for weighted choosers.
     @ivar inFlight: Requests sent to this backend and not yet finished.
     @ivar requests: Requests ever sent to this backend.
@@ -237,7 +239,9 @@ def parseBackend(item: str) -> Backend:
     """
     Parse one backend: C{host}, C{host:port}, C{[v6addr]}, C{[v6addr]:port},
     C{v6addr} (bare), C{http://host[:port]} or C{https://host[:port]}
-    (port 443 by default), each optionally followed by
+    (port 443 by default), C{h2c://host[:port]} (HTTP/2 in clear text, by
+    prior knowledge) or C{h2://host[:port]} (HTTP/2 over TLS, port 443 by
+    default), each optionally followed by
     C{=WEIGHT}, a whole number from 1 to L{MAX_WEIGHT} (default 1), e.g.
     C{10.0.0.1:80=3}.
 
@@ -253,9 +257,10 @@ def parseBackend(item: str) -> Backend:
     scheme = "http"
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
-        if scheme not in ("http", "https"):
+        if scheme not in ("http", "https", "h2c", "h2"):
             raise BackendSpecError(
-                f"backend {item!r}: only http:// and https:// backends are supported"
+                f"backend {item!r}: only http://, https://, h2c:// and h2:// backends "
+                "are supported"
             )
         rest = text.split("://", 1)[1]
         if rest.endswith("/"):
@@ -263,7 +268,7 @@ def parseBackend(item: str) -> Backend:
         if "/" in rest or "?" in rest or "#" in rest or "@" in rest:
             raise BackendSpecError(f"backend {item!r}: give only scheme, host and port (no path)")
         text = rest
-    defaultPort = DEFAULT_HTTPS_PORT if scheme == "https" else DEFAULT_PORT
+    defaultPort = DEFAULT_HTTPS_PORT if scheme in ("https", "h2") else DEFAULT_PORT
     host, port = _splitHostPort(item, text, defaultPort)
     if not host:
         raise BackendSpecError(f"backend {item!r}: missing host")

@@ -25,6 +25,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from lbproxy.upstream.backends import Backend, BackendPool, SlowStart
+from lbproxy.upstream.h2client import H2_SCHEMES
 
 
 @attrs.frozen
@@ -274,6 +275,13 @@ class HTTPProbe:
     The default probe: C{GET path} through an HTTP client; a 2xx or 3xx
     answer whose body arrives whole, all within C{timeout} seconds, is
     healthy.
+
+    An HTTP/2 backend (C{h2c://}, C{h2://}) is probed over HTTP/2 as a
+    gRPC server takes a request: C{POST path} with C{content-type:
+    application/grpc} and no body; any answer below 500 whose stream ends
+    cleanly is healthy (a gRPC server answers 200 with a C{grpc-status},
+    such as 12 UNIMPLEMENTED for a path it does not serve, when it is up;
+    it resets a plain C{GET}).
     """
 
     def __init__(
@@ -300,6 +308,11 @@ class HTTPProbe:
             (b"Host", backend.authority.encode("ascii")),
             (b"User-Agent", b"lbproxy-health-check"),
         ]
+        method = b"GET"
+        overH2 = backend.scheme in H2_SCHEMES
+        if overH2:
+            method = b"POST"
+            headers.append((b"Content-Type", b"application/grpc"))
         verdict: Deferred[bool] = Deferred()
         body: list[_ProbeBody] = []
 
@@ -318,7 +331,7 @@ class HTTPProbe:
                 exchange.cancel()
 
         def judge(response: Any) -> None:
-            ok = 200 <= response.code < 400
+            ok = 200 <= response.code < (500 if overH2 else 400)
             protocol = _ProbeBody(lambda whole: settle(ok and whole))
             body.append(protocol)
             response.deliverBody(protocol)
@@ -327,7 +340,7 @@ class HTTPProbe:
             settle(False)
 
         timer = self._clock.callLater(self._timeout, expire)
-        exchange = self._request(backend, b"GET", self._path, headers)
+        exchange = self._request(backend, method, self._path, headers)
         exchange.addCallback(judge).addErrback(failed)
         return verdict
 

@@ -1,7 +1,9 @@
 # -*- test-case-name: lbproxy.test.test_pool,lbproxy.test.test_retry -*-
 """
 The client side of the proxy: HTTP/1.1 to backends over persistent,
-pooled connections (the protocol itself is in L{lbproxy.upstream.connection}).
+pooled connections (the protocol itself is in L{lbproxy.upstream.connection}),
+and HTTP/2 to C{h2c://} and C{h2://} backends, multiplexed
+(L{lbproxy.upstream.h2client}).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -34,6 +36,7 @@ from lbproxy.upstream.backends import Backend, isIPLiteral
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendConnection, BackendResponse
 from lbproxy.upstream.connection import HeaderLines as ResponseHeaderLines
+from lbproxy.upstream.h2client import H2_SCHEMES, ALPNh2, H2Upstream, UpgradeNotRelayed
 from lbproxy.upstream.retry import IDEMPOTENT_METHODS, ConnectTimeoutError
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
@@ -114,12 +117,14 @@ def _endpointForBackend(
 ) -> IStreamClientEndpoint:
     """
     The endpoint for a new connection to C{backend}: TCP (or what
-    C{endpointFor} makes), TLS for an C{https} backend, and the connect
-    timeout.
+    C{endpointFor} makes), TLS for an C{https} backend (and, offering
+    only C{h2} in ALPN, for an C{h2} one), and the connect timeout.
     """
     endpoint = endpointFor(backend.host, backend.port)
     if backend.scheme == "https":
         endpoint = wrapClientTLS(tlsFor(backend.host), endpoint)
+    elif backend.scheme == "h2":
+        endpoint = wrapClientTLS(ALPNh2(tlsFor(backend.host)), endpoint)
     return _TimeoutEndpoint(endpoint, connectTimeout, clock)
 
 
@@ -210,6 +215,20 @@ class Upstream:
         self._open: dict[BackendConnection, str] = {}
         self._sweep: IDelayedCall | None = None
         self._closing: list[Deferred[None]] = []
+        self._h2 = H2Upstream(
+            clock,
+            lambda backend, factory: self._endpoint(backend).connect(factory),
+            settings.idleTimeout,
+        )
+
+    def _endpoint(self, backend: Backend) -> IStreamClientEndpoint:
+        return _endpointForBackend(
+            backend,
+            self._endpointFor,
+            self._tlsFor,
+            self._settings.connectTimeout,
+            self._clock,
+        )
 
     def request(
         self,
@@ -236,6 +255,12 @@ class Upstream:
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
+        if backend.scheme in H2_SCHEMES:
+            if upgrade:
+                return fail(UpgradeNotRelayed())
+            return self._h2.request(  # type: ignore[return-value]
+                backend, method, target, headers, body, interim
+            )
         outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
@@ -274,13 +299,7 @@ class Upstream:
         return fail(failure)
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
-        endpoint = _endpointForBackend(
-            backend,
-            self._endpointFor,
-            self._tlsFor,
-            self._settings.connectTimeout,
-            self._clock,
-        )
+        endpoint = self._endpoint(backend)
 
         def build() -> BackendConnection:
             connection = BackendConnection()
@@ -338,27 +357,30 @@ class Upstream:
         How many connections to C{backend} are open, busy or idle.
         """
         url = backend.url
-        return sum(1 for target in self._open.values() if target == url)
+        return sum(1 for target in self._open.values() if target == url) + self._h2.connectionsTo(
+            backend
+        )
 
     def idleTo(self, backend: Backend) -> int:
         """
         How many idle connections to C{backend} are kept.
         """
         idle = self._idle.get(backend.url)
-        return 0 if idle is None else len(idle.connections)
+        return (0 if idle is None else len(idle.connections)) + self._h2.idleTo(backend)
 
     def busy(self) -> bool:
         """
         Whether any connection is carrying a request.
         """
         idle = sum(len(pool.connections) for pool in self._idle.values())
-        return len(self._open) > idle
+        return len(self._open) > idle or self._h2.busy()
 
     def closeIdle(self, backend: Backend) -> None:
         """
         Close the idle connections kept to C{backend} (one leaving the
         pool); busy ones finish their request.
         """
+        self._h2.closeIdle(backend)
         idle = self._idle.pop(backend.url, None)
         if idle is not None:
             for connection, _ in idle.connections:
@@ -370,6 +392,7 @@ class Upstream:
         pool and its drain time is up).
         """
         self.closeIdle(backend)
+        self._h2.abortTo(backend)
         url = backend.url
         for connection, target in list(self._open.items()):
             if target == url:
@@ -383,14 +406,16 @@ class Upstream:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
+        h2 = self._h2.close()
         done: Deferred[None] = Deferred()
         if not self._open:
             done.callback(None)
-            return done
-        self._closing.append(done)
-        for connection in list(self._open):
-            connection.abort()
-        return done
+        else:
+            self._closing.append(done)
+            for connection in list(self._open):
+                connection.abort()
+        both: Deferred[None] = gatherResults([h2, done]).addCallback(lambda _: None)
+        return both
 
 
 __all__ = [
