@@ -30,7 +30,16 @@ as in "MadeYouReset", CVE-2025-8671).
 Output is driven by the windows and by the transport: the connection is
 its transport's producer, and while the transport is paused no DATA is
 sent; each stream holds what it cannot send yet, pausing its backend past
-L{HTTP2Settings.streamBuffer} bytes (see L{lbproxy.http2.stream}).
+L{HTTP2Settings.streamBuffer} bytes (see L{lbproxy.http2.stream}). A
+stream with something to send is marked ready, and the ready streams are
+framed once at the end of the reactor turn and written in one write: a
+small response whose head, body and end arrive in one read of its backend
+leaves as one HEADERS and one DATA frame with END_STREAM, in one TLS
+record with the other streams' (one write per event cost about 10 % of
+an HTTP/2 request's CPU). Response headers are encoded by
+L{lbproxy.http2.hpackplain.PlainEncoder} and not checked again by C{h2}
+(the response head is built from checked parts, see
+L{lbproxy.http2.stream.H2Stream.writeHeaders}).
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from zope.interface import implementer
 from lbproxy.http.checks import Rejection
 from lbproxy.http.edge import ProxySite
 from lbproxy.http2.head import checkHead
+from lbproxy.http2.hpackplain import PlainEncoder
 from lbproxy.http2.settings import HTTP2Settings
 from lbproxy.http2.stream import H2Stream
 
@@ -91,6 +101,7 @@ class H2EdgeConnection(Protocol):
     _idleTimer: IDelayedCall | None = None
     _sendTimer: IDelayedCall | None = None
     _pendingAcks = 0
+    _addresses: tuple[Any, Any] | None = None
     closeReason: str | None = None
 
     def __init__(self, site: ProxySite, settings: HTTP2Settings, clock: IReactorTime) -> None:
@@ -99,6 +110,8 @@ class H2EdgeConnection(Protocol):
         self.settings = settings
         self.clock = clock
         self.streams: dict[int, H2Stream] = {}
+        self._ready: dict[H2Stream, None] = {}
+        self._readyCall: IDelayedCall | None = None
         self._resetTokens = float(settings.resetBurst)
         self._resetCheckedAt = clock.seconds()
         self._lastStreamId = 0
@@ -108,9 +121,12 @@ class H2EdgeConnection(Protocol):
                 # Checked per stream instead (_malformed).
                 validate_inbound_headers=False,
                 normalize_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
                 header_encoding=None,
             )
         )
+        self.h2.encoder = PlainEncoder()  # type: ignore[assignment]
 
     # Protocol.
 
@@ -161,6 +177,9 @@ class H2EdgeConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        if self._readyCall is not None and self._readyCall.active():
+            self._readyCall.cancel()
+        self._readyCall = None
         self._stopIdleTimer()
         if self._sendTimer is not None and self._sendTimer.active():
             self._sendTimer.cancel()
@@ -300,6 +319,16 @@ class H2EdgeConnection(Protocol):
     def isSecure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
+    def addresses(self) -> tuple[Any, Any]:
+        """
+        The client's address and lbproxy's, asked of the transport once
+        for every stream (each request of each stream takes both).
+        """
+        if self._addresses is None:
+            transport: Any = self.transport
+            self._addresses = (transport.getPeer(), transport.getHost())
+        return self._addresses
+
     def acknowledge(self, streamId: int, count: int) -> None:
         """
         C{count} flow-controlled bytes of stream C{streamId} were taken:
@@ -331,7 +360,19 @@ class H2EdgeConnection(Protocol):
         if self._closing or self._writePaused:
             self._watchSending()
             return
-        stream.sendSome(self.clock.seconds())
+        self._ready[stream] = None
+        if self._readyCall is None:
+            self._readyCall = self.clock.callLater(0, self._sendReady)
+
+    def _sendReady(self) -> None:
+        self._readyCall = None
+        ready, self._ready = self._ready, {}
+        if self._closing or self._writePaused:
+            self._watchSending()
+            return
+        now = self.clock.seconds()
+        for stream in ready:
+            stream.sendSome(now)
         self._flush()
         self._watchSending()
 

@@ -39,7 +39,7 @@ _VERSION = b"HTTP/2"
 
 # Response fields that mean nothing (or harm) in HTTP/2 (RFC 9113 8.2.2).
 _HOP_BY_HOP = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"]
 )
 
 
@@ -71,10 +71,10 @@ class _StreamTransport:
         self._stream.reset(ErrorCodes.CANCEL)
 
     def getPeer(self) -> Any:
-        return self._transport.getPeer()  # type: ignore[union-attr]
+        return self._stream.connection.addresses()[0]
 
     def getHost(self) -> Any:
-        return self._transport.getHost()  # type: ignore[union-attr]
+        return self._stream.connection.addresses()[1]
 
     def getHandle(self) -> Any:
         getHandle = getattr(self._transport, "getHandle", None)
