@@ -18,6 +18,8 @@ from h2.events import (
     StreamReset,
 )
 from h2.settings import SettingCodes, Settings
+from hpack import Encoder
+from hyperframe.frame import DataFrame, HeadersFrame, PingFrame
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
@@ -442,6 +444,30 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(self.server.transport.disconnecting)
         d1.cancel()
         self.failureResultOf(d1, CancelledError)
+        self.assertTrue(self.server.transport.disconnecting)
+
+    def test_streamsGoOnAfterGoAway(self) -> None:
+        """
+        The streams a GOAWAY lets finish do: frames after it (a PING, the
+        response) are taken, and the connection closes after them.
+        """
+        d = self.request()
+        self.server.h2.close_connection(last_stream_id=1)
+        self.server.pump()
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        head = HeadersFrame(1)
+        head.data = Encoder().encode([(b":status", b"200")])
+        head.flags.add("END_HEADERS")
+        data = DataFrame(1)
+        data.data = b"late"
+        data.flags.add("END_STREAM")
+        self.client.dataReceived(ping.serialize() + head.serialize() + data.serialize())
+        body = _Body()
+        self.successResultOf(d).deliverBody(body)
+        self.assertEqual(body.data, b"late")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
         self.assertTrue(self.server.transport.disconnecting)
 
     def test_lostBeforeHead(self) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -657,6 +657,12 @@ class H2ClientConnection(Protocol):
                 stream.fail(Failure(RequestNotSent()))
         if not self.streams:
             self.close()
+        else:
+            # h2 closes its side at a GOAWAY and would refuse every frame
+            # after it, but the streams the backend did take go on (a
+            # gRPC server's graceful GOAWAY is followed by a PING, then
+            # their answers): keep the connection open for them.
+            self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
 
     def _streamOver(self, stream: _Stream) -> None:
         if stream.closed:
