@@ -65,10 +65,13 @@ class GRPCBackend:
 
     @ivar port: Its port on 127.0.0.1.
     @ivar started: Set by C{Stall} and C{Slow} once they have started.
+    @ivar ended: Set when a C{Stall} call ends before its second message
+        (it was cancelled, or the server stopped).
     """
 
     def __init__(self, testCase: TestCase, certificate: tuple[bytes, bytes] | None = None) -> None:
         self.started = threading.Event()
+        self.ended = threading.Event()
         self._release = threading.Event()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16),
@@ -154,9 +157,12 @@ class GRPCBackend:
         return request
 
     def _stall(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        done = threading.Event()
+        context.add_callback(lambda: None if done.is_set() else self.ended.set())
         yield b"first"
         self.started.set()
         self._release.wait(WAIT)
+        done.set()
         yield b"second"
 
 

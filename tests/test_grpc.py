@@ -334,6 +334,22 @@ class FailureTests(_Case):
             self.assertEqual(answer, b"after", index)
         self.assertClean(proxy)
 
+    async def test_clientCancels(self) -> None:
+        """
+        A client that cancels a streaming call (RST_STREAM) has the
+        backend's stream reset too: the backend sees the call end.
+        """
+        backend = GRPCBackend(self)
+        proxy = await self.start(f"h2c://{backend.authority}")
+        stall = self.channel(proxy).unary_stream(_method("Stall"))
+        answers = stall(b"", timeout=CALL_TIMEOUT)
+        self.assertEqual(await self.inThread(lambda: next(answers)), b"first")
+        await until(backend.started.is_set, "the stall")
+        self.assertFalse(backend.ended.is_set())
+        answers.cancel()
+        await until(backend.ended.is_set, "the backend to see the call end")
+        self.assertClean(proxy)
+
     async def test_healthChecksOverHTTP2(self) -> None:
         """
         Active health checks speak HTTP/2 to h2c backends: a gRPC server is
