@@ -465,7 +465,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions, HTTP
         [
             "max-idle-per-backend",
             None,
-            "64",
+            "256",
             "Idle keep-alive connections kept open to each backend.",
         ],
         [

@@ -56,7 +56,7 @@ class UpstreamSettings:
     """
 
     connectTimeout: float = 5.0
-    maxIdlePerBackend: int = 64
+    maxIdlePerBackend: int = 256
     idleTimeout: float = 30.0
 
 
