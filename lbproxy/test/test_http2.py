@@ -318,15 +318,19 @@ class ExchangeTests(HTTP2Case):
     def test_idleClosed(self) -> None:
         """
         A connection with no stream for the idle timeout gets GOAWAY and is
-        closed.
+        closed, having first stopped being its transport's producer (TLS
+        does not close a transport that still has one).
         """
         client = self.connect()
+        server = self.serverConnection()
+        self.assertIs(server.transport.producer, server)  # type: ignore[union-attr]
         self.clock.advance(self.limits.idleTimeout)
         client.flush()
         goAway = client.goAway()
         assert goAway is not None
         self.assertEqual(goAway.error_code, ErrorCodes.NO_ERROR)
         self.assertTrue(client.closed)
+        self.assertIsNone(server.transport.producer)  # type: ignore[union-attr]
 
     def test_drain(self) -> None:
         """
