@@ -1,4 +1,4 @@
-# -*- test-case-name: lbproxy.test.test_proxy,lbproxy.test.test_streaming,lbproxy.test.test_resilience -*-  # noqa: E501
+# -*- test-case-name: lbproxy.test.test_proxy,lbproxy.test.test_streaming,lbproxy.test.test_resilience,lbproxy.test.test_h2client -*-  # noqa: E501
 """
 The reverse proxy resource: picks a backend for each request, relays the
 request, and streams the answer back with backpressure.

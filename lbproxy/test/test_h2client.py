@@ -1,7 +1,8 @@
 """
 Tests for L{lbproxy.upstream.h2client}: the HTTP/2 backend client against
 a scripted C{h2} server over in-memory transports, so that every frame is
-exact and nothing waits on a socket.
+exact and nothing waits on a socket; and the gRPC status L{lbproxy.proxy}
+answers a gRPC call it fails with.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from lbproxy._twisted.newclient import RequestNotSent
-from lbproxy.test.fakes import RecordedReading
-from lbproxy.upstream.backends import Backend, parseBackend
+from lbproxy.proxy import ProxySettings, ReverseProxyResource
+from lbproxy.test.fakes import FirstAvailable, RecordedReading
+from lbproxy.test.memorynet import MemoryNetwork
+from lbproxy.upstream.backends import Backend, BackendPool, parseBackend
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.h2client import (
     STREAM_WINDOW,
@@ -42,6 +45,7 @@ from lbproxy.upstream.h2client import (
     H2Upstream,
     StreamResetError,
 )
+from lbproxy.upstream.pool import UpstreamSettings
 
 BACKEND = Backend(host="10.0.0.1", port=50051, scheme="h2c")
 
@@ -672,3 +676,78 @@ class SchemeTests(SynchronousTestCase):
         self.assertEqual(parseBackend("h2c://grpc.local").key, ("h2c", "grpc.local", 80))
         self.assertEqual(parseBackend("h2://grpc.local").key, ("h2", "grpc.local", 443))
         self.assertEqual(parseBackend("h2c://127.0.0.1:50051").url, "h2c://127.0.0.1:50051")
+
+
+GRPC = {b"content-type": [b"application/grpc"], b"te": [b"trailers"]}
+
+
+class GRPCStatusTests(SynchronousTestCase):
+    """
+    A gRPC call the proxy fails is answered as gRPC clients understand:
+    HTTP 200, C{grpc-status} 14 or 4, the HTTP status decided kept in the
+    access log.
+    """
+
+    def setUp(self) -> None:
+        self.network = MemoryNetwork()
+
+    def site(self, backends: list[Backend]) -> Any:
+        proxy = ReverseProxyResource(
+            BackendPool(backends),
+            FirstAvailable(),
+            self.network.upstream(UpstreamSettings()),
+            self.network.clock,
+            ProxySettings(responseTimeout=5.0),
+        )
+        return self.network.proxySite(proxy)
+
+    def call(self, site: Any, headers: dict[bytes, list[bytes]] = GRPC) -> Any:
+        d = self.network.request(site, b"POST", b"http://api.example/svc/M", headers)
+        self.network.flush()
+        return self.successResultOf(d)
+
+    def test_noBackend(self) -> None:
+        """
+        With no backend available, a gRPC call gets 200 with grpc-status
+        14 and no body; the access log keeps the 503.
+        """
+        answer = self.call(self.site([]))
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header(b"content-type"), [b"application/grpc"])
+        self.assertEqual(answer.header(b"grpc-status"), [b"14"])
+        self.assertEqual(answer.header(b"grpc-message"), [b"No backend is available."])
+        self.assertEqual(answer.body, b"")
+        self.assertIn("HTTP 503 as grpc-status 14", self.network.accessLog[-1])
+
+    def test_refused(self) -> None:
+        """
+        A backend that refuses the connection is grpc-status 14, with the
+        reason as its grpc-message.
+        """
+        answer = self.call(self.site([Backend("10.9.9.9", 80)]))
+        self.assertEqual(answer.header(b"grpc-status"), [b"14"])
+        self.assertEqual(answer.header(b"grpc-message"), [b"the backend refused the connection"])
+
+    def test_timeout(self) -> None:
+        """
+        A backend slower than the response timeout is grpc-status 4
+        (DEADLINE_EXCEEDED).
+        """
+        server = self.network.backend(b"late")
+        server.hold()
+        site = self.site([server.backend])
+        d = self.network.request(site, b"POST", b"http://api.example/svc/M", GRPC)
+        self.network.flush()
+        self.network.clock.advance(6)
+        self.network.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual((answer.code, answer.header(b"grpc-status")), (200, [b"4"]))
+        self.assertIn("HTTP 504 as grpc-status 4", self.network.accessLog[-1])
+
+    def test_notGRPC(self) -> None:
+        """
+        Other requests still get the proxy's own 503.
+        """
+        answer = self.call(self.site([]), {b"content-type": [b"application/json"]})
+        self.assertEqual(answer.code, 503)
+        self.assertEqual(answer.header(b"grpc-status"), [])
