@@ -614,6 +614,47 @@ class WorkersTests(TestCase):
         await self.serveBoth(False)
 
 
+class LimitsTests(_Case):
+    """
+    The HTTP/2 limits, set in a config file, reach the clients of every
+    worker.
+    """
+
+    async def test_configFileLimits(self) -> None:
+        """
+        C{http2-max-concurrent-streams}, C{http2-initial-window-size} and
+        C{http2-max-frame-size} in the config file are what each worker
+        advertises in its SETTINGS.
+        """
+        path = os.path.join(self.directory, "lbproxy.toml")
+        with open(path, "w") as f:
+            f.write(
+                'http2 = "on"\nhttp2-max-concurrent-streams = 7\n'
+                'http2-initial-window-size = "1M"\nhttp2-max-frame-size = 32768\n'
+            )
+        proxy = await startProxy(
+            self, self.directory, self.server.authority, True, workers=2, extra=("--config", path)
+        )
+
+        def settings() -> tuple[int | None, int, int, int]:
+            client = RawH2(proxy)
+            try:
+                status, _ = client.get("/bytes?n=10&id=limits")
+                remote = client.h2.remote_settings
+                return (
+                    status,
+                    remote.max_concurrent_streams,
+                    remote.initial_window_size,
+                    remote.max_frame_size,
+                )
+            finally:
+                client.close()
+
+        for _ in range(4):
+            self.assertEqual(await deferToThread(settings), (200, 7, 1024 * 1024, 32768))
+        self.assertClean(proxy)
+
+
 class LifecycleTests(_Case):
     """
     Certificate reload, idle and handshake timeouts and graceful drain,
