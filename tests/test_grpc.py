@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -224,6 +225,50 @@ class CallTests(_Case):
             return [f.result() for f in futures]
 
         self.assertEqual(await self.inThread(many), [b"%d" % (i,) for i in range(50)])
+
+    async def test_metrics(self) -> None:
+        """
+        The backend's counters move for gRPC calls as for HTTP/1.1
+        requests: responses by class, bytes both ways, latencies, and one
+        open connection that carried them all.
+        """
+        backend = GRPCBackend(self)
+        metricsPort = freePort()
+        proxy = await self.start(
+            f"h2c://{backend.authority}",
+            False,
+            "--metrics",
+            f"tcp:{metricsPort}:interface=127.0.0.1",
+        )
+        unary = self.channel(proxy).unary_unary(_method("Unary"))
+        for _ in range(3):
+            await self.inThread(lambda: unary(b"m" * 1000, timeout=CALL_TIMEOUT))
+
+        def scrape() -> dict[str, float]:
+            url = f"http://127.0.0.1:{metricsPort}/metrics"
+            with urllib.request.urlopen(url, timeout=CALL_TIMEOUT) as response:
+                text = response.read().decode()
+            samples = {}
+            for line in text.splitlines():
+                if backend.authority in line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    metric, _, labels = name.partition("{")
+                    kept = [
+                        label
+                        for label in labels.rstrip("}").split(",")
+                        if label and not label.startswith(("backend=", "pool="))
+                    ]
+                    samples[f"{metric}{{{','.join(kept)}}}"] = float(value)
+            return samples
+
+        samples = await self.inThread(scrape)
+        self.assertEqual(samples['lbproxy_backend_responses_total{class="2xx"}'], 3)
+        self.assertEqual(samples["lbproxy_backend_requests_total{}"], 3)
+        self.assertEqual(samples["lbproxy_backend_latency_seconds_count{}"], 3)
+        # Each message is 1000 bytes and a 5-byte gRPC prefix.
+        self.assertEqual(samples["lbproxy_backend_sent_bytes_total{}"], 3 * 1005)
+        self.assertEqual(samples["lbproxy_backend_received_bytes_total{}"], 3 * 1005)
+        self.assertEqual(samples["lbproxy_backend_connections_open{}"], 1)
 
     async def test_h2Backend(self) -> None:
         """

@@ -588,6 +588,8 @@ class UpstreamTests(SynchronousTestCase):
         self.network.pump()
         server = self.network.servers[0]
         self.assertEqual(len(server.of(RequestReceived)), 3)
+        # No other connection was opened meanwhile.
+        self.assertEqual(self.network.held, [])
         for stream in (1, 3, 5):
             server.respond(stream)
         for each in ds:

@@ -893,7 +893,9 @@ class H2Upstream:
             connection = next((c for c in entry.connections if c.capacity() > 0), None)
             if connection is None:
                 open = [c for c in entry.connections if not c.goingAway]
-                if not entry.connecting and len(open) < self.maxConnections:
+                # A connection still waiting for its SETTINGS may take them.
+                opening = entry.connecting or any(not c.ready for c in open)
+                if not opening and len(open) < self.maxConnections:
                     self._open(backend, entry)
                 return
             entry.waiting.popleft()
