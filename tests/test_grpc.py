@@ -379,6 +379,22 @@ class FailureTests(_Case):
             self.assertEqual(answer, b"after", index)
         self.assertClean(proxy)
 
+    async def test_backendKilledBeforeAnswering(self) -> None:
+        """
+        A backend killed before it answered at all: the call fails with
+        UNAVAILABLE (grpc-status 14 from lbproxy), not a reset.
+        """
+        backend = GRPCBackend(self)
+        proxy = await self.start(f"h2c://{backend.authority}")
+        slow = self.channel(proxy).unary_unary(_method("Slow"))
+        call = slow.future(b"x", timeout=CALL_TIMEOUT)
+        await until(backend.started.is_set, "the slow call")
+        await backend.stop()
+        error = await self.inThread(call.exception)
+        self.assertIsNotNone(error)
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE, error.details())
+        self.assertClean(proxy)
+
     async def test_clientCancels(self) -> None:
         """
         A client that cancels a streaming call (RST_STREAM) has the

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import NOT_DONE_YET, Request
 
 from lbproxy._twisted.newclient import RequestNotSent
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
@@ -745,6 +746,27 @@ class GRPCStatusTests(SynchronousTestCase):
         answer = self.successResultOf(d)
         self.assertEqual((answer.code, answer.header(b"grpc-status")), (200, [b"4"]))
         self.assertIn("HTTP 504 as grpc-status 4", self.network.accessLog[-1])
+
+    def test_failedBeforeBody(self) -> None:
+        """
+        A backend that fails after its response head but before any of its
+        body, when nothing has reached the client yet, is grpc-status 14
+        rather than a cut response.
+        """
+
+        def headThenDie(request: Request) -> int:
+            request.setHeader(b"content-type", b"application/grpc")
+            request.write(b"")
+            request.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return NOT_DONE_YET
+
+        server = self.network.backend(b"", respond=headThenDie)
+        answer = self.call(self.site([server.backend]))
+        self.assertEqual((answer.code, answer.header(b"grpc-status")), (200, [b"14"]))
+        self.assertIn(
+            "the backend failed mid-response (HTTP 502 as grpc-status 14)",
+            self.network.accessLog[-1],
+        )
 
     def test_notGRPC(self) -> None:
         """
