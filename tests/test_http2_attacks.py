@@ -552,6 +552,28 @@ class AttackTests(_Case):
         await self.assertServes(proxy)
         self.assertClean(proxy)
 
+    async def test_tooManyStreams(self) -> None:
+        """
+        A stream opened over the limit of concurrent streams (a client
+        ignoring SETTINGS_MAX_CONCURRENT_STREAMS) is refused on its own,
+        RST_STREAM REFUSED_STREAM; the connection stays open.
+        """
+        proxy = await self.start(False, "--http2-max-concurrent-streams", "10")
+
+        def attack() -> tuple[RawH2, list[int]]:
+            # Windows shut: no response can finish, every stream stays open.
+            client = RawH2(proxy, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            streams = [client.request(f"/bytes?n=100000&id=many{i}") for i in range(11)]
+            client.readUntil(lambda: streams[-1] in client.resets())
+            client.close()
+            return client, streams
+
+        client, streams = await deferToThread(attack)
+        self.assertEqual(client.resets(), {streams[-1]: ErrorCodes.REFUSED_STREAM})
+        self.assertIsNone(client.goAway())
+        await self.assertServes(proxy)
+        self.assertClean(proxy)
+
     async def test_bodyNeverSent(self) -> None:
         """
         A stream whose head promises a body that never comes is answered

@@ -25,7 +25,9 @@ streams and the connection go on. The checks are C{h2}'s own
 trailer's fields instead of inside C{h2}, which would make every one a
 connection error. Those resets are spent from the same budget as the
 client's own (a client could otherwise make lbproxy reset streams for it,
-as in "MadeYouReset", CVE-2025-8671).
+as in "MadeYouReset", CVE-2025-8671). So are the streams refused
+(RST_STREAM REFUSED_STREAM) for going over the limit of concurrent streams,
+a stream error here too (L{_EdgeH2Connection}).
 
 Output is driven by the windows and by the transport: the connection is
 its transport's producer, and while the transport is paused no DATA is
@@ -115,7 +117,7 @@ class H2EdgeConnection(Protocol):
         self._resetTokens = float(settings.resetBurst)
         self._resetCheckedAt = clock.seconds()
         self._lastStreamId = 0
-        self.h2 = H2Connection(
+        self.h2 = _EdgeH2Connection(
             H2Configuration(
                 client_side=False,
                 # Checked per stream instead (_malformed).
@@ -217,6 +219,9 @@ class H2EdgeConnection(Protocol):
                     new.append(stream)
                     if event.stream_ended is not None:
                         stream.ended = True
+            elif isinstance(event, StreamRefused):
+                if not self._spendReset():
+                    return
             elif isinstance(event, TrailersReceived):
                 if self._malformed(event.stream_id, event.headers, _TRAILERS):
                     stream = streams.get(event.stream_id)
@@ -523,6 +528,54 @@ class H2EdgeConnection(Protocol):
         return str(getattr(peer(), "host", "-")) if peer is not None else "-"
 
 
+class StreamRefused(Event):
+    """
+    A stream the client opened over the limit of concurrent streams was
+    refused (RST_STREAM REFUSED_STREAM).
+
+    @ivar stream_id: Its ID.
+    """
+
+    def __init__(self, streamId: int) -> None:
+        self.stream_id = streamId
+
+    def __repr__(self) -> str:
+        return f"<StreamRefused stream_id:{self.stream_id}>"
+
+
+class _EdgeH2Connection(H2Connection):
+    """
+    C{h2}'s connection with one difference: a HEADERS frame that would open
+    more streams than SETTINGS_MAX_CONCURRENT_STREAMS allows is a stream
+    error, RST_STREAM REFUSED_STREAM (RFC 9113 5.1.2), not a connection
+    error that would end every other stream: the stream is opened (its
+    header block decoded, so that HPACK stays in step), reset at once, and
+    reported as a L{StreamRefused} event instead of its request.
+    """
+
+    _admitting = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        return 0 if self._admitting else super().open_inbound_streams
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Event]]:
+        streamId: int = frame.stream_id
+        if (
+            streamId in self.streams
+            or self.open_inbound_streams < self.local_settings.max_concurrent_streams
+        ):
+            return super()._receive_headers_frame(frame)
+        self._admitting = True
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+        finally:
+            self._admitting = False
+        self.reset_stream(streamId, ErrorCodes.REFUSED_STREAM)
+        kept = [e for e in events if getattr(e, "stream_id", None) != streamId]
+        return frames, [*kept, StreamRefused(streamId)]
+
+
 _REQUEST = HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
 )
@@ -556,4 +609,4 @@ def _codeName(code: Any) -> str:
         return str(code)
 
 
-__all__ = ["H2EdgeConnection"]
+__all__ = ["H2EdgeConnection", "StreamRefused"]

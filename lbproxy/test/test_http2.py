@@ -853,25 +853,28 @@ class AttackTests(HTTP2Case):
 
     def test_tooManyStreams(self) -> None:
         """
-        A client opening more streams than allowed at once loses the
-        connection (h2's TooManyStreamsError), nothing crashes.
+        A stream opened over the limit of concurrent streams is refused on
+        its own (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2); the streams
+        already open are answered and the connection goes on.
         """
         self.backend.hold()
         client = self.connect()
-        fields = [
-            (b":method", b"GET"),
-            (b":scheme", b"https"),
-            (b":authority", b"a"),
-            (b":path", b"/"),
-        ]
-        for i in range(self.settings.maxConcurrentStreams + 1):
-            frame = HeadersFrame(1 + 2 * i, flags=["END_HEADERS", "END_STREAM"])
-            frame.data = client.h2.encoder.encode(fields)
-            client.transport.write(frame.serialize())
+        # The client's h2 would not open more than the limit itself.
+        client.h2.remote_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        client.h2.remote_settings.acknowledge()
+        limit = self.settings.maxConcurrentStreams
+        streams = [client.request(b"/") for _ in range(limit + 1)]
+        client.flush()
+        self.assertEqual(client.resets(), [(streams[-1], ErrorCodes.REFUSED_STREAM)])
+        self.assertIsNone(client.goAway())
+        self.assertFalse(client.closed)
+        self.assertEqual(len(self.backend.held), limit)
+        self.backend.release()
+        for held in self.backend.held:
+            held.write(b"ok")
+            held.finish()
         self.network.flush()
-        goAway = client.goAway()
-        assert goAway is not None
-        self.assertTrue(client.closed)
+        self.assertEqual(self.serverConnection().streams, {})
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
