@@ -204,6 +204,16 @@ class ConnectionTests(SynchronousTestCase):
         self.assertNotIn(b"connection", head)
         self.assertNotIn(b"host", head)
 
+    def test_pseudoHeadersNotRelayed(self) -> None:
+        """
+        Fields named like pseudo-headers are not relayed (h2 would refuse
+        the whole head).
+        """
+        self.request([(b":extra", b"x"), (b"x-ok", b"1")])
+        head = self.server.headers(1)
+        self.assertNotIn(b":extra", head)
+        self.assertEqual(head[b"x-ok"], b"1")
+
     def test_noHostAuthority(self) -> None:
         """
         Without a Host, the backend's address is the C{:authority}.

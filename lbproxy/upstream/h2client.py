@@ -54,10 +54,10 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, NoAvailableStreamIDError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from OpenSSL import SSL
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -142,6 +142,16 @@ class StreamResetError(Exception):
 
     def __str__(self) -> str:
         return f"the backend reset the HTTP/2 stream ({_codeName(self.code)})"
+
+
+class InvalidRequest(Exception):
+    """
+    A request C{h2} would not send as it is (a field HTTP/2 does not
+    allow).
+    """
+
+    def __str__(self) -> str:
+        return f"the request cannot be sent over HTTP/2 ({self.args[0]})"
 
 
 class UpgradeNotRelayed(Exception):
@@ -498,7 +508,7 @@ class H2ClientConnection(Protocol):
             lower = name.lower()
             if lower == b"host":
                 authority = value
-            elif lower not in _NOT_SENT:
+            elif lower not in _NOT_SENT and lower[:1] not in (b":", b""):
                 fields.append((lower, value))
         if body is not None and body.length is not None:
             fields.append((b"content-length", b"%d" % (body.length,)))
@@ -511,12 +521,24 @@ class H2ClientConnection(Protocol):
             *fields,
         ]
         streamId = self.h2.get_next_available_stream_id()
+        empty = body is None or (body.complete and body.length == 0)
+        try:
+            self.h2.send_headers(streamId, head, end_stream=empty)
+        except (TooManyStreamsError, NoAvailableStreamIDError):
+            raise
+        except H2Error as e:
+            # Fields h2 will not send (they passed the edge's checks, so
+            # this is rare): the request fails. h2 has encoded part of the
+            # head by then, so the connection's header compression is out
+            # of step with the backend's: it takes no new stream.
+            self.goingAway = True
+            if not self.streams:
+                self.close()
+            return fail(InvalidRequest(str(e)))
         stream = _Stream(self, streamId, method, interim)
         self.streams[streamId] = stream
         pending = stream.pending
         assert pending is not None
-        empty = body is None or (body.complete and body.length == 0)
-        self.h2.send_headers(streamId, head, end_stream=empty)
         self._flush()
         if empty:
             stream.sentAll()
@@ -903,7 +925,7 @@ class H2Upstream:
                 sent = connection.request(
                     waiting.method, waiting.target, waiting.headers, waiting.body, waiting.interim
                 )
-            except H2Error:
+            except (TooManyStreamsError, NoAvailableStreamIDError):
                 # Out of stream IDs, or the limit changed under us: no new
                 # streams on this one.
                 connection.goingAway = True
@@ -1045,6 +1067,7 @@ __all__ = [
     "H2ClientConnection",
     "H2Response",
     "H2Upstream",
+    "InvalidRequest",
     "StreamResetError",
     "UpgradeNotRelayed",
 ]
