@@ -175,6 +175,16 @@ class H2Stream:
         windows.
         """
         request = self.request
+        if not data:
+            # An empty DATA frame (padding at most) is no body: as a chunk
+            # to an HTTP/1.1 backend it would end the body early (a
+            # zero-size chunk is the last one), and what follows would be
+            # read as another request.
+            if request is None:
+                self._earlyAcks += flowControlled
+            else:
+                self._acknowledge(flowControlled)
+            return
         if request is None:
             self._early.append(data)
             self._earlyAcks += flowControlled

@@ -272,6 +272,25 @@ class ExchangeTests(HTTP2Case):
         self.assertEqual(body, b"echo:hello body")
         self.assertTrue(ended)
 
+    def test_emptyDataFrames(self) -> None:
+        """
+        Empty DATA frames in a request body without a length add nothing
+        to it: the backend gets the whole body and one request (as a
+        zero-size chunk, an empty frame would end the body early and what
+        follows would be read as another request).
+        """
+        client = self.connect()
+        streamId = client.request(b"/up", method=b"POST", end=False)
+        client.flush()
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: backend\r\n\r\n"
+        client.h2.send_data(streamId, b"")
+        client.h2.send_data(streamId, b"", pad_length=10)
+        client.h2.send_data(streamId, smuggled, end_stream=True)
+        client.flush()
+        head, body, ended = client.response(streamId)
+        self.assertEqual((head[b":status"], body, ended), (b"200", b"echo:" + smuggled, True))
+        self.assertEqual([r.body for r in self.backend.resource.received], [smuggled])
+
     def test_bodyInPieces(self) -> None:
         """
         A body sent in pieces over several reads, without a length, streams
