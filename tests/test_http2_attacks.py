@@ -14,6 +14,7 @@ would.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -572,6 +573,33 @@ class AttackTests(_Case):
         self.assertEqual(client.resets(), {streams[-1]: ErrorCodes.REFUSED_STREAM})
         self.assertIsNone(client.goAway())
         await self.assertServes(proxy)
+        self.assertClean(proxy)
+
+    async def test_emptyDataFrameSmuggling(self) -> None:
+        """
+        Empty DATA frames in a request body of no declared length do not
+        end it early at the backend: the backend hashes the whole body, and
+        the HTTP/1.1 request hidden in it is never read as a request of its
+        own.
+        """
+        proxy = await self.start()
+        hidden = b"GET /bytes?n=1&id=smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+        def attack() -> tuple[int | None, bytes]:
+            client = RawH2(proxy)
+            streamId = client.request("/up?id=carrier", method="POST", end=False)
+            client.h2.send_data(streamId, b"")
+            client.h2.send_data(streamId, hidden, end_stream=True)
+            client.flush()
+            client.readUntil(lambda: client.ended(streamId))
+            status, _, body = client.response(streamId)
+            client.close()
+            return status, body
+
+        status, body = await deferToThread(attack)
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["length"], len(hidden))
+        self.assertFalse(self.server.exchange("smuggled").arrived.is_set())
         self.assertClean(proxy)
 
     async def test_bodyNeverSent(self) -> None:
