@@ -31,6 +31,11 @@ try:
 except ImportError:  # pragma: no cover - the dev extras bring it
     grpc = None
 
+try:
+    import httpx
+except ImportError:  # pragma: no cover - the dev extras bring it
+    httpx = None  # type: ignore[assignment]
+
 T = TypeVar("T")
 
 MiB = 1024 * 1024
@@ -471,4 +476,26 @@ class PlainHTTP2BackendTests(_Case):
         self.assertEqual(head[b":method"], b"GET")
         self.assertNotIn(b"connection", head)
         self.assertNotIn(b"host", head)
+        self.assertClean(proxy)
+
+    async def test_http2Client(self) -> None:
+        """
+        An HTTP/2 client (httpx, prior knowledge) reaches an h2c backend
+        over HTTP/2 on both sides, ten requests on one client connection.
+        """
+        if httpx is None:
+            self.skipTest("httpx is not installed (pip install -e '.[dev]')")
+        backend = H2Backend(self)
+        proxy = await self.start(f"h2c://{backend.authority}")
+
+        def fetch() -> list[tuple[str, int, bytes]]:
+            with httpx.Client(http1=False, http2=True, timeout=CALL_TIMEOUT) as client:
+                return [
+                    (r.http_version, r.status_code, r.content)
+                    for r in (client.get(f"{proxy.url}/n{i}") for i in range(10))
+                ]
+
+        answers = await self.inThread(fetch)
+        self.assertEqual(answers, [("HTTP/2", 200, b"hello /n%d" % (i,)) for i in range(10)])
+        self.assertEqual(len(backend.seen), 10)
         self.assertClean(proxy)
