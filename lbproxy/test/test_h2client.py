@@ -23,15 +23,16 @@ from hpack import Encoder
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from lbproxy._twisted.newclient import RequestNotSent
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
@@ -45,8 +46,10 @@ from lbproxy.upstream.h2client import (
     H2Response,
     H2Upstream,
     StreamResetError,
+    UpgradeNotRelayed,
 )
-from lbproxy.upstream.pool import UpstreamSettings
+from lbproxy.upstream.health import HTTPProbe
+from lbproxy.upstream.pool import Upstream, UpstreamSettings
 
 BACKEND = Backend(host="10.0.0.1", port=50051, scheme="h2c")
 
@@ -785,3 +788,98 @@ class GRPCStatusTests(SynchronousTestCase):
         answer = self.call(self.site([]), {b"content-type": [b"application/json"]})
         self.assertEqual(answer.code, 503)
         self.assertEqual(answer.header(b"grpc-status"), [])
+
+
+@implementer(IStreamClientEndpoint)
+class _ScriptedEndpoint:
+    """
+    An endpoint whose every connection gets a scripted server of its own.
+    """
+
+    def __init__(self, servers: list[_Server]) -> None:
+        self._servers = servers
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        protocol = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert isinstance(protocol, H2ClientConnection)
+        self._servers.append(_Server(protocol))
+        return succeed(protocol)
+
+
+class PoolTests(SynchronousTestCase):
+    """
+    L{lbproxy.upstream.pool.Upstream} sends requests for C{h2c://} backends
+    over HTTP/2, reports their connections, and health probes them over
+    HTTP/2.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.servers: list[_Server] = []
+        endpoint = _ScriptedEndpoint(self.servers)
+        self.upstream = Upstream(
+            self.clock, self.clock, UpstreamSettings(), lambda host, port: endpoint
+        )
+
+    def pump(self) -> None:
+        for server in self.servers:
+            server.pump()
+
+    def test_dispatch(self) -> None:
+        """
+        An h2c backend's request goes over HTTP/2; its connection is
+        counted, busy, then idle; aborting drops it.
+        """
+        d = self.upstream.request(BACKEND, b"GET", b"/x", [(b"Host", b"h")], None)
+        self.pump()
+        (server,) = self.servers
+        self.assertEqual(server.headers(1)[b":path"], b"/x")
+        self.assertEqual(self.upstream.connectionsTo(BACKEND), 1)
+        self.assertTrue(self.upstream.busy())
+        server.respond(1, b"ok")
+        self.successResultOf(d).deliverBody(_Body())
+        self.assertFalse(self.upstream.busy())
+        self.assertEqual(self.upstream.idleTo(BACKEND), 1)
+        self.upstream.abortTo(BACKEND)
+        self.assertTrue(server.transport.disconnected)
+
+    def test_noUpgrade(self) -> None:
+        """
+        An upgrade cannot go to an HTTP/2 backend.
+        """
+        d = self.upstream.request(BACKEND, b"GET", b"/ws", [], None, upgrade=True)
+        self.failureResultOf(d, UpgradeNotRelayed)
+
+    def probe(self) -> tuple[Deferred[bool], _Server]:
+        probe = HTTPProbe(
+            lambda backend, method, target, headers: self.upstream.request(
+                backend, method, target, headers, None
+            ),
+            self.clock,
+            b"/health",
+            1.0,
+        )
+        verdict = probe(BACKEND)
+        self.pump()
+        return verdict, self.servers[-1]
+
+    def test_probeOverHTTP2(self) -> None:
+        """
+        The health probe of an h2c backend is a gRPC-shaped POST; a gRPC
+        answer (200, any grpc-status) is healthy.
+        """
+        verdict, server = self.probe()
+        head = server.headers(1)
+        self.assertEqual((head[b":method"], head[b":path"]), (b"POST", b"/health"))
+        self.assertEqual(head[b"content-type"], b"application/grpc")
+        server.respond(1, trailers=[(b"grpc-status", b"12")])
+        self.assertTrue(self.successResultOf(verdict))
+
+    def test_probeReset(self) -> None:
+        """
+        A probe whose stream the backend resets is unhealthy.
+        """
+        verdict, server = self.probe()
+        server.h2.reset_stream(1, ErrorCodes.PROTOCOL_ERROR)
+        server.pump()
+        self.assertFalse(self.successResultOf(verdict))

@@ -1,4 +1,4 @@
-# -*- test-case-name: lbproxy.test.test_backends -*-
+# -*- test-case-name: lbproxy.test.test_backends,lbproxy.test.test_h2client -*-
 """
 Backends: where requests go, their live counters, and parsing of the
 C{--backends} list.

@@ -1,4 +1,4 @@
-# -*- test-case-name: lbproxy.test.test_health -*-
+# -*- test-case-name: lbproxy.test.test_health,lbproxy.test.test_h2client -*-
 """
 Health: active checks (a probe per backend on an injected clock, with
 HAProxy's rise/fall) and passive checks (outlier ejection on real traffic,

@@ -1,4 +1,4 @@
-# -*- test-case-name: lbproxy.test.test_pool,lbproxy.test.test_retry -*-
+# -*- test-case-name: lbproxy.test.test_pool,lbproxy.test.test_retry,lbproxy.test.test_h2client -*-
 """
 The client side of the proxy: HTTP/1.1 to backends over persistent,
 pooled connections (the protocol itself is in L{lbproxy.upstream.connection}),
