@@ -304,7 +304,8 @@ class CallTests(_Case):
 
 class FailureTests(_Case):
     """
-    What a gRPC client sees when lbproxy fails its call, or a backend dies.
+    What a gRPC client sees when lbproxy fails its call, a backend dies, or
+    lbproxy drains.
     """
 
     async def test_backendDown(self) -> None:
@@ -415,6 +416,26 @@ class FailureTests(_Case):
         answers.cancel()
         await until(backend.ended.is_set, "the backend to see the call end")
         self.assertClean(proxy)
+
+    async def test_drainLetsStreamFinish(self) -> None:
+        """
+        SIGTERM while a streaming call is in progress: the call finishes
+        whole (its backend stream is not cut), then twistd exits 0.
+        """
+        backend = GRPCBackend(self)
+        proxy = await self.start(f"h2c://{backend.authority}")
+        stall = self.channel(proxy).unary_stream(_method("Stall"))
+        answers = stall(b"", timeout=CALL_TIMEOUT)
+        self.assertEqual(await self.inThread(lambda: next(answers)), b"first")
+        await until(backend.started.is_set, "the stall")
+        proxy.process.signal("TERM")
+        await until(lambda: "draining" in proxy.process.out, "the drain to start")
+        backend.release()
+        self.assertEqual(await self.inThread(lambda: list(answers)), [b"second"])
+        self.assertEqual(answers.code(), grpc.StatusCode.OK)
+        result = await proxy.process.exited()
+        self.assertEqual((result.code, result.signal), (0, None), result.combined)
+        self.assertNotIn("Traceback", result.combined)
 
     async def test_healthChecksOverHTTP2(self) -> None:
         """
