@@ -183,6 +183,17 @@ class ConnectionTests(SynchronousTestCase):
         # h2's server advertises 100 streams.
         self.assertEqual(self.client.capacity(), 100)
 
+    def test_noDelay(self) -> None:
+        """
+        Nagle's algorithm is off on backend connections (frames of many
+        streams go out in small writes).
+        """
+        calls: list[bool] = []
+        transport = StringTransport()
+        transport.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+        _connection().makeConnection(transport)
+        self.assertEqual(calls, [True])
+
     def test_requestHead(self) -> None:
         """
         Host becomes C{:authority}, header names are lower case, connection

@@ -461,6 +461,11 @@ class H2ClientConnection(Protocol):
         self.streams: dict[int, _Stream] = {}
 
     def connectionMade(self) -> None:
+        # Frames of many streams go out in small writes: Nagle's algorithm
+        # would hold each behind the backend's delayed ACK (40 ms).
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            setTcpNoDelay(True)
         h2 = self.h2
         h2.local_settings = Settings(
             client=True,
