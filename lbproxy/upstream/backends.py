@@ -259,8 +259,7 @@ def parseBackend(item: str) -> Backend:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in ("http", "https", "h2c", "h2"):
             raise BackendSpecError(
-                f"backend {item!r}: only http://, https://, h2c:// and h2:// backends "
-                "are supported"
+                f"backend {item!r}: only http://, https://, h2c:// and h2:// backends are supported"
             )
         rest = text.split("://", 1)[1]
         if rest.endswith("/"):
