@@ -186,6 +186,30 @@ class CurlTests(_Case):
             await self.upload(proxy, size)
         self.assertClean(proxy)
 
+    async def test_tooLargeAnswered(self) -> None:
+        """
+        An upload above C{--max-body} is answered 413 before its body is
+        taken, and curl over HTTP/2 (TLS and h2c) shows that answer: the
+        stream's reset waits until the client has read it.
+        """
+        path = os.path.join(self.directory, "big.bin")
+        await deferToThread(writePattern, path, 2 * MiB)
+        for tls, extra in ((True, ()), (False, ("--h2c",))):
+            proxy = await self.start(tls, "--max-body", "1M", *extra)
+            argv = [
+                *self.curlArgs(proxy),
+                "--write-out",
+                "\\n%{http_version} %{http_code}",
+                "--data-binary",
+                f"@{path}",
+                f"{proxy.url}/up?id=big",
+            ]
+            result = await runClient(argv, self.directory)
+            self.assertEqual(result.code, 0, result.err)
+            self.assertTrue(result.out.startswith("413 Content Too Large"), result.out)
+            self.assertTrue(result.out.endswith("\n2 413"), result.out)
+            self.assertClean(proxy)
+
     async def test_h2cSizes(self) -> None:
         """
         Over h2c (prior knowledge, plain), bodies of 0 bytes to 100 MiB

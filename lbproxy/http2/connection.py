@@ -346,6 +346,15 @@ class H2EdgeConnection(Protocol):
                 return
             self._flush()
 
+    def acknowledgeConnection(self, count: int) -> None:
+        """
+        C{count} flow-controlled bytes were dropped for a stream whose own
+        window stays shut: only the connection's window opens again.
+        """
+        if count and not self._closing:
+            self.h2.increment_flow_control_window(count)
+            self._flush()
+
     def resetStream(self, streamId: int, code: int) -> None:
         """
         Reset stream C{streamId} with C{code}, if it is still open.

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 
 _VERSION = b"HTTP/2"
 
+EARLY_RESET_DELAY = 1.0
+"""
+Seconds a stream answered before its request ended waits, its window shut,
+for the client to read the answer before it is reset (NO_ERROR, RFC 9113
+8.1), unless the client ends the request first.
+"""
+
 # Response fields that mean nothing (or harm) in HTTP/2 (RFC 9113 8.2.2).
 _HOP_BY_HOP = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"]
@@ -95,6 +102,7 @@ class H2Stream:
     ended = False
     closed = False
     _bodyTimer: IDelayedCall | None = None
+    _earlyReset: IDelayedCall | None = None
     _producer: IPushProducer | None = None
     _producerPaused = False
     _holding = False
@@ -174,6 +182,12 @@ class H2Stream:
         Request body data arrived, taking C{flowControlled} bytes of the
         windows.
         """
+        if self._endSent and not self.closed:
+            # Answered early, and the client still sends: what it sends is
+            # dropped, its stream's window stays shut, the connection's
+            # opens again (the reset follows, see _sentAll).
+            self.connection.acknowledgeConnection(flowControlled)
+            return
         request = self.request
         if not data:
             # An empty DATA frame (padding at most) is no body: as a chunk
@@ -203,6 +217,7 @@ class H2Stream:
         if self.request is not None:
             self._requestEnded()
         if self._endSent:
+            self._stopEarlyReset()
             self.connection.streamGone(self)
 
     def _requestEnded(self) -> None:
@@ -510,10 +525,41 @@ class H2Stream:
         self._waitingSince = None
         if not self.ended:
             # A complete answer before the whole request: the client may
-            # stop sending it (RFC 9113 8.1).
-            self.connection.resetStream(self.streamId, ErrorCodes.NO_ERROR)
-            self.closed = True
+            # stop sending it (RFC 9113 8.1), and a reset (NO_ERROR) says
+            # so, EARLY_RESET_DELAY later: curl drops a response whose
+            # reset it reads before it has taken the response (an early
+            # 413 showed as no answer, or as a stream error). Meanwhile the
+            # stream's window stays shut: the client sends at most that.
+            self._earlyReset = self.connection.clock.callLater(
+                EARLY_RESET_DELAY, self._resetEarly
+            )
+            return
         self.connection.streamGone(self)
+
+    def _resetEarly(self) -> None:
+        self._earlyReset = None
+        if self.closed:
+            return
+        self.connection.resetStream(self.streamId, ErrorCodes.NO_ERROR)
+        self.closed = True
+        self._releaseWindow()
+        self.connection.streamGone(self)
+
+    def _stopEarlyReset(self) -> None:
+        timer, self._earlyReset = self._earlyReset, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _releaseWindow(self) -> None:
+        """
+        Give the connection's window back for the body bytes this stream
+        held and will not pass on (the stream's own window goes with it).
+        """
+        count = self._earlyAcks + self._unacked
+        self._earlyAcks = self._unacked = 0
+        self._early = []
+        if count:
+            self.connection.acknowledge(self.streamId, count)
 
     def done(self) -> bool:
         """
@@ -543,9 +589,10 @@ class H2Stream:
             return
         self.closed = True
         self._stopBodyTimer()
+        self._stopEarlyReset()
         self._out.clear()
         self._outBytes = 0
-        self._early = []
+        self._releaseWindow()
         producer, self._producer = self._producer, None
         request = self.request
         if request is not None and not request.finished and not request._disconnected:

@@ -36,6 +36,7 @@ from lbproxy.http2.connection import H2EdgeConnection
 from lbproxy.http2.head import H2Head, checkHead
 from lbproxy.http2.negotiate import NegotiatingFactory
 from lbproxy.http2.settings import H2_PREFACE, HTTP2Settings
+from lbproxy.http2.stream import EARLY_RESET_DELAY
 from lbproxy.routing import RouteRule, RouteTable
 from lbproxy.test.fakes import FirstAvailable
 from lbproxy.test.memorynet import MemoryNetwork
@@ -526,6 +527,73 @@ class RefusalTests(HTTP2Case):
         )
         client.flush()
         self.assertEqual(client.response(stream)[0][b":status"], b"413")
+
+    def _earlyAnswer(self, client: H2Client, size: int = 60000) -> int:
+        """
+        Send C{size} bytes of a body the proxy refuses at its head (413),
+        without ending the stream.
+        """
+        self.site.limits = EdgeLimits(maxBodySize=10)
+        stream = client.request(
+            b"/", method=b"POST", end=False, extra=[(b"content-length", b"%d" % (10 * size,))]
+        )
+        for offset in range(0, size, 16384):
+            client.h2.send_data(stream, b"x" * min(16384, size - offset))
+        client.flush()
+        return stream
+
+    def test_earlyAnswerWindowShut(self) -> None:
+        """
+        A response complete before its request is not followed by a reset
+        at once (curl drops a response it reads together with the reset):
+        more of the request is dropped, and the stream's window stays shut
+        while the connection's opens again.
+        """
+        client = self.connect()
+        stream = self._earlyAnswer(client)
+        head, _body, ended = client.response(stream)
+        self.assertEqual((head[b":status"], ended), (b"413", True))
+        window = client.h2.local_flow_control_window(stream)
+        connectionWindow = client.h2.outbound_flow_control_window
+        client.h2.send_data(stream, b"y" * 1000)
+        client.flush()
+        self.assertEqual(client.resets(), [])
+        self.assertEqual(client.h2.local_flow_control_window(stream), window - 1000)
+        self.assertEqual(client.h2.outbound_flow_control_window, connectionWindow)
+
+    def test_earlyAnswerResetLater(self) -> None:
+        """
+        A client that sends nothing more after an early answer has the
+        stream reset (NO_ERROR) after C{EARLY_RESET_DELAY} seconds.
+        """
+        client = self.connect()
+        stream = self._earlyAnswer(client)
+        self.clock.advance(EARLY_RESET_DELAY - 0.1)
+        client.flush()
+        self.assertEqual(client.resets(), [])
+        self.clock.advance(0.1)
+        client.flush()
+        self.assertEqual(client.resets(), [(stream, ErrorCodes.NO_ERROR)])
+        self.assertEqual(self.serverConnection().streams, {})
+
+    def test_earlyAnswersKeepTheConnectionWindow(self) -> None:
+        """
+        The body bytes of streams answered early (and reset) are given back
+        to the connection's window: a client may be refused many uploads
+        on one connection, more than the connection's window, and still
+        send a body on it.
+        """
+        client = self.connect()
+        window = self.settings.connectionWindowSize
+        for _ in range(window // 60000 + 10):
+            self._earlyAnswer(client)
+            self.clock.advance(EARLY_RESET_DELAY)
+            client.flush()
+        self.site.limits = EdgeLimits()
+        stream = client.request(b"/", method=b"POST", body=b"z" * 1000)
+        client.flush()
+        head, body, ended = client.response(stream)
+        self.assertEqual((head[b":status"], body, ended), (b"200", b"echo:" + b"z" * 1000, True))
 
 
 class InterimTests(HTTP2Case):
