@@ -864,6 +864,8 @@ class _Exchange:
         self._stopBoth("the client stopped reading the response")
 
     def _stopBoth(self, why: str) -> None:
+        if self._clientGone:
+            return  # _clientLost has stopped both already.
         self._record.truncated = True
         self._record.error = why
         producer, self._bodyProducer = self._bodyProducer, None

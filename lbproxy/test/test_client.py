@@ -101,6 +101,21 @@ class RequestTests(ClientTestCase):
         self.assertEqual(self.idle, [self.connection])
 
 
+    def test_emptyPieceOfChunkedBody(self) -> None:
+        """
+        An empty piece of a body of unknown length writes nothing: as a
+        chunk it would be the last one, and the rest of the body would
+        reach the backend as another request.
+        """
+        body = StreamedBody(None, RecordedReading())
+        self.connection.request(b"POST", b"/", [(b"Host", b"h")], body)
+        head = self.transport.value()
+        body.received(b"")
+        body.received(b"abc")
+        body.receivedAll()
+        self.assertEqual(self.transport.value()[len(head) :], b"3\r\nabc\r\n0\r\n\r\n")
+
+
 class ResponseTests(ClientTestCase):
     """
     Parsing answers.

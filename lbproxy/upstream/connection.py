@@ -333,7 +333,9 @@ class BackendConnection(Protocol):
         Send the next piece of the request body (see L{StreamedBody}).
         """
         transport: Any = self.transport
-        if self._closed or transport is None:
+        if self._closed or transport is None or not data:
+            # An empty piece is nothing to send; as a chunk it would be the
+            # last one, and what followed would be read as a new request.
             return
         if self._chunkedRequest:
             transport.write(b"%x\r\n%s\r\n" % (len(data), data))
