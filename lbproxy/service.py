@@ -302,7 +302,7 @@ class LoadBalancerService(MultiService):
         described = [
             "{backends} with chooser {chooser}".format(
                 backends=", ".join(
-                    [b.authority for b in pool.backends.backends]
+                    [b.url if b.scheme != "http" else b.authority for b in pool.backends.backends]
                     + [str(source) for source in pool.config.sources]
                 )
                 or "no backends",

@@ -188,7 +188,7 @@ class Reloader:
                 if not balancer.removing(b) and id(b) not in discovered
             ]
             table["backends"] = [
-                (b.url if b.scheme == "https" else b.authority)
+                (b.url if b.scheme != "http" else b.authority)
                 + (f"={b.weight}" if b.weight != 1 else "")
                 for b in live
             ] + [str(source) for source in pool.config.sources]

@@ -153,6 +153,13 @@ class H2EdgeConnection(Protocol):
         if extra > 0:
             h2.increment_flow_control_window(extra)
         transport: Any = self.transport
+        # Streams' frames go out as they are ready, several in flight at
+        # once: with Nagle's algorithm, one waited for the client's delayed
+        # ACK (gRPC calls through lbproxy: 576 a second without this, about
+        # 2 000 with it; nginx and HAProxy set it too).
+        setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            setTcpNoDelay(True)
         transport.registerProducer(self, True)
         self.site.channelOpened(self)  # type: ignore[arg-type]
         self._flush()

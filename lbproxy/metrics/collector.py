@@ -176,7 +176,7 @@ class LoadBalancerCollector(Collector):
             for backend in pool.backends.backends:
                 labels = [
                     pool.name,
-                    backend.url if backend.scheme == "https" else backend.authority,
+                    backend.url if backend.scheme != "http" else backend.authority,
                 ]
                 requests.add_metric(labels, backend.requests)
                 for index, count in enumerate(backend.responses[1:], 1):

@@ -733,6 +733,24 @@ class DescribeTests(ReloadTestCase):
         self.assertNotIn("draining", description["pools"]["web"])
         self.roundTrip(service, reloader)
 
+    def test_http2BackendsDescribed(self) -> None:
+        """
+        HTTP/2 backends (C{h2c://}, C{h2://}) are described with their
+        scheme, so that applying the description keeps them HTTP/2.
+        """
+        service, reloader = self.start(
+            _TWO_POOLS.replace(
+                'backends = ["127.0.0.4"]',
+                'backends = ["h2c://127.0.0.4:50051", "h2://api.internal"]',
+            )
+        )
+        description = reloader.describe()
+        self.assertEqual(
+            description["pools"]["api"]["backends"],
+            ["h2c://127.0.0.4:50051", "h2://api.internal:443"],
+        )
+        self.roundTrip(service, reloader)
+
     def test_drainsDescribed(self) -> None:
         """
         Backends drained at run time are listed in C{draining} (an https
