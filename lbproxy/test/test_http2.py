@@ -26,7 +26,6 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
@@ -221,22 +220,6 @@ class ExchangeTests(HTTP2Case):
     """
     Requests over HTTP/2 take the HTTP/1.1 edge's path to the backend.
     """
-
-    def test_noDelay(self) -> None:
-        """
-        An HTTP/2 connection turns Nagle's algorithm off on its socket:
-        frames of several streams are in flight at once.
-        """
-
-        class NoDelayTransport(StringTransport):
-            noDelay = False
-
-            def setTcpNoDelay(self, enabled: bool) -> None:
-                self.noDelay = enabled
-
-        transport = NoDelayTransport()
-        H2EdgeConnection(self.site, self.settings, self.clock).makeConnection(transport)
-        self.assertTrue(transport.noDelay)
 
     def test_get(self) -> None:
         """
