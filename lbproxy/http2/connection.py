@@ -76,7 +76,7 @@ from zope.interface import implementer
 
 from lbproxy.http.checks import Rejection
 from lbproxy.http.edge import ProxySite
-from lbproxy.http2.head import checkHead
+from lbproxy.http2.head import checkHead, plainlyWellFormed
 from lbproxy.http2.hpackplain import PlainEncoder
 from lbproxy.http2.settings import HTTP2Settings
 from lbproxy.http2.stream import H2Stream
@@ -281,8 +281,11 @@ class H2EdgeConnection(Protocol):
     def _malformed(self, streamId: int, fields: list[Any], flags: HeaderValidationFlags) -> bool:
         """
         Whether a header block is malformed (RFC 9113 8.1.1, by C{h2}'s
-        checks); if it is, reset its stream with PROTOCOL_ERROR.
+        checks, after L{plainlyWellFormed}'s one pass for the usual case);
+        if it is, reset its stream with PROTOCOL_ERROR.
         """
+        if plainlyWellFormed(fields, flags.is_trailer):
+            return False
         try:
             for _ in validate_headers(fields, flags):
                 pass
