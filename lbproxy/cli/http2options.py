@@ -51,7 +51,7 @@ class HTTP2Options(usage.Options):
         [
             "http2",
             None,
-            "on",
+            "off",
             "on: offer HTTP/2 (ALPN h2, then http/1.1) on TLS listeners; off: HTTP/1.1 only.",
         ],
         [

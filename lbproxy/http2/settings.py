@@ -59,7 +59,7 @@ class HTTP2Settings:
         to open its window before the stream is reset.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     h2c: bool = False
     maxConcurrentStreams: int = 100
     maxHeaderListSize: int = 64 * 1024

@@ -41,14 +41,14 @@ class HTTP2OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """
         Without HTTP/2 options, the settings are L{HTTP2Settings}' documented
-        defaults: on (TLS listeners offer h2), 100 streams, 64 KiB header lists, 65535-byte windows,
+        defaults: off, 100 streams, 64 KiB header lists, 65535-byte windows,
         16 KiB frames, 64 KiB per stream; the send timeout is
         C{--send-timeout}'s.
         """
         self.assertEqual(self.settings(), HTTP2Settings())
-        self.assertTrue(self.settings().enabled)
+        self.assertFalse(self.settings().enabled)
         self.assertFalse(self.settings().h2c)
-        self.assertFalse(self.settings("--http2", "off").enabled)
+        self.assertTrue(self.settings("--http2", "on").enabled)
         self.assertEqual(self.settings("--send-timeout", "7").sendTimeout, 7.0)
 
     def test_limits(self) -> None:
@@ -104,7 +104,7 @@ class HTTP2OptionsTests(SynchronousTestCase):
             (("--http2-initial-window-size", "2G"), "to 2147483647, not '2G'"),
             (("--http2-stream-buffer", "lots"), "must be a size like 65536 or 64K, not 'lots'"),
             (("--http2", "yes"), "--http2 must be on or off"),
-            (("--http2", "off", "--h2c"), "--h2c needs --http2 on"),
+            (("--h2c",), "--h2c needs --http2 on"),
         ]
         for arguments, expected in cases:
             self.assertIn(expected, self.refused(*arguments), arguments)
