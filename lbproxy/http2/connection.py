@@ -202,6 +202,7 @@ class H2EdgeConnection(Protocol):
     def _handle(self, events: list[Event]) -> None:
         streams = self.streams
         new: list[H2Stream] = []
+        windowsOpened = False
         for event in events:
             if isinstance(event, DataReceived):
                 stream = streams.get(event.stream_id)
@@ -245,8 +246,10 @@ class H2EdgeConnection(Protocol):
                 if event.remote_reset and not self._spendReset():
                     return
             elif isinstance(event, WindowUpdated):
-                pass  # Sent below, when the events are handled.
+                windowsOpened = True
             elif isinstance(event, (PingReceived, RemoteSettingsChanged)):
+                # New settings may open every stream's window.
+                windowsOpened = windowsOpened or isinstance(event, RemoteSettingsChanged)
                 if self._writePaused:
                     self._pendingAcks += 1
                     if self._pendingAcks > self.settings.maxPendingAcks:
@@ -263,7 +266,10 @@ class H2EdgeConnection(Protocol):
             if not stream.closed and not self._closing:
                 self._stopIdleTimer()
                 stream.dispatch()
-        self._sendAll()
+        # Streams that wait for a window may send now; the others with
+        # something to send have asked already (see send).
+        if windowsOpened:
+            self._sendAll()
 
     def _newStream(self, streamId: int, fields: list[tuple[bytes, bytes]]) -> H2Stream | None:
         limits = self.site.limits
@@ -574,7 +580,14 @@ class _EdgeH2Connection(H2Connection):
 
     @property
     def open_inbound_streams(self) -> int:
-        return 0 if self._admitting else super().open_inbound_streams
+        if self._admitting:
+            return 0
+        # Counting walks every stream (and forgets the closed ones); while
+        # fewer are known than the limit, their number is bound enough.
+        known = len(self.streams)
+        if known < self.local_settings.max_concurrent_streams:
+            return known
+        return super().open_inbound_streams
 
     def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Event]]:
         streamId: int = frame.stream_id
