@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
+import ssl
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -307,6 +309,75 @@ class FailureTests(_Case):
     What a gRPC client sees when lbproxy fails its call, a backend dies, or
     lbproxy drains.
     """
+
+    async def test_h2BackendWithoutALPN(self) -> None:
+        """
+        An C{h2://} backend that completes TLS without choosing C{h2} in
+        ALPN (an HTTP/1.1-only server) counts as one that could not be
+        reached: 503 (as for any failure to connect, after trying the
+        others), saying why, and a log line, rather than an HTTP/2 preface
+        it cannot read.
+        """
+        certs = os.path.join(self.directory, "certs")
+        await makeCertificates(certs)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(
+            os.path.join(certs, "loadbalancer.crt"), os.path.join(certs, "loadbalancer.key")
+        )
+        context.set_alpn_protocols(["http/1.1"])
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(CALL_TIMEOUT)
+        port = listener.getsockname()[1]
+
+        chosen: list[str | None] = []
+
+        def serve() -> None:
+            # Until the listener closes at cleanup: the proxy's requests
+            # and health checks, each dropped by the proxy at once.
+            while True:
+                try:
+                    raw, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(raw, server_side=True) as tls:
+                        chosen.append(tls.selected_alpn_protocol())
+                        tls.settimeout(CALL_TIMEOUT)
+                        tls.recv(1024)
+                except OSError:
+                    pass
+
+        served = deferToThread(serve)
+
+        def stop() -> Deferred[None]:
+            # shutdown() wakes the thread's accept(), close() would not.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+            return served
+
+        self.addCleanup(stop)
+        proxy = await self.start(
+            f"h2://localhost:{port}", False, "--backend-ca", os.path.join(certs, "ca.crt")
+        )
+
+        def get() -> tuple[int, bytes]:
+            connection = proxy.connection()
+            try:
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        status, body = await self.inThread(get)
+        self.assertEqual(status, 503, body)
+        self.assertIn(b"did not agree to HTTP/2 in ALPN", body)
+        self.assertNotIn("h2", chosen)
+        await until(lambda: "did not agree to HTTP/2 in ALPN" in proxy.process.out, "the log line")
+        self.assertIsNone(logProblems(proxy.process))
 
     async def test_backendDown(self) -> None:
         """

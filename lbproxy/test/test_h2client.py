@@ -22,7 +22,7 @@ from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -598,6 +598,42 @@ class UpstreamTests(SynchronousTestCase):
         self.assertEqual(len(self.network.servers), 1)
         self.assertEqual(self.upstream.connectionsTo(BACKEND), 1)
         self.assertTrue(self.upstream.busy())
+
+    def test_alpnRefused(self) -> None:
+        """
+        An C{h2://} backend whose TLS handshake did not choose C{h2} in ALPN
+        has its connection given up at once, and the requests that waited
+        for it fail as a connection that could not be made, saying why (the
+        proxy then tries another backend, or answers 502).
+        """
+        self.network.hold = True
+        d = self.upstream.request(BACKEND, b"GET", b"/", [], None)
+        ((held, protocol),) = self.network.held
+        transport = StringTransport()
+        transport.negotiatedProtocol = b"http/1.1"  # type: ignore[attr-defined]
+        protocol.makeConnection(transport)
+        held.callback(protocol)
+        protocol.handshakeCompleted()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        failure = self.failureResultOf(d, ConnectError)
+        self.assertIn(
+            "the backend did not agree to HTTP/2 in ALPN (it chose 'http/1.1')",
+            failure.getErrorMessage(),
+        )
+
+    def test_alpnAgreed(self) -> None:
+        """
+        A backend that chose C{h2} keeps its connection.
+        """
+        transport = StringTransport()
+        transport.negotiatedProtocol = b"h2"  # type: ignore[attr-defined]
+        self.network.hold = True
+        self.upstream.request(BACKEND, b"GET", b"/", [], None)
+        ((_, protocol),) = self.network.held
+        protocol.makeConnection(transport)
+        protocol.handshakeCompleted()
+        self.assertFalse(transport.disconnecting)
 
     def test_waitForSettings(self) -> None:
         """

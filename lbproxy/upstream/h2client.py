@@ -58,9 +58,10 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocol,
     IPushProducer,
@@ -427,6 +428,7 @@ class _Stream:
         self._acknowledge()
 
 
+@implementer(IHandshakeListener)
 class H2ClientConnection(Protocol):
     """
     One HTTP/2 connection to a backend, carrying many streams at once.
@@ -437,9 +439,13 @@ class H2ClientConnection(Protocol):
     @ivar onReady: Called with this connection when it becomes ready, and
         whenever one of its streams ends (room for another).
     @ivar onClosed: Called with this connection when it is closed.
+    @ivar refusal: Why lbproxy gave the connection up before it was ready
+        (an C{h2://} backend that did not agree to HTTP/2 in ALPN), for
+        the requests that waited for it.
     """
 
     _log = Logger()
+    refusal: Failure | None = None
     ready = False
     goingAway = False
     closed = False
@@ -477,6 +483,26 @@ class H2ClientConnection(Protocol):
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - h2.inbound_flow_control_window)
         self._flush()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake with an C{h2://} backend is done: unless it chose
+        C{h2} in ALPN, it would read the HTTP/2 preface as a bad HTTP/1.1
+        request; give the connection up with a reason that says so.
+        """
+        chosen = getattr(self.transport, "negotiatedProtocol", None)
+        if chosen == b"h2":
+            return
+        what = "no protocol" if chosen is None else repr(chosen.decode("ascii", "replace"))
+        self.refusal = Failure(
+            ConnectError(string=f"the backend did not agree to HTTP/2 in ALPN (it chose {what})")
+        )
+        self._log.warn(
+            "h2 backend {backend}: did not agree to HTTP/2 in ALPN (it chose {what})",
+            backend=self.authority.decode("ascii", "replace"),
+            what=what,
+        )
+        self.abort()
 
     # Capacity.
 
@@ -987,9 +1013,12 @@ class H2Upstream:
             # It closed before its SETTINGS and nothing else may carry
             # them: the requests waiting for it would wait for ever.
             waiting, entry.waiting = entry.waiting, deque()
+            reason = connection.refusal or Failure(
+                ResponseNeverReceived([Failure(ConnectionDone())])
+            )
             for each in waiting:
                 if not each.cancelled:
-                    each.result.errback(Failure(ResponseNeverReceived([Failure(ConnectionDone())])))
+                    each.result.errback(reason)
         elif entry.waiting:
             self._dispatch(backend, entry)
         self._forget(backend, entry)
