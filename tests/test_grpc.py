@@ -64,6 +64,17 @@ def _method(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
+def _rpcError(call: Callable[[], object]) -> Any:
+    """
+    The C{grpc.RpcError} that C{call} fails with, or L{None} if it does not.
+    """
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e
+    return None
+
+
 class _Case(TestCase):
     """
     A gRPC backend or two, C{twistd lbproxy} in front, gRPC channels to it.
@@ -388,14 +399,7 @@ class FailureTests(_Case):
         proxy = await self.start(f"h2c://127.0.0.1:{freePort()}")
         unary = self.channel(proxy).unary_unary(_method("Unary"))
 
-        def call() -> Any:
-            try:
-                unary(b"x", timeout=CALL_TIMEOUT)
-            except grpc.RpcError as e:
-                return e
-            return None
-
-        error = await self.inThread(call)
+        error = await self.inThread(lambda: _rpcError(lambda: unary(b"x", timeout=CALL_TIMEOUT)))
         self.assertIsNotNone(error)
         self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertIn("refused", error.details())
@@ -411,14 +415,7 @@ class FailureTests(_Case):
         proxy = await self.start(f"h2c://{backend.authority}", False, "--timeout", "1")
         slow = self.channel(proxy).unary_unary(_method("Slow"))
 
-        def call() -> Any:
-            try:
-                slow(b"x", timeout=CALL_TIMEOUT)
-            except grpc.RpcError as e:
-                return e
-            return None
-
-        error = await self.inThread(call)
+        error = await self.inThread(lambda: _rpcError(lambda: slow(b"x", timeout=CALL_TIMEOUT)))
         backend.release()
         self.assertIsNotNone(error)
         self.assertEqual(error.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -439,14 +436,7 @@ class FailureTests(_Case):
         dying = first if first.started.is_set() else second
         await dying.stop()
 
-        def rest() -> Any:
-            try:
-                list(answers)
-            except grpc.RpcError as e:
-                return e
-            return None
-
-        error = await self.inThread(rest)
+        error = await self.inThread(lambda: _rpcError(lambda: list(answers)))
         self.assertIsNotNone(error)
         self.assertNotEqual(error.code(), grpc.StatusCode.OK)
         await until(lambda: "cut short" in proxy.process.out, "lbproxy to log the cut")

@@ -6,7 +6,6 @@ over an in-memory transport so every byte is exact.
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,25 +13,9 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from lbproxy.test.fakes import RecordedReading
+from lbproxy.test.fakes import CollectedBody, RecordedReading
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendConnection, BackendResponse, InvalidResponse
-
-
-class _Body(Protocol):
-    """
-    Collects a response body and how it ended.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.reason: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self.reason = reason
 
 
 class ClientTestCase(SynchronousTestCase):
@@ -43,11 +26,13 @@ class ClientTestCase(SynchronousTestCase):
         self.connection.onIdle = self.idle.append
         self.connection.makeConnection(self.transport)
 
-    def exchange(self, answer: bytes, method: bytes = b"GET") -> tuple[BackendResponse, _Body]:
+    def exchange(
+        self, answer: bytes, method: bytes = b"GET"
+    ) -> tuple[BackendResponse, CollectedBody]:
         d = self.connection.request(method, b"/p?q", [(b"Host", b"h")], None)
         self.connection.dataReceived(answer)
         response: BackendResponse = self.successResultOf(d)
-        body = _Body()
+        body = CollectedBody()
         response.deliverBody(body)
         return response, body
 
@@ -97,9 +82,8 @@ class RequestTests(ClientTestCase):
         self.assertIsNone(self.transport.producer)
         self.assertTrue(self.transport.value().endswith(b"\r\n\r\n" + b"x" * (200 * 1024)))
         self.connection.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-        self.successResultOf(d).deliverBody(_Body())
+        self.successResultOf(d).deliverBody(CollectedBody())
         self.assertEqual(self.idle, [self.connection])
-
 
     def test_emptyPieceOfChunkedBody(self) -> None:
         """
@@ -151,7 +135,7 @@ class ResponseTests(ClientTestCase):
             self.connection.dataReceived(answer[byte : byte + 1])
             if d.called and not hasattr(self, "body"):
                 response = self.successResultOf(d)
-                self.body = _Body()
+                self.body = CollectedBody()
                 response.deliverBody(self.body)
         self.assertEqual(self.body.data, b"abc0123456789abcdef")
         assert self.body.reason is not None

@@ -24,7 +24,7 @@ from hyperframe.frame import DataFrame, HeadersFrame, PingFrame
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from lbproxy._twisted.newclient import RequestNotSent
 from lbproxy.proxy import ProxySettings, ReverseProxyResource
-from lbproxy.test.fakes import FirstAvailable, RecordedReading
+from lbproxy.test.fakes import CollectedBody, FirstAvailable, RecordedReading
 from lbproxy.test.memorynet import MemoryNetwork
 from lbproxy.upstream.backends import Backend, BackendPool, parseBackend
 from lbproxy.upstream.body import StreamedBody
@@ -52,22 +52,6 @@ from lbproxy.upstream.health import HTTPProbe
 from lbproxy.upstream.pool import Upstream, UpstreamSettings
 
 BACKEND = Backend(host="10.0.0.1", port=50051, scheme="h2c")
-
-
-class _Body(Protocol):
-    """
-    Collects a response body and how it ended.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.reason: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self.reason = reason
 
 
 class _Server:
@@ -245,7 +229,7 @@ class ConnectionTests(SynchronousTestCase):
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         self.assertIs(response.length, UNKNOWN_LENGTH)
-        body = _Body()
+        body = CollectedBody()
         response.deliverBody(body)
         self.assertEqual(body.data, b"hello")
         assert body.reason is not None
@@ -264,7 +248,7 @@ class ConnectionTests(SynchronousTestCase):
         self.server.pump()
         response = self.successResultOf(d)
         self.assertEqual(response.headers.getRawHeaders(b"grpc-status"), [b"14"])
-        body = _Body()
+        body = CollectedBody()
         response.deliverBody(body)
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseDone))
@@ -325,7 +309,7 @@ class ConnectionTests(SynchronousTestCase):
         body.received(b"ping1")
         self.server.respond(1, b"pong1", end=False)
         response = self.successResultOf(d)
-        received = _Body()
+        received = CollectedBody()
         response.deliverBody(received)
         self.assertEqual(received.data, b"pong1")
         body.received(b"ping2")
@@ -369,7 +353,7 @@ class ConnectionTests(SynchronousTestCase):
         self.server.respond(1, end=False)
         self.server.respond(3, end=False)
         r1, r3 = self.successResultOf(d1), self.successResultOf(d3)
-        b1, b3 = _Body(), _Body()
+        b1, b3 = CollectedBody(), CollectedBody()
         r1.deliverBody(b1)
         r3.deliverBody(b3)
         assert b1.transport is not None
@@ -417,7 +401,7 @@ class ConnectionTests(SynchronousTestCase):
         d1, d3 = self.request(), self.request()
         self.server.respond(1, b"part", end=False)
         response = self.successResultOf(d1)
-        body = _Body()
+        body = CollectedBody()
         response.deliverBody(body)
         self.server.h2.reset_stream(1, ErrorCodes.CANCEL)
         self.server.pump()
@@ -433,7 +417,7 @@ class ConnectionTests(SynchronousTestCase):
         """
         d = self.request()
         self.server.respond(1, b"part", end=False)
-        body = _Body()
+        body = CollectedBody()
         self.successResultOf(d).deliverBody(body)
         assert body.transport is not None
         body.transport.stopProducing()  # type: ignore[attr-defined]
@@ -492,7 +476,7 @@ class ConnectionTests(SynchronousTestCase):
         data.data = b"late"
         data.flags.add("END_STREAM")
         self.client.dataReceived(ping.serialize() + head.serialize() + data.serialize())
-        body = _Body()
+        body = CollectedBody()
         self.successResultOf(d).deliverBody(body)
         self.assertEqual(body.data, b"late")
         assert body.reason is not None
@@ -515,7 +499,7 @@ class ConnectionTests(SynchronousTestCase):
         """
         d = self.request()
         self.server.respond(1, b"part", end=False)
-        body = _Body()
+        body = CollectedBody()
         self.successResultOf(d).deliverBody(body)
         self.client.connectionLost(Failure(ConnectionLost()))
         assert body.reason is not None
@@ -537,7 +521,7 @@ class ConnectionTests(SynchronousTestCase):
         """
         d = self.request()
         self.server.respond(1)
-        self.successResultOf(d).deliverBody(_Body())
+        self.successResultOf(d).deliverBody(CollectedBody())
         self.clock.advance(29)
         self.assertFalse(self.server.transport.disconnecting)
         self.clock.advance(1)
@@ -720,7 +704,7 @@ class UpstreamTests(SynchronousTestCase):
         """
         d = self.send()
         self.network.servers[0].respond(1)
-        self.successResultOf(d).deliverBody(_Body())
+        self.successResultOf(d).deliverBody(CollectedBody())
         self.assertEqual(self.upstream.idleTo(BACKEND), 1)
         self.upstream.closeIdle(BACKEND)
         self.assertTrue(self.network.servers[0].transport.disconnecting)
@@ -884,7 +868,7 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.upstream.connectionsTo(BACKEND), 1)
         self.assertTrue(self.upstream.busy())
         server.respond(1, b"ok")
-        self.successResultOf(d).deliverBody(_Body())
+        self.successResultOf(d).deliverBody(CollectedBody())
         self.assertFalse(self.upstream.busy())
         self.assertEqual(self.upstream.idleTo(BACKEND), 1)
         self.upstream.abortTo(BACKEND)
