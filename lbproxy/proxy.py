@@ -390,7 +390,9 @@ def _finishResponse(request: Request, trailers: Sequence[tuple[bytes, bytes]] | 
     responses must.
     """
     channel: Any = request.channel
-    writeTrailers = getattr(channel, "writeTrailers", None)
+    writeTrailers = (
+        getattr(channel, "writeTrailers", None) if request.clientproto == b"HTTP/2" else None
+    )
     if writeTrailers is None:
         request.finish()
         return

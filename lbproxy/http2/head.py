@@ -23,11 +23,13 @@ from twisted.web.http_headers import Headers
 
 from lbproxy.http.checks import Rejection, badRequest, checkFraming, checkRequestLine, validHost
 
-# RFC 9113 8.2.2; h2's checks reset such a stream first, this says so
-# again for anyone who turns them off.
-_CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC = frozenset(
     [b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"]
 )
+"""
+The connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2; C{te}
+too, but for C{trailers}).
+"""
 
 
 @attrs.frozen
@@ -66,7 +68,7 @@ def checkHead(
         if name.startswith(b":"):
             pseudo[name] = value
             continue
-        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+        if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
             return badRequest(f"connection-specific header field {name.decode('latin-1')!r}")
         regular.append((name, value))
         # As the same field would count on an HTTP/1.1 line: name, ": ",
@@ -129,9 +131,6 @@ def checkHead(
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
 _VALUE = re.compile(rb"(?:[^\x00\r\n\t ](?:[^\x00\r\n]*[^\x00\r\n\t ])?)?\Z")
 _REQUEST_PSEUDO = frozenset([b":method", b":scheme", b":path", b":authority"])
-_H2_CONNECTION_SPECIFIC = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
-)
 
 
 def plainlyWellFormed(fields: Sequence[tuple[bytes, bytes]], trailers: bool) -> bool:
@@ -169,7 +168,7 @@ def plainlyWellFormed(fields: Sequence[tuple[bytes, bytes]], trailers: bool) -> 
                 authority = value
         else:
             regular = True
-            if nameOK(name) is None or name in _H2_CONNECTION_SPECIFIC:
+            if nameOK(name) is None or name in CONNECTION_SPECIFIC:
                 return False
             if name == b"te" and value.lower() != b"trailers":
                 return False
@@ -188,4 +187,4 @@ def plainlyWellFormed(fields: Sequence[tuple[bytes, bytes]], trailers: bool) -> 
     return authority is None or host is None or authority == host
 
 
-__all__ = ["H2Head", "checkHead", "plainlyWellFormed"]
+__all__ = ["CONNECTION_SPECIFIC", "H2Head", "checkHead", "plainlyWellFormed"]

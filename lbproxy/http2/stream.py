@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from lbproxy.http.checks import Rejection
 from lbproxy.http.edge import ProxyRequest
 from lbproxy.http.requestid import newRequestId
-from lbproxy.http2.head import H2Head
+from lbproxy.http2.head import CONNECTION_SPECIFIC, H2Head
 from lbproxy.proxy import ProxyRecord, proxyRecordOf, setProxyRecord
 
 if TYPE_CHECKING:
@@ -45,9 +45,7 @@ for the client to read the answer before it is reset (NO_ERROR, RFC 9113
 """
 
 # Response fields that mean nothing (or harm) in HTTP/2 (RFC 9113 8.2.2).
-_HOP_BY_HOP = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"]
-)
+_HOP_BY_HOP = CONNECTION_SPECIFIC | {b"te"}
 
 
 class H2Request(ProxyRequest):
@@ -435,8 +433,10 @@ class H2Stream:
         """
         Whether the stream has something to send.
         """
-        return not self.closed and not self._endSent and (
-            self._head is not None or bool(self._out) or (self._finished and self._headSent)
+        return (
+            not self.closed
+            and not self._endSent
+            and (self._head is not None or bool(self._out) or (self._finished and self._headSent))
         )
 
     def sendSome(self, now: float, frames: int = 1 << 30) -> bool:
@@ -530,9 +530,7 @@ class H2Stream:
             # reset it reads before it has taken the response (an early
             # 413 showed as no answer, or as a stream error). Meanwhile the
             # stream's window stays shut: the client sends at most that.
-            self._earlyReset = self.connection.clock.callLater(
-                EARLY_RESET_DELAY, self._resetEarly
-            )
+            self._earlyReset = self.connection.clock.callLater(EARLY_RESET_DELAY, self._resetEarly)
             return
         self.connection.streamGone(self)
 

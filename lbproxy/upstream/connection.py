@@ -145,8 +145,11 @@ class BackendResponse:
 
     The same attributes the proxy reads from twisted.web's C{IResponse}:
     C{code}, C{phrase}, C{headers} (end-to-end), C{connectionHeaders},
-    C{length} and L{deliverBody}.
+    C{length} and L{deliverBody}; C{trailers} as an HTTP/2 backend's
+    response has them (a chunked body's trailer section is not kept).
     """
+
+    trailers: list[tuple[bytes, bytes]] | None = None
 
     def __init__(
         self,
