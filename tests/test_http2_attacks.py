@@ -4,7 +4,7 @@ clients on real sockets: rapid reset, a CONTINUATION flood, an HPACK
 bomb, PING and SETTINGS floods from a client that reads nothing, a window
 that never opens, a body that never comes, malformed header blocks. Each
 gets a clear answer (a reset stream, or GOAWAY and a closed connection),
-costs bounded CPU and memory, logs no traceback, and a well-behaved
+costs bounded work and memory, logs no traceback, and a well-behaved
 client on another connection is served all along.
 
 The misbehaving client (L{RawH2}) is the C{h2} library over a blocking
@@ -49,15 +49,6 @@ READ_DEADLINE = 30.0
 """
 Seconds a raw client waits for what it expects before the test fails.
 """
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    The user and system CPU time process C{pid} has used, in seconds.
-    """
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RawH2:
@@ -377,12 +368,11 @@ class AttackTests(_Case):
     async def test_rapidReset(self) -> None:
         """
         A client that opens and at once resets 10 000 streams (CVE-2023-44487)
-        is sent GOAWAY ENHANCE_YOUR_CALM and disconnected, with under 10 s of
-        lbproxy's CPU; the proxy goes on serving others and logs no
-        traceback.
+        is sent GOAWAY ENHANCE_YOUR_CALM and disconnected long before the
+        last of them (the reset budget, not the attack, bounds the work);
+        the proxy goes on serving others and logs no traceback.
         """
         proxy = await self.start(True)
-        cpu = cpuSeconds(proxy.process.pid)
 
         def attack() -> RawH2:
             client = RawH2(proxy)
@@ -402,12 +392,13 @@ class AttackTests(_Case):
             return client
 
         client = await deferToThread(attack)
-        used = cpuSeconds(proxy.process.pid) - cpu
         goAway = client.goAway()
         assert goAway is not None, client.events[-5:]
         self.assertEqual(goAway[1], ErrorCodes.ENHANCE_YOUR_CALM)
         self.assertTrue(client.closed)
-        self.assertLess(used, 10.0)
+        # Taken: the burst (200) and what the rate (100 a second) earned
+        # back while the attack lasted, not 10 000 streams.
+        self.assertLess(goAway[0], 2 * 5_000)
         await self.assertServes(proxy)
         self.assertClean(proxy)
 
