@@ -38,6 +38,7 @@ from lbproxy.http.headers import (
     originalClient,
     requestHeaderLines,
     responseHeadersForClient,
+    responseLinesForClient,
 )
 from lbproxy.http.reasons import reasonPhrase
 from lbproxy.http.target import Route, TargetError, hostName, routeTarget
@@ -605,6 +606,12 @@ class _Exchange:
             return
         self._response = response
         request = self._request
+        if (
+            self.responseEdits is None
+            and getattr(request, "wholeResponses", False)
+            and self._respondWhole(response)
+        ):
+            return
         request.setResponseCode(response.code, response.phrase)
         # The backend's headers replace the server side's (Date); its
         # Connection: close, if any, stays.
@@ -635,6 +642,37 @@ class _Exchange:
         if not self._bodyEnded and self._tunnel is None:
             self._watching = True
             self.clientPaused(self._clientPaused)
+
+    def _respondWhole(self, response: BackendResponse) -> bool:
+        """
+        Answer at once with a response whose whole body came with its head
+        (most small ones): one write of head and body, no body relay, no
+        header copies (see L{lbproxy.http.edge.ProxyRequest.respondWhole}).
+
+        @return: Whether it did; if not, nothing has changed and the body
+            is to be relayed as it arrives.
+        """
+        body = response.takeWholeBody()
+        if body is None:
+            return False
+        request = self._request
+        connection = response.connectionHeaders
+        lines = responseLinesForClient(response.headers.lines, connection)
+        code = response.code
+        if request.method == b"HEAD" or code == 304:
+            lengths = connection.getRawHeaders(b"content-length")
+            if lengths:
+                lines.append((b"Content-Length", lengths[0]))
+        elif code != 204:
+            lines.append((b"Content-Length", b"%d" % (len(body),)))
+        chooser = self._proxy.chooser
+        if IAffinityChooser.providedBy(chooser):
+            lines.extend(chooser.responseHeaders(self._backend, request))
+        self._bodyEnded = True
+        self._backend.bytesFromBackend += len(body)
+        self._finish(failed=False)
+        request.respondWhole(code, response.phrase, lines, body)  # type: ignore[attr-defined]
+        return True
 
     def _noResponse(self, failure: Failure) -> None:
         self._pending = None

@@ -208,6 +208,41 @@ class ProxyRequest(Request):
         except BaseException:  # noqa: BLE001 - as twisted.web does: answer 500, log
             self.processingFailed(Failure())
 
+    wholeResponses = True
+    """
+    Whether the proxy may answer with L{respondWhole} (an HTTP/1.x
+    client's request does; an HTTP/2 stream's does not).
+    """
+
+    def respondWhole(
+        self, code: int, phrase: bytes, lines: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """
+        Send a whole response and finish: the status, the relayed header
+        C{lines} (which replace this request's own response headers of the
+        same names, such as C{Date}) and C{body}, in one write, without
+        copying the lines into C{responseHeaders}.
+
+        @param lines: Header lines, framing included: C{Content-Length}
+            where the response has one.
+        """
+        self.code = code
+        self.code_message = phrase
+        self.startedWriting = 1
+        relayed = {name.lower() for name, _ in lines}
+        own = [
+            (name, value)
+            for name, values in self.responseHeaders.getAllRawHeaders()
+            if name.lower() not in relayed
+            for value in values
+        ]
+        if self.method == b"HEAD" or code in http.NO_BODY_CODES:
+            body = b""
+        self.sentLength = len(body)
+        channel: ProxyChannel = self.channel  # type: ignore[assignment]
+        channel.writeWholeResponse(self.clientproto, code, phrase, own + lines, body)
+        self.finish()
+
     def write(self, data: bytes) -> None:
         """
         Write response data; the first write sends the response head and
@@ -585,6 +620,40 @@ class ProxyChannel(ChannelInternals):
             assert self.transport is not None
             self.transport.write(head)
 
+    def writeWholeResponse(
+        self,
+        version: bytes,
+        code: int,
+        reason: bytes,
+        lines: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        """
+        Write a whole response, head and C{body}, in one write: what
+        L{writeHeaders} and the body's writes send, from header lines
+        rather than a L{Headers} (see L{ProxyRequest.respondWhole}).
+        """
+        if self._phase == "body":
+            self.persistent = False  # (as in writeHeaders)
+        replaced: frozenset[bytes] = frozenset()
+        extra = []
+        if not self.persistent:
+            replaced = _CONNECTION
+            extra.append(b"Connection: close\r\n")
+        hsts = self.site.hsts
+        if hsts is not None and self.isSecure():
+            replaced = replaced | _STS
+            extra.append(b"Strict-Transport-Security: %s\r\n" % (hsts,))
+        parts = [b"%s %d %s\r\n" % (version, code, reason)]
+        if replaced:
+            lines = [(name, value) for name, value in lines if name.lower() not in replaced]
+        parts.extend(b"%s: %s\r\n" % line for line in lines)
+        parts.extend(extra)
+        parts.append(b"\r\n")
+        parts.append(body)
+        assert self.transport is not None
+        self.transport.write(b"".join(parts))
+
     # Writing the response head together with the first data.
 
     _holdingHead = False
@@ -899,6 +968,10 @@ class ProxyChannel(ChannelInternals):
         )
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.loseConnection()
+
+
+_CONNECTION = frozenset({b"connection"})
+_STS = frozenset({b"strict-transport-security"})
 
 
 def _bareLF(data: bytes) -> bool:

@@ -269,6 +269,22 @@ def responseHeadersForClient(
     return _endToEnd(incoming, named)
 
 
+def responseLinesForClient(
+    lines: Iterable[tuple[bytes, bytes]], connection: RawHeaders | None = None
+) -> list[tuple[bytes, bytes]]:
+    """
+    L{responseHeadersForClient} for a response whose header lines are kept
+    as received, apart from its connection-control ones (C{connection}):
+    the lines relayed to the client, in order, without grouping them.
+    """
+    drop = HOP_BY_HOP
+    if connection is not None:
+        named = _connectionOptions(connection)
+        if named:
+            drop = drop | named
+    return [(name, value) for name, value in lines if name.lower() not in drop]
+
+
 def forwardedValue(client: ClientInfo) -> bytes:
     """
     An RFC 7239 C{Forwarded} element for C{client}, e.g.

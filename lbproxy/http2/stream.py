@@ -56,6 +56,7 @@ class H2Request(ProxyRequest):
     """
 
     clientproto = _VERSION
+    wholeResponses = False  # A stream frames its own response (H2Stream).
 
 
 class _StreamTransport:

@@ -83,6 +83,13 @@ class HeaderLines:
     def __init__(self, lines: Sequence[tuple[bytes, bytes]]) -> None:
         self._lines = lines
 
+    @property
+    def lines(self) -> Sequence[tuple[bytes, bytes]]:
+        """
+        The header lines, as received (names as the backend wrote them).
+        """
+        return self._lines
+
     def getAllRawHeaders(self) -> Iterator[tuple[bytes, list[bytes]]]:
         """
         Each header name with all its values, in order of first appearance.
@@ -176,6 +183,15 @@ class BackendResponse:
         that ends when the connection does), or another failure.
         """
         self._connection.deliverBody(protocol)
+
+    def takeWholeBody(self) -> bytes | None:
+        """
+        The whole body, if it arrived complete with the head (most small
+        responses do), instead of L{deliverBody}: the exchange is then over
+        and the connection goes back to its pool. L{None} if the body is
+        still on its way, or failed; L{deliverBody} then streams it.
+        """
+        return self._connection.takeWholeBody()
 
 
 class BackendTunnel:
@@ -519,6 +535,16 @@ class BackendConnection(Protocol):
             protocol.dataReceived(data)
         if self._state == "done-body":
             self._finishBody(self._lostReason)
+
+    def takeWholeBody(self) -> bytes | None:
+        """
+        See L{BackendResponse.takeWholeBody}.
+        """
+        if self._state != "done-body" or self._lostReason is not None:
+            return None
+        buffered, self._bodyBuffer = self._bodyBuffer, []
+        self._finishBody(None)
+        return buffered[0] if len(buffered) == 1 else b"".join(buffered)
 
     def _emit(self, data: bytes) -> None:
         if self._bodyProtocol is not None:

@@ -224,6 +224,13 @@ class H2Response:
         """
         self._stream.deliverBody(protocol)
 
+    def takeWholeBody(self) -> bytes | None:
+        """
+        Always L{None}: an HTTP/2 body (and its trailers) is streamed with
+        L{deliverBody}.
+        """
+        return None
+
 
 @implementer(IPushProducer)
 class _Stream:
