@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import datetimeToString
+from twisted.web.http import NO_BODY_CODES, datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -132,6 +132,19 @@ class ProxyRequest(Request):
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
         self.body = StreamedBody(length, channel)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        A request without a body has arrived whole: hand it to the resource
+        (twisted.web's C{requestReceived}, without parsing the query string
+        into C{args}: the proxy relays the target as it came, and nothing
+        reads C{args}).
+        """
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.args = {}
+        self.path = path.split(b"?", 1)[0]
+        self.process()
+
     def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
         """
         Hand the request to the resource now, while its body is still
@@ -236,7 +249,7 @@ class ProxyRequest(Request):
             if name.lower() not in relayed
             for value in values
         ]
-        if self.method == b"HEAD" or code in http.NO_BODY_CODES:
+        if self.method == b"HEAD" or code in NO_BODY_CODES:
             body = b""
         self.sentLength = len(body)
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
@@ -391,6 +404,26 @@ class ProxyChannel(ChannelInternals):
     _readClosed = False
     _tunnel: Any = None
     _gate: _ReadGate
+
+    _peer: Any = None
+    _host: Any = None
+
+    def getPeer(self) -> Any:
+        """
+        The client's address, asked of the transport once (each request
+        asks for it; the transport makes a new address object each time).
+        """
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self) -> Any:
+        """
+        The address the client connected to, asked of the transport once.
+        """
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         limits = self.site.limits
