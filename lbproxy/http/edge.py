@@ -425,6 +425,19 @@ class ProxyChannel(ChannelInternals):
             self._host = super().getHost()
         return self._host
 
+    _secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        """
+        Whether the connection is TLS, asked of the transport once (by
+        adaptation, which each request would otherwise pay for).
+        """
+        if self._secure is None:
+            if self.transport is None:
+                return False
+            self._secure = bool(super().isSecure())
+        return self._secure
+
     def connectionMade(self) -> None:
         limits = self.site.limits
         # twisted.web's own limits sit above ours, so ours answer first.

@@ -313,7 +313,10 @@ class Upstream:
         return endpoint.connect(factory)  # type: ignore[return-value]
 
     def _becameIdle(self, backend: Backend, connection: BackendConnection) -> None:
-        idle = self._idle.setdefault(backend.url, _Idle())
+        url = backend.url
+        idle = self._idle.get(url)
+        if idle is None:
+            idle = self._idle[url] = _Idle()
         idle.connections.append((connection, self._clock.seconds()))
         while len(idle.connections) > self._settings.maxIdlePerBackend:
             oldest, _ = idle.connections.pop(0)
