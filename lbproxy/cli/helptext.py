@@ -98,7 +98,16 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "TLS",
-        ("tls-min", "cert", "cert-dir", "hsts", "redirect-http", "backend-ca", "backend-insecure"),
+        (
+            "tls-min",
+            "tls-resumption",
+            "cert",
+            "cert-dir",
+            "hsts",
+            "redirect-http",
+            "backend-ca",
+            "backend-insecure",
+        ),
     ),
     (
         "HTTP/2",

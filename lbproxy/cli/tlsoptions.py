@@ -4,6 +4,7 @@ The TLS command-line options of C{twistd lbproxy}, mixed into
 L{lbproxy.cli.options.Options}, and their checking into configuration values.
 
     --tls-min 1.2|1.3        Mozilla "intermediate" (default) or "modern"
+    --tls-resumption on|off  session tickets and cache (default), or neither
     --cert PEM | KEY:CERT    a certificate chosen by SNI (repeatable)
     --cert-dir DIR           every DIR/*.pem (key and chain) chosen by SNI
     --hsts SECONDS|VALUE     Strict-Transport-Security on HTTPS responses
@@ -51,6 +52,13 @@ class TLSOptions(usage.Options):
             None,
             "1.2",
             "Lowest TLS version: 1.2 (Mozilla intermediate) or 1.3 (Mozilla modern).",
+        ],
+        [
+            "tls-resumption",
+            None,
+            "on",
+            "on: clients may resume TLS sessions (session tickets and a session cache); "
+            "off: neither, every handshake is a full one.",
         ],
         [
             "hsts",
@@ -160,6 +168,7 @@ def tlsConfig(options: usage.Options, listens: list[ListenSpec]) -> dict[str, An
     try:
         serverTLS = ServerTLSSettings(
             minimumVersion=minimum,
+            resumption=_onOff(options, "tls-resumption"),
             handshakeTimeout=_handshakeTimeout(options),
             certificates=tuple(parseCertOption(value) for value in options["cert"]),
             directories=tuple(options["cert-dir"]),
@@ -196,6 +205,18 @@ def tlsConfig(options: usage.Options, listens: list[ListenSpec]) -> dict[str, An
         "hsts": hsts,
         "redirectHTTP": _redirect(options, listens),
     }
+
+
+def _onOff(options: usage.Options, name: str) -> bool:
+    """
+    Option C{name}, C{on} or C{off} (in any case), as a boolean.
+
+    @raise usage.UsageError: In one line, for anything else.
+    """
+    value = str(options[name]).strip().lower()
+    if value not in ("on", "off"):
+        raise usage.UsageError(f"--{name} must be on or off, not {options[name]!r}")
+    return value == "on"
 
 
 def _handshakeTimeout(options: usage.Options) -> float:

@@ -319,6 +319,12 @@ class InvalidFileTests(ConfigFileTestCase):
                     "must be a size like 1048576 or 100M, not 'lots'",
                 ),
                 (
+                    'backends = ["127.0.0.2"]\ntls-resumption = "no"\n',
+                    2,
+                    "tls-resumption",
+                    "must be on or off, not 'no'",
+                ),
+                (
                     'backends = ["127.0.0.2"]\nsend-timeout = 0\n',
                     2,
                     "send-timeout",
@@ -907,6 +913,16 @@ class ValidFileTests(ConfigFileTestCase):
             "c.example",
         )
         self.assertEqual(config.proxy.allowedHosts, frozenset({"c.example"}))
+
+    def test_tlsResumption(self) -> None:
+        """
+        C{tls-resumption} is the file's key for C{--tls-resumption}; the
+        flag wins over it.
+        """
+        file = 'listen = ["tcp:0"]\nbackends = ["h"]\ntls-resumption = "off"\n'
+        self.assertFalse(self.config(file).tls.resumption)
+        self.assertTrue(self.config(file, "--tls-resumption", "on").tls.resumption)
+        self.assertTrue(self.config('listen = ["tcp:0"]\nbackends = ["h"]\n').tls.resumption)
 
     def test_admin(self) -> None:
         """

@@ -403,17 +403,23 @@ class SIGHUPTests(ReloadTestCase):
 
     def test_restartOnlyOptionsWarned(self) -> None:
         """
-        A reload that changes options that wait for a restart applies the
-        rest and warns, naming them.
+        A reload that changes options that wait for a restart (edge limits,
+        TLS settings) applies the rest and warns, naming them.
         """
         service, reloader = self.start(_TWO_POOLS)
-        self.write('max-body = "1K"\nheader-timeout = 3\n' + _TWO_POOLS.replace("=3", "=4"))
+        self.write(
+            'max-body = "1K"\nheader-timeout = 3\ntls-resumption = "off"\n'
+            + _TWO_POOLS.replace("=3", "=4")
+        )
         self.assertTrue(reloader.reload())
         self.assertEqual(service.balancer.pools["web"].backends.backends[1].weight, 4)
         self.assertEqual(service.site.limits.maxBodySize, 100 * 1024 * 1024)
         self.assertEqual(
             self.logged(LogLevel.warn),
-            ["changed options that take effect at the next restart: header-timeout, max-body"],
+            [
+                "changed options that take effect at the next restart: "
+                "header-timeout, max-body, tls-resumption"
+            ],
         )
 
     def test_reloadableOptionsNotWarned(self) -> None:

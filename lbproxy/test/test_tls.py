@@ -48,7 +48,7 @@ from zope.interface.verify import verifyObject
 from lbproxy import certs
 from lbproxy.tls.certificates import CertificateFiles as PEMFiles
 from lbproxy.tls.certificates import TLSConfigError, adhocCertificate, parseCertOption
-from lbproxy.tls.policy import TLS12_CIPHERS, TLS13_CIPHERSUITES
+from lbproxy.tls.policy import TLS12_CIPHERS, TLS13_CIPHERSUITES, serverContext
 from lbproxy.tls.server import TLSServerEndpoint
 from lbproxy.tls.sni import ServerTLS, ServerTLSSettings, serverOptionsFromFiles
 
@@ -604,18 +604,19 @@ def _handshake(
     alpn: Sequence[str] = ("h2", "http/1.1"),
     session: ssl.SSLSession | None = None,
     context: ssl.SSLContext | None = None,
+    serverHostname: str = "localhost",
 ) -> tuple[_Negotiated, ssl.SSLSession | None]:
     """
-    Connect to C{port} on 127.0.0.1 as C{localhost} with Python's C{ssl}
-    module, trusting C{caPEM} (or with C{context}), ping the echo server and
-    report what was negotiated, with the session to resume.  Blocking: run
-    it in a thread.
+    Connect to C{port} on 127.0.0.1 as C{serverHostname} with Python's
+    C{ssl} module, trusting C{caPEM} (or with C{context}), ping the echo
+    server and report what was negotiated, with the session to resume.
+    Blocking: run it in a thread.
     """
     if context is None:
         context = _clientContext(caPEM, configure, alpn)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        context.wrap_socket(raw, server_hostname=serverHostname, session=session) as tls,
     ):
         tls.sendall(_PING)
         received = b""
@@ -755,18 +756,40 @@ class ProfileTests(LoopbackTLSTestCase):
         negotiated, _ = await deferToThread(_handshake, port, self.files.caPEM)
         self.assertEqual(negotiated.version, "TLSv1.3")
 
+    async def comeBack(self, options: ServerTLS | None = None) -> list[tuple[bool, bool]]:
+        """
+        Serve C{options}; connect twice in TLS 1.2, then twice in TLS 1.3,
+        each second time offering the first connection's session.
+
+        @return: whether each connection resumed, per version.
+        """
+        port = await self.serve(options)
+        resumed = []
+        for configure in [_tls12(), lambda context: None]:
+            context = _clientContext(self.files.caPEM, configure)
+            first, session = await deferToThread(_handshake, port, b"", context=context)
+            again, _ = await deferToThread(_handshake, port, b"", session=session, context=context)
+            resumed.append((first.resumed, again.resumed))
+        return resumed
+
     async def test_sessionResumption(self) -> None:
         """
         A client that comes back with its session resumes it, in TLS 1.2
         and in TLS 1.3 (session tickets).
         """
-        port = await self.serve()
-        for configure in [_tls12(), lambda context: None]:
-            context = _clientContext(self.files.caPEM, configure)
-            first, session = await deferToThread(_handshake, port, b"", context=context)
-            self.assertFalse(first.resumed)
-            again, _ = await deferToThread(_handshake, port, b"", session=session, context=context)
-            self.assertTrue(again.resumed, again)
+        self.assertEqual(await self.comeBack(), [(False, True), (False, True)])
+
+    async def test_sessionResumptionOff(self) -> None:
+        """
+        With resumption off, a client that comes back with its session gets
+        a full handshake, in TLS 1.2 and in TLS 1.3.
+        """
+        options = serverOptionsFromFiles(
+            self.files.serverKey,
+            self.files.serverCert,
+            settings=ServerTLSSettings(resumption=False),
+        )
+        self.assertEqual(await self.comeBack(options), [(False, False), (False, False)])
 
 
 def _pump(*connections: SSL.Connection) -> None:
@@ -863,6 +886,28 @@ def _servedTo(port: int, serverHostname: str | None) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def _resumedByName(port: int, serverHostname: str, tls12: bool) -> tuple[bool, bool]:
+    """
+    Connect twice to the echo server on C{port}, sending C{serverHostname}
+    by SNI, without verifying the certificate, the second time offering the
+    first connection's session.  Blocking: run it in a thread.
+
+    @param tls12: whether the client stops at TLS 1.2.
+
+    @return: whether each connection resumed a session.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if tls12:
+        _tls12()(context)
+    first, session = _handshake(port, b"", context=context, serverHostname=serverHostname)
+    again, _ = _handshake(
+        port, b"", session=session, context=context, serverHostname=serverHostname
+    )
+    return first.resumed, again.resumed
+
+
 def _writeCombined(
     directory: str, name: str, hostnames: Sequence[str]
 ) -> tuple[str, x509.Certificate]:
@@ -929,6 +974,23 @@ class SNITests(LoopbackTLSTestCase):
         port = await self.serve(self.serverTLS(ServerTLSSettings(directories=(self.directory,))))
         self.assertEqual(await deferToThread(_servedTo, port, "a.test"), self.a)
         self.assertEqual(await deferToThread(_servedTo, port, "c.b.test"), self.wild)
+
+    async def test_resumptionByName(self) -> None:
+        """
+        A client of a certificate chosen by name resumes its session, in
+        TLS 1.2 and 1.3; with resumption off it cannot.
+        """
+        for resumption in [True, False]:
+            settings = ServerTLSSettings(
+                certificates=(PEMFiles(self.aPath),), resumption=resumption
+            )
+            port = await self.serve(self.serverTLS(settings))
+            for tls12 in [True, False]:
+                self.assertEqual(
+                    await deferToThread(_resumedByName, port, "a.test", tls12),
+                    (False, resumption),
+                    (resumption, tls12),
+                )
 
     def test_sameNameTwice(self) -> None:
         """
@@ -1088,3 +1150,35 @@ class KeyExchangeGroupTests(SynchronousTestCase):
         """
         for groups in [b"X448", b"P-521"]:
             self.assertRaises(SSL.Error, self.handshake, groups)
+
+
+class ResumptionSettingTests(SynchronousTestCase):
+    """
+    What L{serverContext} sets for resumption, beside the handshakes that
+    show it (L{ProfileTests.test_sessionResumptionOff}).
+    """
+
+    def context(self, resumption: bool) -> SSL.Context:
+        """
+        A server context for a new ad-hoc certificate.
+        """
+        source, _ = adhocCertificate(["localhost"])
+        return serverContext("1.2", source.load(), resumption=resumption)
+
+    def test_on(self) -> None:
+        """
+        By default the server keeps a session cache and issues session
+        tickets.
+        """
+        context = self.context(True)
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_SERVER)
+        self.assertFalse(context.set_options(0) & SSL.OP_NO_TICKET)
+
+    def test_off(self) -> None:
+        """
+        With resumption off, both are off: tickets alone would leave
+        OpenSSL resuming sessions from its cache.
+        """
+        context = self.context(False)
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
+        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)

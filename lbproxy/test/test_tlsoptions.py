@@ -82,6 +82,18 @@ class TLSOptionsTests(SynchronousTestCase):
         for value in ["1.1", "1.0", "tls1.3", ""]:
             self.assertUsageError(["--tls-min", value], "--tls-min")
 
+    def test_tlsResumption(self) -> None:
+        """
+        C{--tls-resumption} is on by default and takes on or off (in any
+        case); anything else is a one-line usage error.
+        """
+        self.assertTrue(self.config([])["tls"].resumption)
+        self.assertFalse(self.config(["--tls-resumption", "off"])["tls"].resumption)
+        self.assertFalse(self.config(["--tls-resumption", "OFF"])["tls"].resumption)
+        self.assertTrue(self.config(["--tls-resumption", "on"])["tls"].resumption)
+        for value in ["no", "false", "0", ""]:
+            self.assertUsageError(["--tls-resumption", value], "--tls-resumption must be on or off")
+
     def test_certificates(self) -> None:
         """
         C{--cert} and C{--cert-dir} repeat; each file is read at once.
@@ -172,9 +184,13 @@ class TLSOptionsTests(SynchronousTestCase):
         """
         options = Options()
         options.parseOptions(
-            ["--backends", "https://127.0.0.2", "--adhoc", "--tls-min", "1.3", "--hsts", "60"]
+            [
+                *("--backends", "https://127.0.0.2", "--adhoc", "--tls-min", "1.3"),
+                *("--tls-resumption", "off", "--hsts", "60"),
+            ]
         )
         assert options.config is not None
         self.assertEqual(options.config.tls.minimumVersion, "1.3")
+        self.assertFalse(options.config.tls.resumption)
         self.assertEqual(options.config.hsts, b"max-age=60")
         self.assertEqual(options.config.backends[0].scheme, "https")

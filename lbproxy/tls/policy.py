@@ -1,7 +1,7 @@
 # -*- test-case-name: lbproxy.test.test_tls -*-
 """
 lbproxy's server TLS policy: Mozilla's "intermediate" profile, or "modern"
-with C{--tls-min 1.3}.
+with C{--tls-min 1.3}; resumption on, or off with C{--tls-resumption off}.
 
 Every server context is built by L{serverContext}, so that the protocol
 versions, ciphers, options and ALPN change in one place:
@@ -13,7 +13,8 @@ versions, ciphers, options and ALPN change in one place:
     - key exchange over X25519, P-256 or P-384 (and X25519MLKEM768 where
       OpenSSL has it);
     - no compression, no renegotiation, the server's cipher order;
-    - session tickets and a server-side session cache (resumption);
+    - session tickets and a server-side session cache (resumption), or,
+      with C{resumption=False}, neither: every handshake is a full one;
     - ALPN offering only L{ALPN_PROTOCOLS}, whatever the site could speak.
 
 pyOpenSSL has no API for the key exchange groups, so L{serverContext} sets
@@ -112,6 +113,7 @@ def serverContext(
     minimumVersion: str,
     certificate: ServerCertificate,
     alpnProtocols: tuple[bytes, ...] = ALPN_PROTOCOLS,
+    resumption: bool = True,
 ) -> SSL.Context:
     """
     A new server context for C{certificate}: the one place lbproxy's server
@@ -121,6 +123,9 @@ def serverContext(
     @param certificate: what the context serves.
     @param alpnProtocols: the protocols ALPN may choose, most preferred
         first.
+    @param resumption: whether a client may resume an earlier session (by
+        session ticket, or by session ID from the server's cache); if not,
+        neither is kept and every handshake is a full one.
     """
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(TLS_VERSIONS[minimumVersion])
@@ -135,8 +140,15 @@ def serverContext(
         context.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
     context.check_privatekey()
     context.set_verify(SSL.VERIFY_NONE)
-    context.set_session_id(b"lbproxy")
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    if resumption:
+        context.set_session_id(b"lbproxy")
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    else:
+        # Both: with tickets off alone, OpenSSL resumes TLS 1.2 sessions by
+        # ID and TLS 1.3 ones by "stateful" tickets, both from its cache.
+        # (TLS 1.3 clients are still sent such a ticket; it never resumes.)
+        context.set_options(SSL.OP_NO_TICKET)
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if alpnProtocols == ALPN_PROTOCOLS:
         context.set_alpn_select_callback(_selectALPN)
     else:

@@ -55,6 +55,8 @@ class ServerTLSSettings:
         before the connection is dropped.
     @ivar alpnProtocols: what ALPN may choose, most preferred first
         (C{h2} first with C{--http2 on}).
+    @ivar resumption: whether clients may resume earlier sessions (session
+        tickets and the session cache; C{--tls-resumption}).
     """
 
     minimumVersion: str = "1.2"
@@ -62,6 +64,7 @@ class ServerTLSSettings:
     certificates: tuple[CertificateFiles, ...] = ()
     directories: tuple[str, ...] = ()
     alpnProtocols: tuple[bytes, ...] = ALPN_PROTOCOLS
+    resumption: bool = True
 
 
 def loadSNICertificates(settings: ServerTLSSettings) -> dict[str, ServerCertificate]:
@@ -143,13 +146,21 @@ class ServerTLS:
 
         @raise TLSConfigError: if one cannot be used.
         """
-        version = self.settings.minimumVersion
+        settings = self.settings
         defaultCertificate = self.default.load()
-        alpn = self.settings.alpnProtocols
-        default = serverContext(version, defaultCertificate, alpn)
+
+        def context(certificate: ServerCertificate) -> SSL.Context:
+            return serverContext(
+                settings.minimumVersion,
+                certificate,
+                settings.alpnProtocols,
+                resumption=settings.resumption,
+            )
+
+        default = context(defaultCertificate)
         byName = {
-            name: serverContext(version, certificate, alpn)
-            for name, certificate in loadSNICertificates(self.settings).items()
+            name: context(certificate)
+            for name, certificate in loadSNICertificates(settings).items()
         }
         if byName:
             # Only with certificates to choose from: the callback is Python
