@@ -106,6 +106,20 @@ H2_CONNECTIONS = 8
 H2_STREAMS = 16
 
 
+NO_RESUME_C = "C (full handshakes, no resumption)"
+"""
+Scenario C's name with --no-resume.
+"""
+
+
+def scenarioName(scenario: str, args: argparse.Namespace) -> str:
+    """
+    How the report names C{scenario}: C says when every handshake was a
+    full one.
+    """
+    return NO_RESUME_C if scenario == "C" and args.no_resume else scenario
+
+
 def speaksHTTP2(name: str) -> bool:
     """
     Whether contender C{name} can offer HTTP/2 to clients (scenario G).
@@ -311,6 +325,8 @@ class World:
     key: Path
     pem: Path
     bigSize: int
+    # --no-resume: every TLS contender refuses session resumption.
+    refuseResumption: bool = False
     logs: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -348,7 +364,7 @@ def nginxHttpCommon(tmp: Path, name: str) -> str:
 """
 
 
-def makeWorld(tmp: Path, bigSize: int, rsa: bool = False) -> World:
+def makeWorld(tmp: Path, bigSize: int, rsa: bool = False, refuseResumption: bool = False) -> World:
     certs = tmp / "certs"
     subprocess.run(
         [sys.executable, "-m", "lbproxy.certs", str(certs)],
@@ -372,7 +388,7 @@ def makeWorld(tmp: Path, bigSize: int, rsa: bool = False) -> World:
         )
     pem = certs / "combined.pem"
     pem.write_bytes(cert.read_bytes() + key.read_bytes())
-    world = World(tmp, cert, key, pem, bigSize)
+    world = World(tmp, cert, key, pem, bigSize, refuseResumption)
     for i, _ in enumerate(BACKENDS, 1):
         www = tmp / f"www{i}"
         www.mkdir()
@@ -473,6 +489,8 @@ def contenderArgv(name: str, world: World, http2: bool = False) -> list[tuple[st
                 extra += ["--decision-sample", "0"]
         if http2:
             extra += ["--http2", "on"]
+        if world.refuseResumption:
+            extra += ["--tls-resumption", "off"]
         return [
             (
                 name,
@@ -494,6 +512,9 @@ def contenderArgv(name: str, world: World, http2: bool = False) -> list[tuple[st
                 ],
             )
         ]
+    # The Twisted baselines never let a client resume, --no-resume or not:
+    # the ssl: endpoint's CertificateOptions has session tickets and the
+    # session cache off by default (enableSessionTickets, enableSessions).
     if name == "twisted-stock":
         script = HERE / "baselines" / "twisted_stock_proxy.py"
         return [(name, [py, str(script), "--backends", BACKEND_LIST, *twistedListen])]
@@ -514,6 +535,7 @@ def contenderArgv(name: str, world: World, http2: bool = False) -> list[tuple[st
                     str(world.cert),
                     "--key",
                     str(world.key),
+                    *(["--no-resume"] if world.refuseResumption else []),
                 ],
             ),
             (f"{name}-plain", [*common, "--port", str(PLAIN_PORT)]),
@@ -523,6 +545,9 @@ def contenderArgv(name: str, world: World, http2: bool = False) -> list[tuple[st
     if name == "haproxy":
         conf = tmp / "haproxy.cfg"
         alpn = "h2,http/1.1" if http2 else "http/1.1"
+        # --no-resume: no session tickets, no session cache.
+        cache = "\n    tune.ssl.cachesize 0" if world.refuseResumption else ""
+        tickets = " no-tls-tickets" if world.refuseResumption else ""
         conf.write_text(
             f"""
 global
@@ -531,7 +556,7 @@ global
     # The fd limit here is 20000 and cannot be raised; 10 200 connections
     # proxied would need 20 400, idle ones (scenario E) need one each.
     no strict-limits
-    ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-bind-options ssl-min-ver TLSv1.2{cache}
 defaults
     mode http
     option http-keep-alive
@@ -542,7 +567,7 @@ defaults
     timeout http-request 300s
     timeout http-keep-alive 300s
 frontend fe
-    bind {HOST}:{TLS_PORT} ssl crt {world.pem} alpn {alpn}
+    bind {HOST}:{TLS_PORT} ssl crt {world.pem} alpn {alpn}{tickets}
     bind {HOST}:{PLAIN_PORT}
     default_backend be
 backend be
@@ -573,6 +598,14 @@ backend be
             location = f"""
         root {tmp}/www1;
         index index.html;"""
+        # nginx's defaults resume by session ticket (its cache is "none").
+        resumption = (
+            """
+        ssl_session_tickets off;
+        ssl_session_cache off;"""
+            if world.refuseResumption
+            else ""
+        )
         conf.write_text(
             nginxCommon(tmp, name)
             + "http {"
@@ -584,7 +617,7 @@ backend be
         listen {HOST}:{PLAIN_PORT} backlog=4096;
         ssl_certificate {world.cert};
         ssl_certificate_key {world.key};
-        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_protocols TLSv1.2 TLSv1.3;{resumption}
 {location}
     }}
 }}
@@ -1140,6 +1173,24 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
         f"wrk{' (in G, h2load)' if http2 else ''} completed, median over rounds: the cost "
         "per request, less sensitive to the machine's noise than req/s.",
     ]
+    if args.no_resume:
+        lines.append(
+            "- **TLS resumption refused by every contender** (`--no-resume`): lbproxy "
+            "`--tls-resumption off`; HAProxy `no-tls-tickets` on the bind line and "
+            "`tune.ssl.cachesize 0`; nginx `ssl_session_tickets off; ssl_session_cache off;`; "
+            "the Twisted baselines as always (Twisted's `ssl:` endpoint: no session tickets, "
+            "no session cache); Flask `ssl.OP_NO_TICKET` and no TLS 1.3 tickets. wrk offers "
+            "its last session on each new connection and is refused, so every handshake of "
+            f"{NO_RESUME_C} is a full one."
+        )
+    else:
+        lines.append(
+            "- TLS resumption as each contender does it by default: wrk resumes its session "
+            "on each new connection in C where the server lets it (lbproxy, HAProxy, nginx, "
+            "Flask); the Twisted baselines never let it (Twisted's `ssl:` endpoint has no "
+            "session tickets or cache), so their C handshakes are full ones. `--no-resume` "
+            "refuses resumption everywhere."
+        )
     if http2:
         lines.append(
             "- G: each contender started again with HTTP/2 offered in ALPN (lbproxy "
@@ -1154,7 +1205,7 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
         present = [c for c in args.contenders if (s, c) in summary]
         if not present:
             continue
-        lines += [f"## {s}: {SCENARIOS[s]}", ""]
+        lines += [f"## {scenarioName(s, args)}: {SCENARIOS[s]}", ""]
         bases = [b for b in BASELINES if s not in H2_SCENARIOS or speaksHTTP2(b)]
         head = "| contender | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |"
         head += "".join(f" vs {b} |" for b in bases)
@@ -1211,7 +1262,7 @@ def report(record: dict[str, object], args: argparse.Namespace) -> str:
                 f"| {_fmt(under.get('p99'), 2)} |"
             )
         lines.append("")
-    lines += targets(summary, record)
+    lines += targets(summary, record, args)
     notes: list[str] = record["notes"]  # type: ignore[assignment]
     failures: list[str] = record["failures"]  # type: ignore[assignment]
     if notes or failures:
@@ -1259,7 +1310,9 @@ def http2AgainstA(
 
 
 def targets(
-    summary: dict[tuple[str, str], dict[str, float]], record: dict[str, object]
+    summary: dict[tuple[str, str], dict[str, float]],
+    record: dict[str, object],
+    args: argparse.Namespace,
 ) -> list[str]:
     """
     Issue #6's targets for lbproxy (and issue #15's for HTTP/2), checked
@@ -1282,7 +1335,7 @@ def targets(
     ratio("A", "flask", 10, "A: >= 10x the write-up's Flask balancer")
     ratio("A", "haproxy", 0.2, "A: >= 20 % of HAProxy")
     ratio("B", "twisted-agent", 1.5, "B: >= 1.5x Twisted Agent+pool")
-    ratio("C", "haproxy", 0.8, "C: >= 80 % of HAProxy")
+    ratio("C", "haproxy", 0.8, f"{scenarioName('C', args)}: >= 80 % of HAProxy")
     ratio("D", "haproxy", 0.7, "D: >= 70 % of HAProxy")
     h2, h1 = med("G", "lbproxy"), med("A", "lbproxy")
     checks.append(("G: >= 60 % of lbproxy's own A", h2 / h1 if h2 and h1 else None, 0.6, ">="))
@@ -1357,7 +1410,7 @@ def chart(record: dict[str, object], args: argparse.Namespace, path: Path) -> No
             )
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels(
-        [f"{s}: {SHORT[s]}" for s in scenarios],
+        [f"{scenarioName(s, args)}: {SHORT[s]}" for s in scenarios],
         fontsize=8,
     )
     ax.set_yscale("log")
@@ -1526,6 +1579,14 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         help="serve an RSA-2048 certificate instead of ECDSA P-256 (C's handshakes then cost "
         "OpenSSL about ten times more)",
     )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="every TLS contender refuses session resumption, so that C measures full "
+        "handshakes (wrk resumes where it may): lbproxy --tls-resumption off, HAProxy "
+        "no-tls-tickets and tune.ssl.cachesize 0, nginx ssl_session_tickets off and "
+        "ssl_session_cache off, Flask without tickets; the Twisted baselines never resume",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds, args.rounds_other = 3, 1, 1, 1
@@ -1588,7 +1649,7 @@ def main(argv: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="lbbench-") as tmpName, stoppedOnSignals():
-        world = makeWorld(Path(tmpName), args.big, args.rsa)
+        world = makeWorld(Path(tmpName), args.big, args.rsa, args.no_resume)
         log(f"backends on {BACKEND_LIST}; work files in {tmpName}")
         startBackends(world)
         if args.profile:

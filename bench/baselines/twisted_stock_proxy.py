@@ -9,6 +9,10 @@ request body and does not apply backpressure to the response.
     python twisted_stock_proxy.py --backends 127.0.0.2:80,127.0.0.3:80 \
         --listen ssl:8443:interface=127.0.0.1:privateKey=K:certKey=C \
         --listen tcp:8080:interface=127.0.0.1
+
+It never lets a TLS client resume a session (the driver's --no-resume or
+not): the ssl: endpoint's CertificateOptions has session tickets and the
+session cache off by default.
 """
 
 from __future__ import annotations
