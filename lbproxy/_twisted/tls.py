@@ -32,6 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _openssl
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -49,8 +52,16 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_connectWrapped",
         "_checkHandshakeStatus",
         "_handshakeDone",
+        "_flushSendBIO",
+        "_flushReceiveBIO",
+        "_lostTLSConnection",
+        "_aborted",
+        "_shutdownTLS",
+        "_tlsShutdownFinished",
     ),
     "twisted.protocols.tls.TLSMemoryBIOFactory": ("_creatorCallable",),
+    "OpenSSL.SSL.Connection": ("_into_ssl", "_from_ssl"),
+    "OpenSSL._util": ("lib", "ffi"),
 }
 """
 Every private Twisted name this module uses, by the object that has it
@@ -58,6 +69,14 @@ Every private Twisted name this module uses, by the object that has it
 """
 
 _log = Logger()
+
+
+def _buffered(bio: Any) -> int:
+    """
+    The bytes a memory BIO holds (C{BIO_get_mem_data} without the data:
+    the same as C{BIO_ctrl_pending}, which pyOpenSSL's bindings lack).
+    """
+    return int(_openssl.BIO_get_mem_data(bio, _ffi.NULL))
 
 
 class EdgeTLSProtocol(TLSMemoryBIOProtocol):
@@ -96,6 +115,46 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         if self._handshakeDone and not done:
             self.factory.handshakes += 1
             self._stopHandshakeTimer()
+
+    def _flushSendBIO(self) -> None:
+        """
+        Twisted's: send what OpenSSL has written to the send BIO. Twisted
+        reads until OpenSSL raises C{WantReadError}, an exception for each
+        flush that finds nothing (most of them); this asks the BIO how much
+        it holds and reads that, all at once.
+        """
+        connection = self._tlsConnection
+        waiting = _buffered(connection._from_ssl)
+        if waiting:
+            self.transport.write(connection.bio_read(waiting))  # type: ignore[union-attr]
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        Twisted's: hand the application what the bytes put into the
+        receive BIO decrypt to, then send what that produced. Twisted calls
+        C{recv} until it raises C{WantReadError}; this stops as soon as
+        neither the BIO nor OpenSSL holds anything more to read (the next
+        C{recv} could only raise), so that a request costs no exception.
+        """
+        connection = self._tlsConnection
+        while not self._lostTLSConnection:
+            if not (_buffered(connection._into_ssl) or connection.pending()):
+                break
+            try:
+                data = connection.recv(2**15)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                # The client closed TLS; the application's connectionLost
+                # gets the underlying transport's reason.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
 
     def _stopHandshakeTimer(self) -> None:
         timer, self._handshakeTimer = self._handshakeTimer, None
