@@ -46,6 +46,7 @@ for the client to read the answer before it is reset (NO_ERROR, RFC 9113
 
 # Response fields that mean nothing (or harm) in HTTP/2 (RFC 9113 8.2.2).
 _HOP_BY_HOP = CONNECTION_SPECIFIC | {b"te"}
+_STS = b"strict-transport-security"
 
 
 class H2Request(ProxyRequest):
@@ -56,7 +57,6 @@ class H2Request(ProxyRequest):
     """
 
     clientproto = _VERSION
-    wholeResponses = False  # A stream frames its own response (H2Stream).
 
 
 class _StreamTransport:
@@ -372,9 +372,37 @@ class H2Stream:
                 lines.append((lowered, value))
         hsts = self.site.hsts
         if hsts is not None and self.isSecure():
-            lines = [line for line in lines if line[0] != b"strict-transport-security"]
-            lines.append((b"strict-transport-security", hsts))
+            lines = [line for line in lines if line[0] != _STS]
+            lines.append((_STS, hsts))
         self._head = lines
+        self.connection.send(self)
+
+    def writeWholeResponse(
+        self,
+        version: bytes,
+        code: int,
+        reason: bytes,
+        lines: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        """
+        A whole response: its head (from header lines, as L{writeHeaders}
+        makes it from a L{Headers}) and its body, framed together (see
+        L{lbproxy.http.edge.ProxyRequest.respondWhole}).
+        """
+        head = [(b":status", b"%d" % (code,))]
+        hsts = self.site.hsts if self.isSecure() else None
+        for name, value in lines:
+            lowered = name.lower()
+            if lowered in _HOP_BY_HOP or (hsts is not None and lowered == _STS):
+                continue
+            head.append((lowered, value))
+        if hsts is not None:
+            head.append((_STS, hsts))
+        self._head = head
+        if body and not self.closed:
+            self._out.append(body)
+            self._outBytes += len(body)
         self.connection.send(self)
 
     def write(self, data: bytes) -> None:

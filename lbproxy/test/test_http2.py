@@ -30,7 +30,7 @@ from twisted.web.server import Request
 
 from lbproxy.balancer import Balancer, BalancerConfig, PoolConfig
 from lbproxy.http.checks import Rejection
-from lbproxy.http.edge import EdgeLimits
+from lbproxy.http.edge import EdgeLimits, ProxyRequest
 from lbproxy.http2.connection import H2EdgeConnection
 from lbproxy.http2.head import H2Head, checkHead
 from lbproxy.http2.negotiate import NegotiatingFactory
@@ -234,6 +234,40 @@ class ExchangeTests(HTTP2Case):
         (received,) = self.backend.resource.received
         self.assertEqual(received.method, b"GET")
         self.assertEqual(received.uri, b"/hello?x=1")
+
+    def test_wholeAndStreamedSame(self) -> None:
+        """
+        A response that came whole from its backend is framed as the
+        streamed relay frames it: the same fields (repeats kept, C{Date}
+        from the backend, no connection-specific ones) and the same body.
+        """
+
+        def respond(request: Request) -> bytes:
+            request.setHeader(b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT")
+            request.responseHeaders.setRawHeaders(b"Set-Cookie", [b"a=1", b"b=2"])
+            request.setHeader(b"Connection", b"keep-alive")
+            return b"answer"
+
+        self.backend.resource.handler = respond
+        answers = []
+        for whole in (True, False):
+            self.patch(ProxyRequest, "wholeResponses", whole)
+            client = self.connect()
+            stream = client.request(b"/")
+            client.flush()
+            (fields,) = [
+                e.headers
+                for e in client.events
+                if isinstance(e, ResponseReceived) and e.stream_id == stream
+            ]
+            _, body, ended = client.response(stream)
+            answers.append((sorted(fields), body, ended))
+        self.assertEqual(answers[0], answers[1])
+        fields, body, ended = answers[0]
+        self.assertEqual((body, ended), (b"answer", True))
+        self.assertEqual([v for n, v in fields if n == b"set-cookie"], [b"a=1", b"b=2"])
+        self.assertEqual([v for n, v in fields if n == b"date"], [b"Sun, 06 Nov 1994 08:49:37 GMT"])
+        self.assertNotIn(b"connection", [n for n, _ in fields])
 
     def test_forwardingHeaders(self) -> None:
         """
