@@ -269,6 +269,31 @@ class ExchangeTests(HTTP2Case):
         self.assertEqual([v for n, v in fields if n == b"date"], [b"Sun, 06 Nov 1994 08:49:37 GMT"])
         self.assertNotIn(b"connection", [n for n, _ in fields])
 
+    def test_wholeHeadAndNoContent(self) -> None:
+        """
+        Whole answers without a body end the stream with their head: HEAD
+        keeps the backend's length, 204 has none, and neither has DATA.
+        """
+
+        def respond(request: Request) -> bytes:
+            if request.uri == b"/none":
+                request.setResponseCode(204)
+                return b""
+            return b"twelve bytes"
+
+        self.backend.resource.handler = respond
+        client = self.connect()
+        head = client.request(b"/", method=b"HEAD")
+        none = client.request(b"/none")
+        client.flush()
+        fields, body, ended = client.response(head)
+        self.assertEqual((fields[b":status"], fields[b"content-length"]), (b"200", b"12"))
+        self.assertEqual((body, ended), (b"", True))
+        fields, body, ended = client.response(none)
+        self.assertEqual(fields[b":status"], b"204")
+        self.assertNotIn(b"content-length", fields)
+        self.assertEqual((body, ended), (b"", True))
+
     def test_forwardingHeaders(self) -> None:
         """
         The backend gets the Host from C{:authority} and the forwarding
