@@ -606,11 +606,7 @@ class _Exchange:
             return
         self._response = response
         request = self._request
-        if (
-            self.responseEdits is None
-            and getattr(request, "wholeResponses", False)
-            and self._respondWhole(response)
-        ):
+        if getattr(request, "wholeResponses", False) and self._respondWhole(response):
             return
         request.setResponseCode(response.code, response.phrase)
         # The backend's headers replace the server side's (Date); its
@@ -666,12 +662,15 @@ class _Exchange:
         elif code != 204:
             lines.append((b"Content-Length", b"%d" % (len(body),)))
         chooser = self._proxy.chooser
+        affinity: Sequence[tuple[bytes, bytes]] = ()
         if IAffinityChooser.providedBy(chooser):
-            lines.extend(chooser.responseHeaders(self._backend, request))
+            affinity = chooser.responseHeaders(self._backend, request)
         self._bodyEnded = True
         self._backend.bytesFromBackend += len(body)
         self._finish(failed=False)
-        request.respondWhole(code, response.phrase, lines, body)  # type: ignore[attr-defined]
+        request.respondWhole(  # type: ignore[attr-defined]
+            code, response.phrase, lines, body, self.responseEdits, affinity
+        )
         return True
 
     def _noResponse(self, failure: Failure) -> None:

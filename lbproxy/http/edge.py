@@ -14,7 +14,7 @@ pause (L{_ReadGate}).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -41,7 +41,7 @@ from lbproxy.http.checks import (
     checkRequestLine,
     parsePlainHead,
 )
-from lbproxy.http.headers import connectionTokens
+from lbproxy.http.headers import HeaderEdits, connectionTokens
 from lbproxy.http.requestid import RequestIdSettings, assignRequestId, newRequestId
 from lbproxy.upstream.body import StreamedBody
 
@@ -228,7 +228,13 @@ class ProxyRequest(Request):
     """
 
     def respondWhole(
-        self, code: int, phrase: bytes, lines: list[tuple[bytes, bytes]], body: bytes
+        self,
+        code: int,
+        phrase: bytes,
+        lines: list[tuple[bytes, bytes]],
+        body: bytes,
+        edits: HeaderEdits | None = None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """
         Send a whole response and finish: the status, the relayed header
@@ -238,6 +244,9 @@ class ProxyRequest(Request):
 
         @param lines: Header lines, framing included: C{Content-Length}
             where the response has one.
+        @param edits: A route's changes to the response's headers (its own
+            and the relayed ones), made before C{extra} is added.
+        @param extra: Header lines added last (a sticky chooser's cookie).
         """
         self.code = code
         self.code_message = phrase
@@ -252,8 +261,13 @@ class ProxyRequest(Request):
         if self.method == b"HEAD" or code in NO_BODY_CODES:
             body = b""
         self.sentLength = len(body)
+        head = own + lines
+        if edits is not None:
+            head = edits.applyToLines(head)
+        if extra:
+            head.extend(extra)
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
-        channel.writeWholeResponse(self.clientproto, code, phrase, own + lines, body)
+        channel.writeWholeResponse(self.clientproto, code, phrase, head, body)
         self.finish()
 
     def write(self, data: bytes) -> None:

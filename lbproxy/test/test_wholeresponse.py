@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from lbproxy.http.edge import ProxyRequest
+from lbproxy.http.headers import HeaderEdits
 from lbproxy.test.test_streaming import StreamingTestCase, _answerWhen, _Backend
 
 Gen = Generator[Any, Any, None]
@@ -57,6 +58,8 @@ class WholeResponseTests(StreamingTestCase):
     the same (framing aside: a whole response always states its length).
     """
 
+    edits: HeaderEdits | None = None
+
     @inlineCallbacks
     def exchange(self, response: bytes, request: bytes, whole: bool) -> Generator[Any, Any, bytes]:
         """
@@ -65,6 +68,15 @@ class WholeResponseTests(StreamingTestCase):
         """
         self.patch(ProxyRequest, "wholeResponses", whole)
         proxy = yield self.start(_answerWhen(b"\r\n\r\n", response))
+        if self.edits is not None:
+            # As a route with response-headers edits relays.
+            resource = proxy.site.resource
+            relay, edits = resource.relay, self.edits
+            self.patch(
+                resource,
+                "relay",
+                lambda request, route, record: relay(request, route, record, None, edits),
+            )
         client = yield self.connect(proxy)
         client.send(request)
         yield client.closed
@@ -125,6 +137,29 @@ class WholeResponseTests(StreamingTestCase):
         self.assertNotIn(b"x-secret", lower)
         self.assertIn(b"\r\nx-kept: k\r\n", lower)
         self.assertEqual(lower.count(b"\r\nconnection: close\r\n"), 1)
+
+    @inlineCallbacks
+    def test_routeEdits(self) -> Gen:
+        """
+        A route's response-header edits apply to the relayed headers and
+        the proxy's own alike: a header removed is gone, one set replaces
+        the backend's, and setting the proxy's C{Date} replaces it.
+        """
+        self.edits = HeaderEdits.fromText(
+            set=[("X-Set", "ours"), ("Date", "Mon, 07 Nov 1994 08:49:37 GMT")],
+            remove=["X-Secret"],
+        )
+        data = yield self.assertSameBothWays(
+            b"HTTP/1.1 200 OK\r\nX-Secret: s\r\nX-Set: theirs\r\nX-Kept: k\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        lower = data.lower()
+        self.assertNotIn(b"x-secret", lower)
+        self.assertIn(b"\r\nX-Set: ours\r\n", data)
+        self.assertNotIn(b"theirs", data)
+        self.assertIn(b"\r\nx-kept: k\r\n", lower)
+        self.assertEqual(lower.count(b"\r\ndate:"), 1)
+        self.assertIn(b"\r\nDate: Mon, 07 Nov 1994 08:49:37 GMT\r\n", data)
 
     @inlineCallbacks
     def test_chunkedArrivedWhole(self) -> Gen:
