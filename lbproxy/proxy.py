@@ -614,19 +614,10 @@ class _Exchange:
         connection = getattr(response, "connectionHeaders", None)
         for name, values in responseHeadersForClient(response.headers, connection):
             request.responseHeaders.setRawHeaders(name, values)
-        # Framing is kept out of response.headers; a declared body length is
-        # response.length. The answer to HEAD has no body but says how long
-        # the body of a GET would be, and so may a 304: relay the backend's
-        # Content-Length. A 204 has none at all (RFC 9110 8.6).
-        code = response.code
-        if request.method == b"HEAD" or code == 304:
-            lengths = connection.getRawHeaders(b"content-length") if connection else None
-            if lengths:
-                request.setHeader(b"Content-Length", lengths[0])
-        elif code == 204:
-            pass
-        elif response.length is not UNKNOWN_LENGTH:
-            request.setHeader(b"Content-Length", b"%d" % (cast(int, response.length),))
+        length = None if response.length is UNKNOWN_LENGTH else cast(int, response.length)
+        contentLength = _clientLength(request.method, response, length)
+        if contentLength is not None:
+            request.setHeader(b"Content-Length", contentLength)
         request.defaultContentType = None
         if self.responseEdits is not None:
             self.responseEdits.applyToHeaders(request.responseHeaders)
@@ -652,15 +643,11 @@ class _Exchange:
         if body is None:
             return False
         request = self._request
-        connection = response.connectionHeaders
-        lines = responseLinesForClient(response.headers.lines, connection)
         code = response.code
-        if request.method == b"HEAD" or code == 304:
-            lengths = connection.getRawHeaders(b"content-length")
-            if lengths:
-                lines.append((b"Content-Length", lengths[0]))
-        elif code != 204:
-            lines.append((b"Content-Length", b"%d" % (len(body),)))
+        lines = responseLinesForClient(response.headers.lines, response.connectionHeaders)
+        contentLength = _clientLength(request.method, response, len(body))
+        if contentLength is not None:
+            lines.append((b"Content-Length", contentLength))
         chooser = self._proxy.chooser
         affinity: Sequence[tuple[bytes, bytes]] = ()
         if IAffinityChooser.providedBy(chooser):
@@ -972,6 +959,26 @@ class _Exchange:
                 _abortClient(request)
             else:
                 request.channel.loseConnection()
+
+
+def _clientLength(method: bytes, response: BackendResponse, length: int | None) -> bytes | None:
+    """
+    The C{Content-Length} the client is told for C{response}, whose body is
+    C{length} bytes (L{None}: not known yet), or L{None} for none.
+
+    Framing is kept out of the response's headers. The answer to HEAD has
+    no body but says how long the body of a GET would be, and so may a
+    304: the backend's C{Content-Length} is relayed. A 204 has none at all
+    (RFC 9110 8.6).
+    """
+    code = response.code
+    if method == b"HEAD" or code == 304:
+        connection = getattr(response, "connectionHeaders", None)
+        lengths = connection.getRawHeaders(b"content-length") if connection else None
+        return lengths[0] if lengths else None
+    if code == 204 or length is None:
+        return None
+    return b"%d" % (length,)
 
 
 def _abortClient(request: Request) -> None:

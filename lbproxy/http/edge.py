@@ -139,11 +139,14 @@ class ProxyRequest(Request):
         into C{args}: the proxy relays the target as it came, and nothing
         reads C{args}).
         """
+        self._takeRequestLine(command, path, version)
+        self.process()
+
+    def _takeRequestLine(self, command: bytes, path: bytes, version: bytes) -> None:
         self.method, self.uri = command, path
         self.clientproto = version
         self.args = {}
         self.path = path.split(b"?", 1)[0]
-        self.process()
 
     def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
         """
@@ -151,10 +154,7 @@ class ProxyRequest(Request):
         arriving (twisted.web's C{requestReceived} without the spooled
         body's form parsing).
         """
-        self.method, self.uri = command, path
-        self.clientproto = version
-        self.args = {}
-        self.path = path.split(b"?", 1)[0]
+        self._takeRequestLine(command, path, version)
         # When the whole request has arrived, twisted.web calls
         # requestReceived: for this request that only completes the body.
         # (An attribute of this request alone, so that the many requests
@@ -223,8 +223,9 @@ class ProxyRequest(Request):
 
     wholeResponses = True
     """
-    Whether the proxy may answer with L{respondWhole} (an HTTP/1.x
-    client's request does; an HTTP/2 stream's does not).
+    Whether the proxy may answer with L{respondWhole} (the edge's requests,
+    HTTP/1.x and HTTP/2, may; a plain twisted.web request has no such
+    attribute and gets the streamed relay; tests turn it off to compare).
     """
 
     def respondWhole(

@@ -16,6 +16,7 @@ producer feeding it, the backend's body, is paused) and its end.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from h2.errors import ErrorCodes
@@ -363,18 +364,9 @@ class H2Stream:
         self.connection.send(self)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        lines = [(b":status", code)]
-        for name, values in headers.getAllRawHeaders():
-            lowered = name.lower()
-            if lowered in _HOP_BY_HOP:
-                continue
-            for value in values:
-                lines.append((lowered, value))
-        hsts = self.site.hsts
-        if hsts is not None and self.isSecure():
-            lines = [line for line in lines if line[0] != _STS]
-            lines.append((_STS, hsts))
-        self._head = lines
+        self._setHead(
+            code, ((name, value) for name, values in headers.getAllRawHeaders() for value in values)
+        )
         self.connection.send(self)
 
     def writeWholeResponse(
@@ -390,9 +382,21 @@ class H2Stream:
         makes it from a L{Headers}) and its body, framed together (see
         L{lbproxy.http.edge.ProxyRequest.respondWhole}).
         """
-        head = [(b":status", b"%d" % (code,))]
+        self._setHead(b"%d" % (code,), lines)
+        if body and not self.closed:
+            self._out.append(body)
+            self._outBytes += len(body)
+        self.connection.send(self)
+
+    def _setHead(self, status: bytes, fields: Iterable[tuple[bytes, bytes]]) -> None:
+        """
+        The response head to send: C{:status}, then C{fields} lower-cased
+        without the connection-specific ones, and the site's HSTS over TLS
+        in place of any other.
+        """
         hsts = self.site.hsts if self.isSecure() else None
-        for name, value in lines:
+        head = [(b":status", status)]
+        for name, value in fields:
             lowered = name.lower()
             if lowered in _HOP_BY_HOP or (hsts is not None and lowered == _STS):
                 continue
@@ -400,10 +404,6 @@ class H2Stream:
         if hsts is not None:
             head.append((_STS, hsts))
         self._head = head
-        if body and not self.closed:
-            self._out.append(body)
-            self._outBytes += len(body)
-        self.connection.send(self)
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
