@@ -30,6 +30,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from lbproxy._twisted.httpchannel import ChannelInternals
+from lbproxy._twisted.request import LeanRequest
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.checks import (
     MAX_CONTENT_LENGTH,
@@ -82,7 +83,7 @@ _TOO_LARGE = Rejection(
 )
 
 
-class ProxyRequest(Request):
+class ProxyRequest(LeanRequest):
     """
     A request whose body streams to the proxy as it arrives (L{body})
     instead of being spooled into C{content}; the request is handed to the
@@ -188,13 +189,16 @@ class ProxyRequest(Request):
             onConnectionLost(reason)
 
     def finish(self) -> None:
+        self._dropHooks()
+        super().finish()
+
+    def _dropHooks(self) -> None:
         # The hooks are the proxy's bound methods, which hold this request:
-        # dropping them here leaves no reference cycle, so a finished
-        # request is freed at once, not by the cyclic garbage collector.
+        # dropping them when it finishes leaves no reference cycle, so a
+        # finished request is freed at once, not by the cyclic collector.
         self.onConnectionLost = None
         self.onAbandon = None
         self.__dict__.pop("requestReceived", None)  # (see dispatch)
-        super().finish()
 
     def process(self) -> None:
         """
@@ -269,7 +273,9 @@ class ProxyRequest(Request):
             head.extend(extra)
         channel: ProxyChannel = self.channel  # type: ignore[assignment]
         channel.writeWholeResponse(self.clientproto, code, phrase, head, body)
-        self.finish()
+        self._dropHooks()
+        if not self.finishWritten():
+            self.finish()
 
     def write(self, data: bytes) -> None:
         """
@@ -828,8 +834,8 @@ class ProxyChannel(ChannelInternals):
         request.requestHeaders = head.headers
         self.requests.append(request)
         self._requestLine = head.requestLine
-        # allHeadersReceived, with no body to wait for:
-        request.parseCookies()
+        # allHeadersReceived, with no body to wait for (cookies are parsed
+        # when read, see LeanRequest):
         self.persistent = self.checkPersistence(request, head.version)
         # allContentReceived: what follows waits until this request is done;
         # the idle timer runs on (see timeoutConnection) and requestDone
@@ -1091,7 +1097,7 @@ class ProxySite(Site):
 
     _log = Logger()
     protocol = ProxyChannel  # type: ignore[assignment]
-    requestFactory = ProxyRequest
+    requestFactory = ProxyRequest  # type: ignore[assignment]
     displayTracebacks = False
     noisy = False
     hsts: bytes | None = None
