@@ -644,7 +644,9 @@ class _Exchange:
             return False
         request = self._request
         code = response.code
-        lines = responseLinesForClient(response.headers.lines, response.connectionHeaders)
+        headers = response.headers
+        names = headers.names
+        lines = responseLinesForClient(headers.lines, response.connectionHeaders, names)
         contentLength = _clientLength(request.method, response, len(body))
         if contentLength is not None:
             lines.append((b"Content-Length", contentLength))
@@ -656,7 +658,7 @@ class _Exchange:
         self._backend.bytesFromBackend += len(body)
         self._finish(failed=False)
         request.respondWhole(  # type: ignore[attr-defined]
-            code, response.phrase, lines, body, self.responseEdits, affinity
+            code, response.phrase, lines, body, self.responseEdits, affinity, names
         )
         return True
 

@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "twisted.web.http.Request": ("_parsePOSTFormSubmission", "_disconnected", "_cleanup"),
     "twisted.python.components.Componentized": ("_adapterCache",),
+    "twisted.web.http_headers.Headers": ("_rawHeaders",),
 }
 """
 Every private Twisted name this module uses, by the object that has it.
@@ -42,7 +43,7 @@ class LeanRequest(server.Request):
         self.host = channel.getHost()
         self.requestHeaders = Headers()
         self._receivedCookies: dict[bytes, bytes] | None = None
-        self.responseHeaders = Headers()
+        self._responseHeaders = Headers()
         self.cookies = []
         self.transport = channel.transport
         self.queued = False
@@ -64,6 +65,50 @@ class LeanRequest(server.Request):
     @received_cookies.setter
     def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
         self._receivedCookies = cookies
+
+    _presetLines: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def responseHeaders(self) -> Headers:
+        """
+        The response's headers, with the lines L{presetHeader} set.
+        """
+        headers = self._responseHeaders
+        preset = self._presetLines
+        if preset is not None:
+            self._presetLines = None
+            for name, value in preset:
+                headers.addRawHeader(name, value)
+        return headers
+
+    @responseHeaders.setter
+    def responseHeaders(self, headers: Headers) -> None:
+        self._responseHeaders = headers
+
+    def presetHeader(self, name: bytes, value: bytes) -> None:
+        """
+        Add a response header line (a value the proxy made, in a name not
+        set yet): kept as a line until C{responseHeaders} is read, so that
+        a response written whole (see L{takePresetLines}) needs no
+        L{Headers}.
+        """
+        if self._presetLines is None:
+            if self._responseHeaders._rawHeaders:
+                self._responseHeaders.addRawHeader(name, value)
+                return
+            self._presetLines = []
+        self._presetLines.append((name, value))
+
+    def takePresetLines(self) -> list[tuple[bytes, bytes]] | None:
+        """
+        The response header lines set so far, if they are all preset lines
+        (C{responseHeaders} not read since), else L{None}: read
+        C{responseHeaders} instead.
+        """
+        if self._responseHeaders._rawHeaders:
+            return None
+        preset, self._presetLines = self._presetLines, None
+        return preset if preset is not None else []
 
     def parseCookies(self) -> None:
         """

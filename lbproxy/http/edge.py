@@ -42,7 +42,7 @@ from lbproxy.http.checks import (
     checkRequestLine,
     parsePlainHead,
 )
-from lbproxy.http.headers import HeaderEdits, connectionTokens
+from lbproxy.http.headers import HeaderEdits, canonicalName, connectionTokens
 from lbproxy.http.requestid import RequestIdSettings, assignRequestId, newRequestId
 from lbproxy.upstream.body import StreamedBody
 
@@ -211,15 +211,18 @@ class ProxyRequest(LeanRequest):
         self.prepath = []
         self.postpath = []
         now = self.receivedAt = site.reactor.seconds()
-        self.setHeader(b"Date", site.dateHeader(now))
+        # The proxy's own response headers, as lines until a Headers is
+        # needed (a response written whole needs none):
+        self.presetHeader(b"Date", site.dateHeader(now))
         requestIds = site.requestIds
         if requestIds is not None and requestIds.enabled:
-            self.requestId = assignRequestId(
+            requestId = self.requestId = assignRequestId(
                 self.requestHeaders,
-                self.responseHeaders,
+                None,
                 getattr(self.getClientAddress(), "host", None),
                 requestIds,
             )
+            self.presetHeader(canonicalName(requestIds.header), requestId)
         try:
             self.render(site.resource)
         except BaseException:  # noqa: BLE001 - as twisted.web does: answer 500, log
@@ -240,6 +243,7 @@ class ProxyRequest(LeanRequest):
         body: bytes,
         edits: HeaderEdits | None = None,
         extra: Sequence[tuple[bytes, bytes]] = (),
+        names: frozenset[bytes] | None = None,
     ) -> None:
         """
         Send a whole response and finish: the status, the relayed header
@@ -252,16 +256,25 @@ class ProxyRequest(LeanRequest):
         @param edits: A route's changes to the response's headers (its own
             and the relayed ones), made before C{extra} is added.
         @param extra: Header lines added last (a sticky chooser's cookie).
+        @param names: The lower-cased names of C{lines}, if known (framing
+            headers aside: the proxy's own never count).
         """
         self.code = code
         self.code_message = phrase
         self.startedWriting = 1
-        relayed = {name.lower() for name, _ in lines}
+        if names is None:
+            names = frozenset(name.lower() for name, _ in lines)
+        preset = self.takePresetLines()
+        if preset is None:
+            preset = [
+                (name, value)
+                for name, values in self.responseHeaders.getAllRawHeaders()
+                for value in values
+            ]
         own = [
-            (name, value)
-            for name, values in self.responseHeaders.getAllRawHeaders()
-            if name.lower() not in relayed
-            for value in values
+            line
+            for line in preset
+            if (lower := line[0].lower()) not in names and lower not in _FRAMING
         ]
         if self.method == b"HEAD" or code in NO_BODY_CODES:
             body = b""
@@ -1038,6 +1051,7 @@ class ProxyChannel(ChannelInternals):
 
 
 _CONNECTION = frozenset({b"connection"})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _STS = frozenset({b"strict-transport-security"})
 
 

@@ -8,6 +8,7 @@ Pure functions over L{twisted.web.http_headers.Headers}; no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Union
@@ -103,6 +104,17 @@ RawHeaders = Union[Headers, "HeaderLines"]
 """
 Headers to read: twisted.web's, or the lean client's response lines.
 """
+
+
+@functools.lru_cache(maxsize=64)
+def canonicalName(name: bytes) -> bytes:
+    """
+    C{name} as twisted.web's L{Headers} writes it (C{x-request-id} as
+    C{X-Request-Id}), for header lines of the proxy's own that bypass it.
+    """
+    for canonical, _ in Headers({name: [b""]}).getAllRawHeaders():
+        return canonical
+    return name
 
 
 def connectionTokens(headers: RawHeaders) -> frozenset[bytes]:
@@ -270,18 +282,25 @@ def responseHeadersForClient(
 
 
 def responseLinesForClient(
-    lines: Iterable[tuple[bytes, bytes]], connection: RawHeaders | None = None
+    lines: Iterable[tuple[bytes, bytes]],
+    connection: RawHeaders | None = None,
+    names: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """
     L{responseHeadersForClient} for a response whose header lines are kept
     as received, apart from its connection-control ones (C{connection}):
     the lines relayed to the client, in order, without grouping them.
+
+    @param names: The lower-cased names of C{lines}, if known: when none
+        is to be dropped, the lines are taken as they are.
     """
     drop = HOP_BY_HOP
     if connection is not None:
         named = _connectionOptions(connection)
         if named:
             drop = drop | named
+    if names is not None and names.isdisjoint(drop):
+        return list(lines)
     return [(name, value) for name, value in lines if name.lower() not in drop]
 
 

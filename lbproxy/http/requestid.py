@@ -86,14 +86,14 @@ def keptRequestId(offered: Sequence[bytes] | None, trusted: bool) -> bytes | Non
 
 def assignRequestId(
     requestHeaders: Headers,
-    responseHeaders: Headers,
+    responseHeaders: Headers | None,
     peer: str | None,
     settings: RequestIdSettings,
 ) -> bytes:
     """
     Give a request its ID: the header in C{requestHeaders} (sent on to the
-    backend) and in C{responseHeaders} (the client's answer) holds exactly
-    that one value.
+    backend) and in C{responseHeaders} (the client's answer; L{None} when
+    the caller sets it) holds exactly that one value.
 
     @param peer: The address of the connection's peer, to decide whether
         an ID the request brought is kept (see L{keptRequestId}).
@@ -104,7 +104,8 @@ def assignRequestId(
     kept = None if offered is None else keptRequestId(offered, settings.isTrusted(peer))
     requestId = newRequestId() if kept is None else kept
     requestHeaders.setRawHeaders(name, [requestId])
-    responseHeaders.setRawHeaders(name, [requestId])
+    if responseHeaders is not None:
+        responseHeaders.setRawHeaders(name, [requestId])
     if requestHeaders.hasHeader(b"connection"):
         _unlist(requestHeaders, name)
     return requestId

@@ -80,8 +80,20 @@ class HeaderLines:
     copying or re-checking every value (the parser already checked them).
     """
 
-    def __init__(self, lines: Sequence[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, lines: Sequence[tuple[bytes, bytes]], names: frozenset[bytes] | None = None
+    ) -> None:
         self._lines = lines
+        self._names = names
+
+    @property
+    def names(self) -> frozenset[bytes]:
+        """
+        The lower-cased names of the lines.
+        """
+        if self._names is None:
+            self._names = frozenset(name.lower() for name, _ in self._lines)
+        return self._names
 
     @property
     def lines(self) -> Sequence[tuple[bytes, bytes]]:
@@ -447,6 +459,7 @@ class BackendConnection(Protocol):
         minor, codeText, phrase = match.groups()
         code = int(codeText)
         endToEnd: list[tuple[bytes, bytes]] = []
+        names: set[bytes] = set()
         connectionLines: list[tuple[bytes, bytes]] = []
         connection: dict[bytes, list[bytes]] = {}
         lines = head.split(b"\r\n")
@@ -459,6 +472,7 @@ class BackendConnection(Protocol):
                 connection.setdefault(lower, []).append(value)
             else:
                 endToEnd.append((name, value))
+                names.add(lower)
         if code < 200:
             if code != 101:
                 if self._interim is not None:
@@ -487,7 +501,12 @@ class BackendConnection(Protocol):
                 self.reusable = False
         length = self._framing(code, connection)
         return BackendResponse(
-            self, code, phrase or b"", HeaderLines(endToEnd), HeaderLines(connectionLines), length
+            self,
+            code,
+            phrase or b"",
+            HeaderLines(endToEnd, frozenset(names)),
+            HeaderLines(connectionLines),
+            length,
         )
 
     def _framing(self, code: int, connection: dict[bytes, list[bytes]]) -> int | object:
