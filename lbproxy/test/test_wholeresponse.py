@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from lbproxy.http.edge import ProxyRequest
 from lbproxy.http.headers import HeaderEdits
+from lbproxy.http.requestid import RequestIdSettings
 from lbproxy.test.test_streaming import StreamingTestCase, _answerWhen, _Backend
 
 Gen = Generator[Any, Any, None]
@@ -233,6 +234,49 @@ class WholeResponseTests(StreamingTestCase):
         yield client.closed
         self.assertEqual(len(proxy.lines), 1)
         self.assertIn('"GET /x HTTP/1.1" 202 3 ', proxy.lines[0])
+
+
+class OwnHeaderTests(StreamingTestCase):
+    """
+    The proxy's own response headers (C{Date}, the request ID), which a
+    whole response writes as lines without a L{Headers}, are written as
+    the streamed relay writes them.
+    """
+
+    @inlineCallbacks
+    def ownLines(self, whole: bool) -> Generator[Any, Any, list[bytes]]:
+        """
+        The response header lines of two answers on one kept-alive
+        connection (the first keeps the connection open, so only the
+        proxy's own headers precede the backend's), with IDs in a header
+        configured in lower case.
+        """
+        self.patch(ProxyRequest, "wholeResponses", whole)
+        proxy = yield self.start(_answerEach(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        proxy.site.requestIds = RequestIdSettings(header=b"x-trace-id")
+        client = yield self.connect(proxy)
+        client.send(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield client.until(b"ok")
+        client.send(b"GET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        yield client.closed
+        return [
+            line.partition(b":")[0]
+            for line in client.data.split(b"\r\n")
+            if b":" in line and not line.startswith(b"HTTP/")
+        ]
+
+    @inlineCallbacks
+    def test_sameNames(self) -> Gen:
+        """
+        Both ways, each answer has one C{Date} and one C{X-Trace-Id}, their
+        names written alike (as twisted.web writes them).
+        """
+        whole = yield self.ownLines(whole=True)
+        streamed = yield self.ownLines(whole=False)
+        for names in (whole, streamed):
+            self.assertEqual(names.count(b"Date"), 2, names)
+            self.assertEqual(names.count(b"X-Trace-Id"), 2, names)
+        self.assertEqual(sorted(set(whole)), sorted(set(streamed)))
 
 
 def _answerEach(response: bytes) -> Any:
