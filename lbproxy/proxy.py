@@ -286,7 +286,10 @@ class ReverseProxyResource(Resource):
             return answer(request, 503, "No backend is available.", record)
         peer = _clientAddress(request)
         trusted = peer is not None and self.isTrustedProxy(peer)
-        record.client = originalClient(request.requestHeaders, peer, self.isTrustedProxy)
+        if trusted:
+            record.client = originalClient(request.requestHeaders, peer, self.isTrustedProxy)
+        else:
+            record.client = peer  # (what originalClient makes of an untrusted peer)
         exchange = _Exchange(self, request, backend, record)
         if requestEdits:
             exchange.requestEdits = requestEdits
@@ -1005,10 +1008,11 @@ def _requestBody(request: Request) -> StreamedBody | None:
     The request's body: the edge's streamed body, or, for a request from
     a plain twisted.web site, its spooled content.
     """
-    body = getattr(request, "body", _NOT_STREAMED)
+    body: Any = getattr(request, "body", _NOT_STREAMED)
     if body is not _NOT_STREAMED:
         # The edge's request: its body streams (or it has none).
-        return cast("StreamedBody | None", body)
+        streamed: StreamedBody | None = body
+        return streamed
     content = request.content
     if content is None:
         return None

@@ -727,7 +727,7 @@ class ProxyChannel(ChannelInternals):
         parts = [b"%s %d %s\r\n" % (version, code, reason)]
         if replaced:
             lines = [(name, value) for name, value in lines if name.lower() not in replaced]
-        parts.extend(b"%s: %s\r\n" % line for line in lines)
+        parts += [b"%s: %s\r\n" % line for line in lines]
         parts.extend(extra)
         parts.append(b"\r\n")
         parts.append(body)

@@ -125,6 +125,7 @@ class Backend:
     bytesToBackend: int = 0
     bytesFromBackend: int = 0
     connectFailures: dict[str, int] = attrs.field(factory=dict, repr=False)
+    _url: str = attrs.field(init=False, default="", repr=False)
 
     @property
     def effectiveWeight(self) -> float:
@@ -155,9 +156,12 @@ class Backend:
     @property
     def url(self) -> str:
         """
-        The base URL of this backend, e.g. C{http://127.0.0.2:80}.
+        The base URL of this backend, e.g. C{http://127.0.0.2:80} (made
+        once: a backend's scheme, host and port do not change).
         """
-        return f"{self.scheme}://{self.authority}"
+        if not self._url:
+            self._url = f"{self.scheme}://{self.authority}"
+        return self._url
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -157,8 +157,9 @@ class RetryBudget:
         """
         Count a first attempt of a request.
         """
-        now = self._now()
-        self._prune(now)
+        now = math.floor(self.clock.seconds())
+        if now != self._prunedAt:
+            self._prune(now)
         self._requests[now] = self._requests.get(now, 0) + 1
 
     def tryRetry(self) -> bool:
