@@ -16,6 +16,8 @@ from typing import Any
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
+from lbproxy._twisted.headers import QuickHeaders
+
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "twisted.web.http.Request": ("_parsePOSTFormSubmission", "_disconnected", "_cleanup"),
     "twisted.python.components.Componentized": ("_adapterCache",),
@@ -41,9 +43,9 @@ class LeanRequest(server.Request):
         self.channel = channel
         self.client = channel.getPeer()
         self.host = channel.getHost()
-        self.requestHeaders = Headers()
+        self.requestHeaders = QuickHeaders()
         self._receivedCookies: dict[bytes, bytes] | None = None
-        self._responseHeaders = Headers()
+        self._responseHeaders: Headers = QuickHeaders()
         self.cookies = []
         self.transport = channel.transport
         self.queued = False

@@ -35,6 +35,7 @@ from typing import Any
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _openssl
+from OpenSSL._util import no_zero_allocator as _allocate
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -58,10 +59,12 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_aborted",
         "_shutdownTLS",
         "_tlsShutdownFinished",
+        "_write",
+        "_bufferedWrite",
     ),
     "twisted.protocols.tls.TLSMemoryBIOFactory": ("_creatorCallable",),
-    "OpenSSL.SSL.Connection": ("_into_ssl", "_from_ssl"),
-    "OpenSSL._util": ("lib", "ffi"),
+    "OpenSSL.SSL.Connection": ("_into_ssl", "_from_ssl", "_ssl", "_raise_ssl_error"),
+    "OpenSSL._util": ("lib", "ffi", "no_zero_allocator"),
 }
 """
 Every private Twisted name this module uses, by the object that has it
@@ -71,12 +74,12 @@ Every private Twisted name this module uses, by the object that has it
 _log = Logger()
 
 
-def _buffered(bio: Any) -> int:
-    """
-    The bytes a memory BIO holds (C{BIO_get_mem_data} without the data:
-    the same as C{BIO_ctrl_pending}, which pyOpenSSL's bindings lack).
-    """
-    return int(_openssl.BIO_get_mem_data(bio, _ffi.NULL))
+# The bytes a memory BIO holds: BIO_get_mem_data(bio, NULL), the same as
+# BIO_ctrl_pending, which pyOpenSSL's bindings lack.
+_buffered = _openssl.BIO_get_mem_data
+_NULL = _ffi.NULL
+_RECORD = 2**14
+_READ = 2**15
 
 
 class EdgeTLSProtocol(TLSMemoryBIOProtocol):
@@ -116,6 +119,49 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             self.factory.handshakes += 1
             self._stopHandshakeTimer()
 
+    # The data path, once the handshake is done: OpenSSL's calls made
+    # directly (as pyOpenSSL's Connection makes them, without its per-call
+    # checks, which matter only for callbacks during a handshake; the edge
+    # refuses renegotiation), and pyOpenSSL's error handling when a call
+    # does not succeed.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Twisted's: put the bytes received into the receive BIO, then hand
+        the application what they decrypt to.
+        """
+        if not self._handshakeDone or self._appSendBuffer or not data:
+            super().dataReceived(data)
+            return
+        if _openssl.BIO_write(self._tlsConnection._into_ssl, data, len(data)) <= 0:
+            super().dataReceived(data)  # (pyOpenSSL's bio_write raises)
+            return
+        self._flushReceiveBIO()
+
+    def _write(self, data: bytes) -> None:
+        """
+        Twisted's: encrypt C{data} and send the records (one C{SSL_write}
+        for up to a record's worth, as Twisted's loop would make).
+        """
+        if not self._handshakeDone or self._lostTLSConnection or not 0 < len(data) <= _RECORD:
+            super()._write(data)
+            return
+        connection = self._tlsConnection
+        written = _openssl.SSL_write(connection._ssl, data, len(data))
+        if written <= 0:
+            try:
+                connection._raise_ssl_error(connection._ssl, written)
+            except SSL.WantReadError:
+                self._bufferedWrite(data)
+                return
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                return
+            written = 0
+        self._flushSendBIO()
+        if written < len(data):
+            super()._write(data[written:])
+
     def _flushSendBIO(self) -> None:
         """
         Twisted's: send what OpenSSL has written to the send BIO. Twisted
@@ -123,10 +169,13 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         flush that finds nothing (most of them); this asks the BIO how much
         it holds and reads that, all at once.
         """
-        connection = self._tlsConnection
-        waiting = _buffered(connection._from_ssl)
+        bio = self._tlsConnection._from_ssl
+        waiting = _buffered(bio, _NULL)
         if waiting:
-            self.transport.write(connection.bio_read(waiting))  # type: ignore[union-attr]
+            buffer = _allocate("char[]", waiting)
+            read = _openssl.BIO_read(bio, buffer, waiting)
+            if read > 0:
+                self.transport.write(_ffi.buffer(buffer, read)[:])  # type: ignore[union-attr]
 
     def _flushReceiveBIO(self) -> None:
         """
@@ -137,11 +186,19 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         C{recv} could only raise), so that a request costs no exception.
         """
         connection = self._tlsConnection
+        ssl = connection._ssl
+        into = connection._into_ssl
         while not self._lostTLSConnection:
-            if not (_buffered(connection._into_ssl) or connection.pending()):
+            if not (_buffered(into, _NULL) or _openssl.SSL_pending(ssl)):
                 break
+            buffer = _allocate("char[]", _READ)
+            read = _openssl.SSL_read(ssl, buffer, _READ)
+            if read > 0:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, _ffi.buffer(buffer, read)[:])
+                continue
             try:
-                data = connection.recv(2**15)
+                connection._raise_ssl_error(ssl, read)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -152,8 +209,7 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             except SSL.Error:
                 self._tlsShutdownFinished(Failure())
             else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
+                break
         self._flushSendBIO()
 
     def _stopHandshakeTimer(self) -> None:

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import attrs
 from twisted.web.http_headers import Headers
 
+from lbproxy._twisted.headers import QuickHeaders
+
 MAX_CONTENT_LENGTH = 2**63 - 1
 
 
@@ -186,10 +188,11 @@ def parsePlainHead(
     del lines[-1]  # what follows the last CRLF: nothing
     if len(lines) > maxFields:
         return None
-    headers = Headers()
+    fields = []
     for line in lines:
         name, _, value = line.partition(b":")
-        headers.addRawHeader(name, value.strip(b" \t"))
+        fields.append((name, value.strip(b" \t")))
+    headers = QuickHeaders.fromCheckedLines(fields)
     method, target, version = requestLine.split(b" ")
     if b"content-length:" in named and headers.getRawHeaders(b"content-length") != [b"0"]:
         return None
