@@ -117,13 +117,19 @@ def canonicalName(name: bytes) -> bytes:
     return name
 
 
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
 def connectionTokens(headers: RawHeaders) -> frozenset[bytes]:
     """
     The lower-cased header names listed in C{Connection}, which are
     hop-by-hop for this message.
     """
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return _NO_TOKENS
     tokens: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", ()):
+    for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
