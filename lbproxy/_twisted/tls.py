@@ -130,7 +130,12 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         Twisted's: put the bytes received into the receive BIO, then hand
         the application what they decrypt to.
         """
-        if not self._handshakeDone or self._appSendBuffer or not data:
+        if (
+            not self._handshakeDone
+            or self._appSendBuffer
+            or not data
+            or data.__class__ is not bytes
+        ):
             super().dataReceived(data)
             return
         if _openssl.BIO_write(self._tlsConnection._into_ssl, data, len(data)) <= 0:
@@ -143,7 +148,12 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         Twisted's: encrypt C{data} and send the records (one C{SSL_write}
         for up to a record's worth, as Twisted's loop would make).
         """
-        if not self._handshakeDone or self._lostTLSConnection or not 0 < len(data) <= _RECORD:
+        if (
+            not self._handshakeDone
+            or self._lostTLSConnection
+            or data.__class__ is not bytes
+            or not 0 < len(data) <= _RECORD
+        ):
             super()._write(data)
             return
         connection = self._tlsConnection

@@ -522,6 +522,11 @@ class _MemoryClient:
         return received
 
 
+def _track(protocol: _Echo, closed: list[Deferred[None]]) -> _Echo:
+    closed.append(protocol.closed)
+    return protocol
+
+
 class DataPathTests(LoopbackTLSTestCase):
     """
     The edge's TLS data path (L{lbproxy._twisted.tls.EdgeTLSProtocol}, which
@@ -573,6 +578,31 @@ class DataPathTests(LoopbackTLSTestCase):
         echoedBig, echoedSmall = await deferToThread(run)
         self.assertEqual(echoedBig, big)
         self.assertEqual(echoedSmall, b"".join(b"%05d" % (n,) for n in range(2000)))
+
+    async def test_writesOfOtherBuffers(self) -> None:
+        """
+        A write of a C{bytearray} or a C{memoryview} (which OpenSSL's call
+        cannot take as it is) is sent as pyOpenSSL sends it.
+        """
+        closed: list[Deferred[None]] = self.serverClosed
+
+        class _Buffers(_Echo):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(bytearray(data[:3]))  # type: ignore[arg-type]
+                self.transport.write(memoryview(data)[3:])  # type: ignore[arg-type]
+
+        self.buildEcho = lambda addr: _track(_Buffers(), closed)  # type: ignore[method-assign]
+        port = await self.serve()
+
+        def run() -> bytes:
+            client = _MemoryClient(port, self.files.caPEM)
+            client.sock.sendall(client.records(_PING))
+            echoed = client.read(len(_PING))
+            client.sock.close()
+            return echoed
+
+        self.assertEqual(await deferToThread(run), _PING)
 
     async def test_closeNotify(self) -> None:
         """
