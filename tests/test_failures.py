@@ -28,7 +28,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.servers import PIECE, DataServer, Script, ScriptedBackend
-from tests.support import Proxy, freePort, logProblems, runClient, startProxy, until
+from tests.support import Proxy, fetch, freePort, logProblems, runClient, startProxy, until
 
 CLIENT_TIMEOUT = 10.0
 """
@@ -579,6 +579,48 @@ class FailureTests(TestCase):
                 failures.append(f"a TLS client got {status}")
         except (OSError, ssl.SSLError, http.client.HTTPException) as e:
             failures.append(f"a TLS client was not served: {e!r}")
+        self.assertNoFailures(failures, proxy)
+
+    async def test_tlsCloseNotifyUnanswered(self) -> None:
+        """
+        A TLS client that asks for C{Connection: close}, reads the answer
+        and then neither answers the proxy's close_notify nor closes is
+        closed by the proxy after a few seconds (Twisted's TLS layer would
+        wait for it for ever, the connection counted against
+        C{--max-connections}); other clients are served meanwhile.
+        """
+        backend = DataServer(self)
+        proxy = await startProxy(self, self.directory, backend.authority, True)
+        failures: list[str] = []
+
+        def mute() -> _Ending:
+            context = ssl.create_default_context(cafile=proxy.caFile)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+            with socket.create_connection(
+                ("127.0.0.1", proxy.port), timeout=CLIENT_TIMEOUT
+            ) as connection:
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        connection.sendall(outgoing.read())
+                        incoming.write(connection.recv(PIECE))
+                tls.write(b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                connection.sendall(outgoing.read())
+                # Raw from here on: the close_notify is never answered.
+                return _readToEnd(connection, time.monotonic())
+
+        ending = await deferToThread(mute)
+        if ending.end not in ("eof", "reset") or ending.seconds > 8:
+            failures.append(f"the mute client was not closed within 8 s: {ending.describe()}")
+        try:
+            status, _ = await fetch(f"{proxy.url}/plain", proxy.context())
+            if status != 200:
+                failures.append(f"another client got {status}")
+        except (OSError, ssl.SSLError) as e:
+            failures.append(f"another client was not served: {e!r}")
         self.assertNoFailures(failures, proxy)
 
     async def test_closeDelimitedBodyReset(self) -> None:

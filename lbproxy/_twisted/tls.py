@@ -44,7 +44,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-__all__ = ["PRIVATE_NAMES", "EdgeTLSFactory", "EdgeTLSProtocol"]
+__all__ = ["CLOSE_NOTIFY_WAIT", "PRIVATE_NAMES", "EdgeTLSFactory", "EdgeTLSProtocol"]
 
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol": (
@@ -73,6 +73,17 @@ Every private Twisted name this module uses, by the object that has it
 
 _log = Logger()
 
+CLOSE_NOTIFY_WAIT = 5.0
+"""
+Seconds the edge waits, once its close_notify is sent, for the client's
+before it closes the TCP connection (after what was written has been
+sent). Twisted's TLS protocol waits without limit: a client that neither
+answered nor closed held its connection, counted against
+C{--max-connections}, for ever. nginx and HAProxy close at once; the wait
+keeps bytes the client still sends (a pipelined request) from turning the
+close into a reset before it has read the answer.
+"""
+
 
 # The bytes a memory BIO holds: BIO_get_mem_data(bio, NULL), the same as
 # BIO_ctrl_pending, which pyOpenSSL's bindings lack.
@@ -96,6 +107,7 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
 
     factory: EdgeTLSFactory
     _handshakeTimer: IDelayedCall | None = None
+    _closeTimer: IDelayedCall | None = None
 
     def makeConnection(self, transport: Any) -> None:
         last = self.factory.lastInterface(transport)
@@ -222,6 +234,30 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
                 break
         self._flushSendBIO()
 
+    def _shutdownTLS(self) -> None:
+        """
+        Twisted's: send close_notify (or answer the client's). If the
+        client's is still to come, wait for it for
+        C{factory.closeNotifyTimeout} seconds at most (see
+        L{CLOSE_NOTIFY_WAIT}).
+        """
+        super()._shutdownTLS()
+        transport: Any = self.transport
+        wait = self.factory.closeNotifyTimeout
+        if (
+            self._closeTimer is None
+            and wait is not None
+            and not self._lostTLSConnection
+            and transport is not None
+            and not transport.disconnecting
+        ):
+            self._closeTimer = self.factory.clock.callLater(wait, self._closeNotifyTimedOut)
+
+    def _closeNotifyTimedOut(self) -> None:
+        self._closeTimer = None
+        if self.transport is not None and not self._lostTLSConnection:
+            self.transport.loseConnection()
+
     def _stopHandshakeTimer(self) -> None:
         timer, self._handshakeTimer = self._handshakeTimer, None
         if timer is not None and timer.active():
@@ -239,6 +275,9 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopHandshakeTimer()
+        closeTimer, self._closeTimer = self._closeTimer, None
+        if closeTimer is not None and closeTimer.active():
+            closeTimer.cancel()
         if not self._handshakeDone:
             self.factory.handshakeFailures += 1
         super().connectionLost(reason)
@@ -254,7 +293,11 @@ class EdgeTLSFactory(TLSMemoryBIOFactory):
 
     @ivar handshakeTimeout: seconds a client has to complete its handshake
         (L{None}: no limit).
-    @ivar clock: what times the handshake; needed with a timeout.
+    @ivar closeNotifyTimeout: seconds to wait for the client's close_notify
+        after the edge's (L{None}: no limit, as Twisted has it; see
+        L{CLOSE_NOTIFY_WAIT}).
+    @ivar clock: what times the handshake and the close; needed with
+        either timeout.
     @ivar handshakes: TLS handshakes completed on this listener.
     @ivar handshakeFailures: Connections that closed before their
         handshake completed (refused, timed out, or abandoned).
@@ -262,6 +305,7 @@ class EdgeTLSFactory(TLSMemoryBIOFactory):
 
     protocol = EdgeTLSProtocol
     handshakeTimeout: float | None = None
+    closeNotifyTimeout: float | None = None
     clock: IReactorTime
     handshakes = 0
     handshakeFailures = 0

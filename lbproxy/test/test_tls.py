@@ -425,7 +425,9 @@ class LoopbackTLSTestCase(TestCase):
         self.serverClosed.append(protocol.closed)
         return protocol
 
-    async def serve(self, options: ServerTLS | None = None) -> int:
+    async def serve(
+        self, options: ServerTLS | None = None, closeNotifyTimeout: float | None = 5.0
+    ) -> int:
         """
         Listen with TLS on a free loopback port, echoing, until the test
         ends.
@@ -439,7 +441,11 @@ class LoopbackTLSTestCase(TestCase):
             options = serverOptionsFromFiles(self.files.serverKey, self.files.serverCert)
         factory = Factory()
         factory.buildProtocol = self.buildEcho  # type: ignore[method-assign]
-        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), options)
+        endpoint = TLSServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            options,
+            closeNotifyTimeout=closeNotifyTimeout,
+        )
         port: IListeningPort = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
         number: int = port.getHost().port  # type: ignore[attr-defined]
@@ -603,6 +609,35 @@ class DataPathTests(LoopbackTLSTestCase):
             return echoed
 
         self.assertEqual(await deferToThread(run), _PING)
+
+    async def test_closeNotifyUnanswered(self) -> None:
+        """
+        A client that neither answers the server's close_notify nor closes
+        does not hold the connection: the server closes it once the wait
+        for the client's close_notify is over (TCP end of stream).
+        """
+        closed: list[Deferred[None]] = self.serverClosed
+
+        class _AnswerAndClose(_Echo):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(data)
+                self.transport.loseConnection()
+
+        self.buildEcho = lambda addr: _track(_AnswerAndClose(), closed)  # type: ignore[method-assign]
+        port = await self.serve(closeNotifyTimeout=0.05)
+
+        def run() -> bytes:
+            client = _MemoryClient(port, self.files.caPEM)
+            client.sock.sendall(client.records(_PING))
+            # Read raw to the end, never answering the close_notify in it.
+            raw = client.readToEnd()
+            client.sock.close()
+            return raw
+
+        raw = await deferToThread(run)
+        self.assertTrue(raw)
+        await closed[0]
 
     async def test_closeNotify(self) -> None:
         """
