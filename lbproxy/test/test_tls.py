@@ -478,11 +478,11 @@ class _MemoryClient:
     test decides how the records go on the wire), for a thread.
     """
 
-    def __init__(self, port: int, caPEM: bytes) -> None:
+    def __init__(self, port: int, caPEM: bytes, timeout: float = 30) -> None:
         context = ssl.create_default_context(cadata=caPEM.decode("ascii"))
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname="localhost")
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             try:
@@ -541,7 +541,7 @@ class DataPathTests(LoopbackTLSTestCase):
     bad record.
     """
 
-    timeout = 30  # (a hang is a failure here: fail it soon)
+    timeout = 30  # (clients give up after 10 s of silence: a hang fails)
 
     async def test_recordsByteByByte(self) -> None:
         """
@@ -628,12 +628,14 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve(closeNotifyTimeout=0.05)
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM)
-            client.sock.sendall(client.records(_PING))
-            # Read raw to the end, never answering the close_notify in it.
-            raw = client.readToEnd()
-            client.sock.close()
-            return raw
+            client = _MemoryClient(port, self.files.caPEM, timeout=10)
+            try:
+                client.sock.sendall(client.records(_PING))
+                # Read raw to the end, never answering the close_notify in
+                # it (a socket timeout here is the failure).
+                return client.readToEnd()
+            finally:
+                client.sock.close()
 
         raw = await deferToThread(run)
         self.assertTrue(raw)
@@ -647,15 +649,18 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve()
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM)
-            client.sock.sendall(client.records(_PING))
-            client.read(len(_PING))
+            client = _MemoryClient(port, self.files.caPEM, timeout=10)
             try:
-                client.tls.unwrap()
-            except ssl.SSLWantReadError:
-                pass
-            client.sock.sendall(client._outgoing.read())
-            return client.readToEnd()
+                client.sock.sendall(client.records(_PING))
+                client.read(len(_PING))
+                try:
+                    client.tls.unwrap()
+                except ssl.SSLWantReadError:
+                    pass
+                client.sock.sendall(client._outgoing.read())
+                return client.readToEnd()
+            finally:
+                client.sock.close()
 
         rest = await deferToThread(run)
         self.assertTrue(rest, "no close_notify from the server")
@@ -669,13 +674,16 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve()
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM)
-            client.sock.sendall(client.records(_PING))
-            client.read(len(_PING))
-            record = bytearray(client.records(_PING))
-            record[-1] ^= 0xFF  # the authentication tag no longer matches
-            client.sock.sendall(bytes(record))
-            return client.readToEnd()
+            client = _MemoryClient(port, self.files.caPEM, timeout=10)
+            try:
+                client.sock.sendall(client.records(_PING))
+                client.read(len(_PING))
+                record = bytearray(client.records(_PING))
+                record[-1] ^= 0xFF  # the authentication tag no longer matches
+                client.sock.sendall(bytes(record))
+                return client.readToEnd()
+            finally:
+                client.sock.close()
 
         await deferToThread(run)
         self.assertEqual(len(self.serverClosed), 1)
