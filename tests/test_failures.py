@@ -28,7 +28,16 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.servers import PIECE, DataServer, Script, ScriptedBackend
-from tests.support import Proxy, fetch, freePort, logProblems, runClient, startProxy, until
+from tests.support import (
+    Proxy,
+    fetch,
+    freePort,
+    logProblems,
+    makeCertificates,
+    runClient,
+    startProxy,
+    until,
+)
 
 CLIENT_TIMEOUT = 10.0
 """
@@ -621,6 +630,55 @@ class FailureTests(TestCase):
                 failures.append(f"another client got {status}")
         except (OSError, ssl.SSLError) as e:
             failures.append(f"another client was not served: {e!r}")
+        self.assertNoFailures(failures, proxy)
+
+    async def test_hungTLSBackendDropped(self) -> None:
+        """
+        An idle connection to a TLS backend that then hangs (it neither
+        answers the proxy's close_notify nor closes) is dropped a few
+        seconds after the idle timeout closes it, not kept open for ever.
+        """
+        certs = os.path.join(self.directory, "certs")
+        await makeCertificates(certs)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(
+            os.path.join(certs, "loadbalancer.crt"), os.path.join(certs, "loadbalancer.key")
+        )
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.2", 0))
+        listener.listen(8)
+        listener.settimeout(CLIENT_TIMEOUT)
+
+        def hangAfterOneAnswer() -> _Ending:
+            connection, _ = listener.accept()
+            tls = context.wrap_socket(connection, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(PIECE)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            # Hung from here on: no TLS (so no close_notify), no close.
+            with socket.socket(fileno=tls.detach()) as raw:
+                raw.settimeout(20)
+                return _readToEnd(raw, time.monotonic())
+
+        hanging = deferToThread(hangAfterOneAnswer)
+        proxy = await startProxy(
+            self,
+            self.directory,
+            f"https://127.0.0.2:{listener.getsockname()[1]}",
+            False,
+            extra=(*ACCESS_LOG, "--backend-insecure", "--backend-idle-timeout", "1"),
+        )
+        status, body = await fetch(f"{proxy.url}/")
+        ending = await hanging
+        failures: list[str] = []
+        if (status, body) != (200, b"ok"):
+            failures.append(f"the client got {status} {body[:80]!r}")
+        if ending.end not in ("eof", "reset") or ending.seconds > 12:
+            failures.append(
+                f"the hung backend's connection was not dropped within 12 s: {ending.describe()}"
+            )
         self.assertNoFailures(failures, proxy)
 
     async def test_closeDelimitedBodyReset(self) -> None:

@@ -6,6 +6,7 @@ over an in-memory transport so every byte is exact.
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +16,12 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from lbproxy.test.fakes import CollectedBody, RecordedReading
 from lbproxy.upstream.body import StreamedBody
-from lbproxy.upstream.connection import BackendConnection, BackendResponse, InvalidResponse
+from lbproxy.upstream.connection import (
+    CLOSE_WAIT,
+    BackendConnection,
+    BackendResponse,
+    InvalidResponse,
+)
 
 
 class ClientTestCase(SynchronousTestCase):
@@ -301,3 +307,50 @@ def _body(data: bytes) -> StreamedBody:
     body.received(data)
     body.receivedAll()
     return body
+
+
+class _Lingering(StringTransport):
+    """
+    A transport whose clean close never completes (as a TLS connection
+    waiting for a hung backend's close_notify), recording an abort.
+    """
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    L{BackendConnection.close} closes cleanly, and aborts a close that
+    does not complete.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transport = _Lingering()
+        self.connection = BackendConnection()
+        self.connection.clock = self.clock
+        self.connection.makeConnection(self.transport)
+
+    def test_abortedWhenTheCloseHangs(self) -> None:
+        """
+        A close still not done after L{CLOSE_WAIT} seconds is an abort.
+        """
+        self.connection.close()
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(CLOSE_WAIT - 0.1)
+        self.assertFalse(self.transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.aborted)
+
+    def test_noAbortOnceClosed(self) -> None:
+        """
+        A close that completes leaves no timer behind.
+        """
+        self.connection.close()
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(CLOSE_WAIT)
+        self.assertFalse(self.transport.aborted)

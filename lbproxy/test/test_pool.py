@@ -20,7 +20,7 @@ from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 
 from lbproxy.upstream.backends import Backend
-from lbproxy.upstream.connection import BackendConnection, BackendResponse
+from lbproxy.upstream.connection import CLOSE_WAIT, BackendConnection, BackendResponse
 from lbproxy.upstream.pool import Upstream, UpstreamSettings
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -142,11 +142,31 @@ class UpstreamTests(SynchronousTestCase):
         self.clock.advance(4)
         self.assertTrue(oneTransport.disconnecting)
         self.assertFalse(twoTransport.disconnecting)
+        one.connectionLost(Failure(ConnectionDone()))  # (the close completes)
         self.clock.advance(5)
         self.assertFalse(twoTransport.disconnecting)
         self.clock.advance(5)
         self.assertTrue(twoTransport.disconnecting)
+        two.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_hungCloseAborted(self) -> None:
+        """
+        An idle connection whose clean close does not complete (a TLS
+        backend that hangs never sends its close_notify) is aborted
+        L{CLOSE_WAIT} seconds later, so that it cannot be held for ever.
+        """
+        upstream = self.upstream(UpstreamSettings(idleTimeout=10))
+        first = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        ((one, oneTransport),) = self.connections.made
+        one.dataReceived(OK)
+        self.finish(first)
+        self.clock.advance(10)
+        self.assertTrue(oneTransport.disconnecting)
+        aborted: list[bool] = []
+        oneTransport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.clock.advance(CLOSE_WAIT)
+        self.assertEqual(aborted, [True])
 
     def test_staleConnectionRetried(self) -> None:
         """

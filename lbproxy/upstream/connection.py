@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -266,6 +266,15 @@ class _BodyProducer:
         self._connection.abort()
 
 
+CLOSE_WAIT = 5.0
+"""
+Seconds a connection closed cleanly (L{BackendConnection.close}) may take
+to be gone before it is aborted: over TLS the close waits for the
+backend's close_notify, and a backend that hangs never sends it (nor
+reads what is still to be sent).
+"""
+
+
 class BackendConnection(Protocol):
     """
     One persistent HTTP/1.1 connection to a backend, carrying one request at
@@ -276,11 +285,15 @@ class BackendConnection(Protocol):
     @ivar onIdle: Called with this connection when an exchange completes
         and it can be reused (set by the pool).
     @ivar onClosed: Called with this connection when it closes.
+    @ivar clock: What times a clean close (see L{CLOSE_WAIT}); set by the
+        pool. Without one, a clean close waits as long as it takes.
     """
 
     reusable = True
     onIdle: Callable[[BackendConnection], None] | None = None
     onClosed: Callable[[BackendConnection], None] | None = None
+    clock: IReactorTime | None = None
+    _closeTimer: IDelayedCall | None = None
 
     def __init__(self) -> None:
         self._state = "idle"
@@ -690,11 +703,14 @@ class BackendConnection(Protocol):
 
     def close(self) -> None:
         """
-        Close the connection cleanly.
+        Close the connection cleanly; abort it if it is not gone within
+        L{CLOSE_WAIT} seconds.
         """
         self.reusable = False
         if self.transport is not None and not self._closed:
             self.transport.loseConnection()
+            if self.clock is not None and self._closeTimer is None and not self._closed:
+                self._closeTimer = self.clock.callLater(CLOSE_WAIT, self.abort)
 
     def abort(self) -> None:
         """
@@ -714,6 +730,9 @@ class BackendConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self.reusable = False
+        closeTimer, self._closeTimer = self._closeTimer, None
+        if closeTimer is not None and closeTimer.active():
+            closeTimer.cancel()
         self._stopBody()
         pending, self._pending = self._pending, None
         if pending is not None and not pending.called:
@@ -738,6 +757,7 @@ class BackendConnection(Protocol):
 
 
 __all__ = [
+    "CLOSE_WAIT",
     "BackendConnection",
     "BackendResponse",
     "InvalidResponse",

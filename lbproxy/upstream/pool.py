@@ -303,6 +303,7 @@ class Upstream:
 
         def build() -> BackendConnection:
             connection = BackendConnection()
+            connection.clock = self._clock
             connection.onIdle = lambda c: self._becameIdle(backend, c)
             connection.onClosed = lambda c: self._closed(backend, c)
             self._open[connection] = backend.url
