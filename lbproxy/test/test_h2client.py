@@ -22,7 +22,12 @@ from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectError, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -40,6 +45,7 @@ from lbproxy.test.fakes import CollectedBody, FirstAvailable, RecordedReading
 from lbproxy.test.memorynet import MemoryNetwork
 from lbproxy.upstream.backends import Backend, BackendPool, parseBackend
 from lbproxy.upstream.body import StreamedBody
+from lbproxy.upstream.connection import CLOSE_WAIT
 from lbproxy.upstream.h2client import (
     STREAM_WINDOW,
     H2ClientConnection,
@@ -526,6 +532,24 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(self.server.transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(self.server.transport.disconnecting)
+
+    def test_hungCloseAborted(self) -> None:
+        """
+        A close that does not complete (over TLS, a backend that hangs
+        never sends its close_notify) is an abort L{CLOSE_WAIT} seconds
+        later; one that completes leaves no timer.
+        """
+        aborted: list[bool] = []
+        self.server.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.client.close()
+        self.assertTrue(self.server.transport.disconnecting)
+        self.clock.advance(CLOSE_WAIT)
+        self.assertEqual(aborted, [True])
+        client = _connection(self.clock)
+        _Server(client).pump()
+        client.close()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class _Network:

@@ -84,7 +84,7 @@ from zope.interface import implementer
 from lbproxy._twisted.newclient import RequestNotSent
 from lbproxy.upstream.backends import Backend
 from lbproxy.upstream.body import StreamedBody
-from lbproxy.upstream.connection import HeaderLines, InvalidResponse
+from lbproxy.upstream.connection import CLOSE_WAIT, HeaderLines, InvalidResponse
 
 H2_SCHEMES = frozenset({"h2", "h2c"})
 """
@@ -459,6 +459,7 @@ class H2ClientConnection(Protocol):
     onReady: Callable[[H2ClientConnection], None] | None = None
     onClosed: Callable[[H2ClientConnection], None] | None = None
     _idleTimer: IDelayedCall | None = None
+    _closeTimer: IDelayedCall | None = None
 
     def __init__(self, clock: IReactorTime, authority: bytes, secure: bool, idleTimeout: float):
         """
@@ -782,6 +783,10 @@ class H2ClientConnection(Protocol):
             pass
         self._flush()
         self.transport.loseConnection()
+        if self._closeTimer is None and not self.closed:
+            # Over TLS a close waits for the backend's close_notify: a
+            # backend that hangs would hold the connection for ever.
+            self._closeTimer = self.clock.callLater(CLOSE_WAIT, self.abort)
 
     def abort(self) -> None:
         """
@@ -799,6 +804,9 @@ class H2ClientConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.goingAway = True
         self._stopIdle()
+        closeTimer, self._closeTimer = self._closeTimer, None
+        if closeTimer is not None and closeTimer.active():
+            closeTimer.cancel()
         streams = list(self.streams.values())
         self.closed = True
         for stream in streams:
