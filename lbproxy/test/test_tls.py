@@ -499,6 +499,29 @@ class _MemoryClient:
             raise EOFError("the server closed the connection")
         self._incoming.write(data)
 
+    def __enter__(self) -> _MemoryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def ping(self) -> bytes:
+        """
+        Send L{_PING} and read its echo.
+        """
+        self.sock.sendall(self.records(_PING))
+        return self.read(len(_PING))
+
+    def closeNotify(self) -> None:
+        """
+        Send a close_notify (and nothing else).
+        """
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # (the server's answer is read raw, by readToEnd)
+        self.sock.sendall(self._outgoing.read())
+
     def records(self, data: bytes) -> bytes:
         """
         The TLS records that carry C{data}.
@@ -552,13 +575,11 @@ class DataPathTests(LoopbackTLSTestCase):
         payload = bytes(range(256)) * 20
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM)
-            records = client.records(payload)
-            for index in range(len(records)):
-                client.sock.send(records[index : index + 1])
-            echoed = client.read(len(payload))
-            client.sock.close()
-            return echoed
+            with _MemoryClient(port, self.files.caPEM) as client:
+                records = client.records(payload)
+                for index in range(len(records)):
+                    client.sock.send(records[index : index + 1])
+                return client.read(len(payload))
 
         self.assertEqual(await deferToThread(run), payload)
 
@@ -571,15 +592,13 @@ class DataPathTests(LoopbackTLSTestCase):
         big = os.urandom(1024 * 1024)
 
         def run() -> tuple[bytes, bytes]:
-            client = _MemoryClient(port, self.files.caPEM)
-            client.sock.sendall(client.records(big))
-            echoedBig = client.read(len(big))
-            small = b"".join(b"%05d" % (n,) for n in range(2000))
-            for n in range(0, len(small), 5):
-                client.sock.sendall(client.records(small[n : n + 5]))
-            echoedSmall = client.read(len(small))
-            client.sock.close()
-            return echoedBig, echoedSmall
+            with _MemoryClient(port, self.files.caPEM) as client:
+                client.sock.sendall(client.records(big))
+                echoedBig = client.read(len(big))
+                small = b"".join(b"%05d" % (n,) for n in range(2000))
+                for n in range(0, len(small), 5):
+                    client.sock.sendall(client.records(small[n : n + 5]))
+                return echoedBig, client.read(len(small))
 
         echoedBig, echoedSmall = await deferToThread(run)
         self.assertEqual(echoedBig, big)
@@ -602,11 +621,8 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve()
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM)
-            client.sock.sendall(client.records(_PING))
-            echoed = client.read(len(_PING))
-            client.sock.close()
-            return echoed
+            with _MemoryClient(port, self.files.caPEM) as client:
+                return client.ping()
 
         self.assertEqual(await deferToThread(run), _PING)
 
@@ -628,14 +644,11 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve(closeNotifyTimeout=0.05)
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM, timeout=10)
-            try:
+            with _MemoryClient(port, self.files.caPEM, timeout=10) as client:
                 client.sock.sendall(client.records(_PING))
                 # Read raw to the end, never answering the close_notify in
                 # it (a socket timeout here is the failure).
                 return client.readToEnd()
-            finally:
-                client.sock.close()
 
         raw = await deferToThread(run)
         self.assertTrue(raw)
@@ -649,22 +662,14 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve()
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM, timeout=10)
-            try:
-                client.sock.sendall(client.records(_PING))
-                client.read(len(_PING))
-                try:
-                    client.tls.unwrap()
-                except ssl.SSLWantReadError:
-                    pass
-                client.sock.sendall(client._outgoing.read())
+            with _MemoryClient(port, self.files.caPEM, timeout=10) as client:
+                client.ping()
+                client.closeNotify()
                 return client.readToEnd()
-            finally:
-                client.sock.close()
 
         rest = await deferToThread(run)
         self.assertTrue(rest, "no close_notify from the server")
-        self.assertEqual(len(self.serverClosed), 1)
+        await self.serverClosed[0]
 
     async def test_badRecord(self) -> None:
         """
@@ -674,19 +679,15 @@ class DataPathTests(LoopbackTLSTestCase):
         port = await self.serve()
 
         def run() -> bytes:
-            client = _MemoryClient(port, self.files.caPEM, timeout=10)
-            try:
-                client.sock.sendall(client.records(_PING))
-                client.read(len(_PING))
+            with _MemoryClient(port, self.files.caPEM, timeout=10) as client:
+                client.ping()
                 record = bytearray(client.records(_PING))
                 record[-1] ^= 0xFF  # the authentication tag no longer matches
                 client.sock.sendall(bytes(record))
                 return client.readToEnd()
-            finally:
-                client.sock.close()
 
         await deferToThread(run)
-        self.assertEqual(len(self.serverClosed), 1)
+        await self.serverClosed[0]
 
 
 class HandshakeTests(LoopbackTLSTestCase):
