@@ -1032,8 +1032,6 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
     admin API of its own: the supervisor's sends it each admin request (and
     each reload) on its standard input (L{lbproxy.control}).
     """
-    from twisted.internet import reactor
-
     from lbproxy.cli.options import Options
     from lbproxy.cli.reload import Reloader
     from lbproxy.runtime import ProcessRoot
@@ -1044,7 +1042,9 @@ def workerMain(argv: Sequence[str] | None = None) -> int:
         return 2
     fds = [int(fd) for fd in args[1].split(",") if fd]
     options = Options()
+    # (This installs lbproxy's reactor, as under twistd.)
     options.parseOptions(args[2:])
+    from twisted.internet import reactor
     config = options.config
     assert config is not None
     globalLogBeginner.beginLoggingTo(

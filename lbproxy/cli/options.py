@@ -538,6 +538,7 @@ class Options(EdgeOptions, ResilienceOptions, TLSOptions, DiscoveryOptions, HTTP
         standard error and exits with status 2, without a usage dump.
         """
         self.arguments = list(sys.argv[1:] if options is None else options)
+        preferLeanReactor()
         try:
             self.parseArguments(self.arguments)
         except usage.UsageError as e:
@@ -689,6 +690,23 @@ def _listens(options: Options) -> list[ListenSpec]:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
         specs.append(spec)
     return specs
+
+
+def preferLeanReactor() -> None:
+    """
+    Install lbproxy's reactor (L{lbproxy._twisted.reactor}: epoll without
+    the per-event log context) if none is installed yet, as twistd's
+    C{--reactor} does while parsing options; a reactor chosen with
+    C{--reactor}, or already running (tests, a program embedding lbproxy),
+    is left alone, and so is a platform without epoll.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    try:
+        from lbproxy._twisted.reactor import installPreferred
+    except (ImportError, AttributeError):  # (no select.epoll here)
+        return
+    installPreferred()
 
 
 def _checkEndpoint(spec: ListenSpec) -> None:
