@@ -47,6 +47,7 @@ from lbproxy.upstream.backends import Backend, BackendPool
 from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendResponse, HeaderLines, InvalidResponse
 from lbproxy.upstream.deadlines import Deadlines
+from lbproxy.upstream.reply import Reply
 from lbproxy.upstream.retry import RetryBudget, connectFailureKind, failedToConnect, mayRetry
 
 
@@ -65,6 +66,18 @@ class UpstreamClient(TypingProtocol):
         interim: Callable[[int, bytes, HeaderLines], None] | None = None,
         upgrade: bool = False,
     ) -> Deferred[BackendResponse]: ...
+
+    def sendInto(
+        self,
+        reply: Reply,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: StreamedBody | None,
+        interim: Callable[[int, bytes, HeaderLines], None] | None = None,
+        upgrade: bool = False,
+    ) -> None: ...
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -462,7 +475,7 @@ class _Exchange:
     # made per request, and each assignment in __init__ costs.
     _target = b""
     _needsHost = False
-    _pending: Deferred[BackendResponse] | None = None
+    _pending: Reply | None = None
     _timedOut = False
     _clientGone = False
     _abandoned = False
@@ -550,10 +563,17 @@ class _Exchange:
         if self._needsHost:
             # An HTTP/1.0 request without Host: name the backend.
             headers = [(b"Host", backend.authority.encode("ascii")), *headers]
-        self._pending = self._proxy.upstream.request(
-            backend, request.method, self._target, headers, body, self._interim, self._upgrade
+        reply = self._pending = Reply(self._gotResponse, self._noResponse)
+        self._proxy.upstream.sendInto(
+            reply,
+            backend,
+            request.method,
+            self._target,
+            headers,
+            body,
+            self._interim,
+            self._upgrade,
         )
-        self._pending.addCallbacks(self._gotResponse, self._noResponse)
 
     def _bodySent(self, attempt: int) -> None:
         if attempt == self._attempts and self._pending is not None:

@@ -8,7 +8,7 @@ and every timer is on a L{Clock}.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -22,6 +22,7 @@ from zope.interface import implementer
 from lbproxy.upstream.backends import Backend
 from lbproxy.upstream.connection import CLOSE_WAIT, BackendConnection, BackendResponse
 from lbproxy.upstream.pool import Upstream, UpstreamSettings
+from lbproxy.upstream.reply import Reply
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -66,6 +67,20 @@ class UpstreamTests(SynchronousTestCase):
             lambda host, port: self.connections,
         )
 
+    def send(
+        self,
+        upstream: Upstream,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: None,
+    ) -> Deferred[BackendResponse]:
+        """
+        Send a request through C{upstream} (L{Upstream.request}).
+        """
+        return upstream.request(backend, method, target, headers, body)
+
     def finish(self, d: Deferred[BackendResponse]) -> None:
         """
         The response C{d} fired with is a 200, read to its end.
@@ -79,7 +94,7 @@ class UpstreamTests(SynchronousTestCase):
         Send a GET through C{upstream}; the connection it went on answers it
         and the answer is read; return that connection.
         """
-        d = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        d = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
         connection, _ = self.connections.made[-1]
         connection.dataReceived(OK)
         self.finish(d)
@@ -93,7 +108,7 @@ class UpstreamTests(SynchronousTestCase):
         upstream = self.upstream()
         first = self.answered(upstream)
         self.connections.made[-1][1].clear()
-        upstream.request(self.backend, b"GET", b"/2", [(b"Host", b"h")], None)
+        self.send(upstream, self.backend, b"GET", b"/2", [(b"Host", b"h")], None)
         self.assertEqual(len(self.connections.made), 1)
         self.assertTrue(self.connections.made[0][1].value().startswith(b"GET /2 HTTP/1.1\r\n"))
         self.assertIs(self.connections.made[0][0], first)
@@ -104,7 +119,7 @@ class UpstreamTests(SynchronousTestCase):
         """
         upstream = self.upstream()
         self.answered(upstream)
-        upstream.request(Backend("127.0.0.1", 8081), b"GET", b"/", [(b"Host", b"h")], None)
+        self.send(upstream, Backend("127.0.0.1", 8081), b"GET", b"/", [(b"Host", b"h")], None)
         self.assertEqual(len(self.connections.made), 2)
 
     def test_idleBounded(self) -> None:
@@ -113,8 +128,8 @@ class UpstreamTests(SynchronousTestCase):
         the oldest is closed when one more becomes idle.
         """
         upstream = self.upstream(UpstreamSettings(maxIdlePerBackend=1))
-        first = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
-        second = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        first = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        second = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
         (one, oneTransport), (two, twoTransport) = self.connections.made
         one.dataReceived(OK)
         self.finish(first)
@@ -131,8 +146,8 @@ class UpstreamTests(SynchronousTestCase):
         none is idle, no timer is left.
         """
         upstream = self.upstream(UpstreamSettings(idleTimeout=10))
-        first = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
-        second = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        first = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        second = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
         (one, oneTransport), (two, twoTransport) = self.connections.made
         one.dataReceived(OK)
         self.finish(first)
@@ -157,7 +172,7 @@ class UpstreamTests(SynchronousTestCase):
         L{CLOSE_WAIT} seconds later, so that it cannot be held for ever.
         """
         upstream = self.upstream(UpstreamSettings(idleTimeout=10))
-        first = upstream.request(self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        first = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
         ((one, oneTransport),) = self.connections.made
         one.dataReceived(OK)
         self.finish(first)
@@ -175,7 +190,7 @@ class UpstreamTests(SynchronousTestCase):
         """
         upstream = self.upstream()
         stale = self.answered(upstream)
-        d = upstream.request(self.backend, b"GET", b"/again", [(b"Host", b"h")], None)
+        d = self.send(upstream, self.backend, b"GET", b"/again", [(b"Host", b"h")], None)
         _lost(stale, ConnectionDone())
         self.assertEqual(len(self.connections.made), 2)
         fresh, transport = self.connections.made[1]
@@ -189,7 +204,7 @@ class UpstreamTests(SynchronousTestCase):
         """
         upstream = self.upstream()
         stale = self.answered(upstream)
-        d = upstream.request(self.backend, b"POST", b"/", [(b"Host", b"h")], None)
+        d = self.send(upstream, self.backend, b"POST", b"/", [(b"Host", b"h")], None)
         _lost(stale, ConnectionDone())
         self.failureResultOf(d, ResponseNeverReceived)
         self.assertEqual(len(self.connections.made), 1)
@@ -201,8 +216,8 @@ class UpstreamTests(SynchronousTestCase):
         """
         upstream = self.upstream()
         idle = self.answered(upstream)
-        waiting = upstream.request(
-            Backend("127.0.0.1", 8081), b"GET", b"/", [(b"Host", b"h")], None
+        waiting = self.send(
+            upstream, Backend("127.0.0.1", 8081), b"GET", b"/", [(b"Host", b"h")], None
         )
         busy, busyTransport = self.connections.made[1]
         closed = upstream.close()
@@ -220,3 +235,58 @@ class UpstreamTests(SynchronousTestCase):
         C{close()} with no connection open has already finished.
         """
         self.assertIsNone(self.successResultOf(self.upstream().close()))
+
+
+class SendIntoTests(UpstreamTests):
+    """
+    The same, each request sent with L{Upstream.sendInto} and answered to
+    a L{Reply} (the proxy's way), plus cancelling one.
+    """
+
+    def send(
+        self,
+        upstream: Upstream,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: None,
+    ) -> Deferred[BackendResponse]:
+        d: Deferred[BackendResponse] = Deferred()
+        self.reply = Reply(d.callback, d.errback)
+        upstream.sendInto(self.reply, backend, method, target, headers, body)
+        return d
+
+    def test_cancelReused(self) -> None:
+        """
+        Cancelling the reply to a request on a reused connection aborts that
+        connection and fails the reply with L{CancelledError}, once: the
+        connection's loss that follows is not resent.
+        """
+        upstream = self.upstream()
+        reused = self.answered(upstream)
+        d = self.send(upstream, self.backend, b"GET", b"/", [(b"Host", b"h")], None)
+        aborted: list[bool] = []
+        transport = self.connections.made[0][1]
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.reply.cancel()
+        self.assertEqual(aborted, [True])
+        self.failureResultOf(d, CancelledError)
+        _lost(reused, ConnectionLost())
+        self.assertEqual(len(self.connections.made), 1)
+
+    def test_cancelResent(self) -> None:
+        """
+        Cancelling the reply once its request was resent (the reused
+        connection was stale) cancels the resent one.
+        """
+        upstream = self.upstream()
+        stale = self.answered(upstream)
+        d = self.send(upstream, self.backend, b"GET", b"/again", [(b"Host", b"h")], None)
+        _lost(stale, ConnectionDone())
+        _, transport = self.connections.made[1]
+        aborted: list[bool] = []
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.reply.cancel()
+        self.assertEqual(aborted, [True])
+        self.failureResultOf(d, CancelledError)

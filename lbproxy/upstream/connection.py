@@ -41,6 +41,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from lbproxy.upstream.body import StreamedBody
+from lbproxy.upstream.reply import Pending
 
 MAX_HEAD = 64 * 1024
 """
@@ -299,7 +300,7 @@ class BackendConnection(Protocol):
         self._state = "idle"
         self._buffer = b""
         self._method = b""
-        self._pending: Deferred[BackendResponse] | None = None
+        self._pending: Pending | None = None
         self._received = False
         self._requestWritten = True
         self._bodyProtocol: Protocol | None = None
@@ -328,7 +329,27 @@ class BackendConnection(Protocol):
         upgrade: bool = False,
     ) -> Deferred[BackendResponse]:
         """
-        Send a request; fires with the response once its head has arrived.
+        Send a request; fires with the response once its head has arrived
+        (see L{requestInto}); cancelling it aborts the connection.
+        """
+        d: Deferred[BackendResponse] = Deferred(lambda _: self.abort())
+        self.requestInto(d, method, target, headers, body, interim, upgrade)
+        return d
+
+    def requestInto(
+        self,
+        pending: Pending,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: StreamedBody | None,
+        interim: Callable[[int, bytes, HeaderLines], None] | None = None,
+        upgrade: bool = False,
+    ) -> None:
+        """
+        Send a request; C{pending} (a L{lbproxy.upstream.reply.Reply} or a
+        L{Deferred}) is called back with the response once its head has
+        arrived, or errbacked with why it will not come.
 
         @param headers: The request's header lines (no framing headers).
         @param body: The body, streamed as it arrives (see
@@ -346,23 +367,28 @@ class BackendConnection(Protocol):
         self._buffer = b""
         self._interim = interim
         self._upgrade = upgrade
-        d: Deferred[BackendResponse] = Deferred(lambda _: self.abort())
-        self._pending = d
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += [name, b": ", value, b"\r\n"]
+        self._pending = pending
+        # The head: request line, header lines, framing (joined in C: the
+        # names and values are the edge's, already checked).
+        fields = b"\r\n".join(map(b": ".join, headers))
         self._chunkedRequest = body is not None and body.length is None
         if body is None or body.length == 0:
             if body is not None or method in (b"POST", b"PUT", b"PATCH"):
-                lines.append(b"Content-Length: 0\r\n")
+                framing = b"Content-Length: 0\r\n"
+            else:
+                framing = b""
             body = None
         elif body.length is None:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n"
         else:
-            lines.append(b"Content-Length: %d\r\n" % (body.length,))
-        lines.append(b"\r\n")
+            framing = b"Content-Length: %d\r\n" % (body.length,)
         transport: Any = self.transport
-        transport.write(b"".join(lines))
+        if fields:
+            transport.write(
+                b"%s %s HTTP/1.1\r\n%s\r\n%s\r\n" % (method, target, fields, framing)
+            )
+        else:
+            transport.write(b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, framing))
         if body is None:
             self._requestWritten = True
         else:
@@ -370,7 +396,6 @@ class BackendConnection(Protocol):
             self._body = body
             transport.registerProducer(body, True)
             body.attach(self)
-        return d
 
     def writeBody(self, data: bytes) -> None:
         """

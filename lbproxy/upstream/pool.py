@@ -9,6 +9,7 @@ and HTTP/2 to C{h2c://} and C{h2://} backends, multiplexed
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, gatherResults
@@ -37,6 +38,7 @@ from lbproxy.upstream.body import StreamedBody
 from lbproxy.upstream.connection import BackendConnection, BackendResponse
 from lbproxy.upstream.connection import HeaderLines as ResponseHeaderLines
 from lbproxy.upstream.h2client import H2_SCHEMES, ALPNh2, H2Upstream, UpgradeNotRelayed
+from lbproxy.upstream.reply import Reply
 from lbproxy.upstream.retry import IDEMPOTENT_METHODS, ConnectTimeoutError
 
 EndpointForBackend = Callable[[str, int], IStreamClientEndpoint]
@@ -182,6 +184,37 @@ class _Idle:
         self.connections = [(c, t) for c, t in self.connections if c is not connection]
 
 
+class _ResendIfStale:
+    """
+    Stands for a L{Reply} on a kept-alive connection: a failure that means
+    the backend had closed the connection first is not the reply's, but
+    the same request's on a new connection (see L{Upstream.resendIfStale}).
+    """
+
+    __slots__ = ("_outgoing", "_reply", "_upstream", "called")
+
+    def __init__(self, upstream: Upstream, outgoing: _Outgoing, reply: Reply) -> None:
+        self._upstream = upstream
+        self._outgoing = outgoing
+        self._reply = reply
+        self.called = False
+
+    def callback(self, response: BackendResponse) -> None:
+        self.called = True
+        if not self._reply.called:
+            self._reply.callback(response)
+
+    def errback(self, failure: Any = None) -> None:
+        self.called = True
+        if self._reply.called:
+            return  # (cancelled: the connection's loss is no news)
+        resent = self._upstream.resendIfStale(failure, self._outgoing)
+        if resent is None:
+            self._reply.errback(failure)
+        else:
+            self._reply.follow(resent)
+
+
 class Upstream:
     """
     Sends requests to backends over persistent connections (one bounded
@@ -268,6 +301,44 @@ class Upstream:
             return self._send(connection, outgoing, reused=True)
         return self._sendOnNew(outgoing)
 
+    def sendInto(
+        self,
+        reply: Reply,
+        backend: Backend,
+        method: bytes,
+        target: bytes,
+        headers: HeaderLines,
+        body: StreamedBody | None,
+        interim: Interim | None = None,
+        upgrade: bool = False,
+    ) -> None:
+        """
+        L{request}, answered to C{reply} instead of a L{Deferred}: on a
+        kept-alive HTTP/1.1 connection the connection calls it directly
+        (the proxy's hot path); otherwise it follows L{request}'s
+        L{Deferred}.
+        """
+        idle = self._idle.get(backend.url)
+        connection = idle.take() if idle is not None else None
+        if connection is None:
+            # (An HTTP/2 backend's pool has no idle HTTP/1.1 connections.)
+            reply.follow(self.request(backend, method, target, headers, body, interim, upgrade))
+            return
+        reply.cancelWith(connection.abort)
+        if method in IDEMPOTENT_METHODS:
+            outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
+            connection.requestInto(
+                _ResendIfStale(self, outgoing, reply),
+                method,
+                target,
+                headers,
+                body,
+                interim,
+                upgrade,
+            )
+        else:
+            connection.requestInto(reply, method, target, headers, body, interim, upgrade)
+
     def _sendOnNew(self, outgoing: _Outgoing) -> Deferred[BackendResponse]:
         def send(connection: BackendConnection) -> Deferred[BackendResponse]:
             return self._send(connection, outgoing, reused=False)
@@ -293,10 +364,21 @@ class Upstream:
         # The backend closed a kept-alive connection just as we reused it:
         # nothing was processed, so send the request once more on a new one
         # (with its body, if that can be sent again).
+        resent = self.resendIfStale(failure, outgoing)
+        return fail(failure) if resent is None else resent
+
+    def resendIfStale(
+        self, failure: Failure, outgoing: _Outgoing
+    ) -> Deferred[BackendResponse] | None:
+        """
+        The request on a kept-alive connection failed with C{failure}: if
+        the backend had closed it first (nothing was processed), the same
+        request on a new connection; otherwise L{None}.
+        """
         body = outgoing.body
         if failure.check(ResponseNeverReceived) and (body is None or body.replayable()):
             return self._sendOnNew(outgoing)
-        return fail(failure)
+        return None
 
     def _connect(self, backend: Backend) -> Deferred[BackendConnection]:
         endpoint = self._endpoint(backend)
