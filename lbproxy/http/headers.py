@@ -196,6 +196,21 @@ def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[byte
         if name.lower() not in drop
         for value in values
     ]
+    if client.trusted:
+        lines += _forwardingLines(incoming, client)
+    else:
+        # Nothing of the client's is kept: the lines depend on the client
+        # alone, and the same few clients ask again and again.
+        lines += _untrustedForwarding(client.address, client.secure, client.host)
+    return lines
+
+
+def _forwardingLines(incoming: Headers, client: ClientInfo) -> list[tuple[bytes, bytes]]:
+    """
+    The forwarding header lines (C{X-Forwarded-*}, C{Forwarded},
+    C{X-Real-IP}) to send for a request from C{client}.
+    """
+    lines = []
     proto = b"https" if client.secure else b"http"
     chain: list[bytes] = []
     forwarded: list[bytes] = []
@@ -216,6 +231,19 @@ def requestHeaderLines(incoming: Headers, client: ClientInfo) -> list[tuple[byte
     if realIP is not None:
         lines.append((b"X-Real-IP", realIP))
     return lines
+
+
+@functools.lru_cache(maxsize=1024)
+def _untrustedForwarding(
+    address: str | None, secure: bool, host: bytes | None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    L{_forwardingLines} for a client that is not a trusted proxy (they do
+    not depend on the request's headers), made once per address, scheme
+    and Host.
+    """
+    client = ClientInfo(address=address, secure=secure, host=host)
+    return tuple(_forwardingLines(Headers(), client))
 
 
 def _realIP(incoming: Headers, client: ClientInfo) -> bytes | None:

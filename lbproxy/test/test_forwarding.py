@@ -15,7 +15,12 @@ from twisted.web.http_headers import Headers
 
 from lbproxy.balancing.roundrobin import RoundRobinChooser
 from lbproxy.http.accesslog import AccessLog
-from lbproxy.http.headers import ClientInfo, originalClient, requestHeadersForBackend
+from lbproxy.http.headers import (
+    ClientInfo,
+    originalClient,
+    requestHeaderLines,
+    requestHeadersForBackend,
+)
 from lbproxy.listen import parseListen
 from lbproxy.proxy import ProxySettings
 from lbproxy.service import LoadBalancerConfig, LoadBalancerService
@@ -69,6 +74,57 @@ class ForwardingHeadersTests(SynchronousTestCase):
         out = requestHeadersForBackend(incoming, ClientInfo("198.51.100.1", False, b"h"))
         self.assertEqual(out.getRawHeaders(b"x-forwarded-for"), [b"198.51.100.1"])
         self.assertEqual(out.getRawHeaders(b"x-forwarded-proto"), [b"http"])
+
+    def test_untrustedLines(self) -> None:
+        """
+        The lines sent for an untrusted client depend on its address,
+        scheme and Host alone, and each client gets its own (they are made
+        once per client and kept): IPv4, IPv6, no address, a Host that is
+        not a token.
+        """
+        incoming = Headers({b"Forwarded": [b"for=6.6.6.6"], b"X-Real-IP": [b"6.6.6.6"]})
+        table = [
+            (
+                ClientInfo("198.51.100.1", False, b"h"),
+                [
+                    (b"X-Forwarded-For", b"198.51.100.1"),
+                    (b"X-Forwarded-Proto", b"http"),
+                    (b"X-Forwarded-Host", b"h"),
+                    (b"Forwarded", b"for=198.51.100.1;host=h;proto=http"),
+                    (b"X-Real-IP", b"198.51.100.1"),
+                ],
+            ),
+            (
+                ClientInfo("2001:db8::1", True, b"h"),
+                [
+                    (b"X-Forwarded-For", b"2001:db8::1"),
+                    (b"X-Forwarded-Proto", b"https"),
+                    (b"X-Forwarded-Host", b"h"),
+                    (b"Forwarded", b'for="[2001:db8::1]";host=h;proto=https'),
+                    (b"X-Real-IP", b"2001:db8::1"),
+                ],
+            ),
+            (
+                ClientInfo(None, True, b"a b"),
+                [
+                    (b"X-Forwarded-Proto", b"https"),
+                    (b"X-Forwarded-Host", b"a b"),
+                    (b"Forwarded", b'for=unknown;host="a b";proto=https'),
+                ],
+            ),
+            (
+                ClientInfo("198.51.100.1", True, None),
+                [
+                    (b"X-Forwarded-For", b"198.51.100.1"),
+                    (b"X-Forwarded-Proto", b"https"),
+                    (b"Forwarded", b"for=198.51.100.1;proto=https"),
+                    (b"X-Real-IP", b"198.51.100.1"),
+                ],
+            ),
+        ]
+        for _ in range(2):
+            for client, expected in table:
+                self.assertEqual(requestHeaderLines(incoming, client), expected, client)
 
     def test_realIPOfTrustedPeer(self) -> None:
         """
