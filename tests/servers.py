@@ -558,9 +558,12 @@ class Script:
 
     @ivar answer: Bytes to send (may be empty).
     @ivar then: What follows: C{"close"} (a FIN), C{"reset"} (C{SO_LINGER}
-        on with a zero timeout, then close: a TCP reset), or C{"stall"}
+        on with a zero timeout, then close: a TCP reset), C{"stall"}
         (send nothing more and keep the connection open until the peer
-        closes it or the test ends).
+        closes it or the test ends), or C{"close-on-next"} (keep the
+        connection as if for another request, then close it, unanswered,
+        once the next request head arrives: a kept-alive connection the
+        backend closes just as it is reused).
     """
 
     answer: bytes
@@ -617,7 +620,7 @@ class ScriptedBackend:
         """
         with self._lock:
             for head in self.heads:
-                if _target(head) == path:
+                if requestPath(head) == path:
                     return head
         return None
 
@@ -651,7 +654,7 @@ class ScriptedBackend:
         head = head.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         with self._lock:
             self.heads.append(head)
-        path = _target(head)
+        path = requestPath(head)
         script = self._scripts.get(path, self._scripts.get("*"))
         if script is None:
             connection.close()
@@ -669,8 +672,29 @@ class ScriptedBackend:
             connection.close()
         elif script.then == "stall":
             self._stall(connection, path)
+        elif script.then == "close-on-next":
+            self._closeOnNext(connection)
         else:
             connection.close()
+
+    def _closeOnNext(self, connection: socket.socket) -> None:
+        """
+        Read the next request head on C{connection} (kept in L{heads}),
+        then close it without an answer.
+        """
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                piece = connection.recv(PIECE)
+                if not piece:
+                    break
+                head += piece
+        except OSError:
+            pass
+        if b"\r\n\r\n" in head:
+            with self._lock:
+                self.heads.append(head.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
+        connection.close()
 
     def _stall(self, connection: socket.socket, path: str) -> None:
         """
@@ -709,7 +733,7 @@ class ScriptedBackend:
         return deferToThread(stop)
 
 
-def _target(head: bytes) -> str:
+def requestPath(head: bytes) -> str:
     """
     The path of the request-target in a request head (up to C{?}).
     """

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.servers import PIECE, DataServer, Script, ScriptedBackend
+from tests.servers import PIECE, DataServer, Script, ScriptedBackend, requestPath
 from tests.support import (
     Proxy,
     fetch,
@@ -885,6 +885,38 @@ class FailureTests(TestCase):
             failures.append(f"bare-LF response head: not a 502: {ending.describe()}")
         elif ending.seconds > AT_ONCE + 1:
             failures.append(f"bare-LF response head: 502 only after {ending.seconds:.2f} s")
+        self.assertNoFailures(failures, proxy)
+
+    async def test_staleBackendConnection(self) -> None:
+        """
+        A kept-alive backend connection that the backend closes just as the
+        next request arrives on it (the race every connection pool meets):
+        a GET is sent again on a new connection and answered 200; a POST,
+        which the backend may have processed, is not sent again: 502.
+        """
+        backend = ScriptedBackend(
+            self,
+            {"*": Script(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "close-on-next")},
+        )
+        proxy = await startProxy(self, self.directory, backend.authority, False, extra=ACCESS_LOG)
+        failures: list[str] = []
+        for path in ("/one", "/two"):
+            status, body = await fetch(f"http://127.0.0.1:{proxy.port}{path}")
+            if (status, body) != (200, b"ok"):
+                failures.append(f"GET {path}: {status} {body!r}, not 200 'ok'")
+        paths = [requestPath(head) for head in backend.heads]
+        if paths != ["/one", "/two", "/two"]:
+            failures.append(f"the backend saw {paths}, not /one, /two and /two sent again")
+        ending = await deferToThread(
+            _exchange,
+            proxy.port,
+            _request("/three", "Content-Length: 1", "Connection: close", method="POST") + b"x",
+        )
+        if not ending.statusLine.startswith("HTTP/1.1 502"):
+            failures.append(f"POST on a stale connection: not a 502: {ending.describe()}")
+        posts = [head for head in backend.heads if head.startswith(b"POST")]
+        if len(posts) != 1:
+            failures.append(f"the POST reached the backend {len(posts)} times, not once")
         self.assertNoFailures(failures, proxy)
 
     async def test_edgeAnswers(self) -> None:
