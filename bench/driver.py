@@ -1315,8 +1315,8 @@ def targets(
     args: argparse.Namespace,
 ) -> list[str]:
     """
-    Issue #6's targets for lbproxy (and issue #15's for HTTP/2), checked
-    against this run.
+    Issue #6's targets for lbproxy (issue #15's for HTTP/2, issue #17's for
+    the second performance round), checked against this run.
     """
 
     def med(s: str, c: str) -> float | None:
@@ -1324,6 +1324,9 @@ def targets(
 
     def p99(s: str, c: str) -> float | None:
         return summary.get((s, c), {}).get("p99")
+
+    def cpu(s: str, c: str) -> float | None:
+        return summary.get((s, c), {}).get("cpu")
 
     checks: list[tuple[str, float | None, float, str]] = []  # (what, value, goal, kind)
 
@@ -1337,6 +1340,25 @@ def targets(
     ratio("B", "twisted-agent", 1.5, "B: >= 1.5x Twisted Agent+pool")
     ratio("C", "haproxy", 0.8, f"{scenarioName('C', args)}: >= 80 % of HAProxy")
     ratio("D", "haproxy", 0.7, "D: >= 70 % of HAProxy")
+    # Issue #17 (performance round 2): per core, by req/s as above and by
+    # CPU per request (the base's CPU over lbproxy's: the share of the
+    # base's work per core, whether or not the base's core was full).
+    ratio("A", "twisted-agent", 2, "A: >= 2x Twisted Agent+pool (#17)")
+    ratio("A", "haproxy", 0.3, "A: >= 30 % of HAProxy (#17)")
+    ratio("B", "haproxy", 0.3, "B: >= 30 % of HAProxy (#17)")
+    for s in ("A", "B"):
+        mine, base = cpu(s, "lbproxy"), cpu(s, "haproxy")
+        checks.append(
+            (
+                f"{s}: >= 30 % of HAProxy by CPU per request (#17)",
+                base / mine if mine and base else None,
+                0.3,
+                ">=",
+            )
+        )
+    ratio("D", "haproxy", 0.9, "D: >= 90 % of HAProxy (#17)")
+    a, b = p99("A", "lbproxy"), p99("A", "haproxy")
+    checks.append(("A: p99 <= 2x HAProxy's (#17)", a / b if a and b else None, 2, "<="))
     h2, h1 = med("G", "lbproxy"), med("A", "lbproxy")
     checks.append(("G: >= 60 % of lbproxy's own A", h2 / h1 if h2 and h1 else None, 0.6, ">="))
     e = record["E"].get("lbproxy")  # type: ignore[attr-defined]
@@ -1359,7 +1381,7 @@ def targets(
     a, b = p99("A", "lbproxy"), p99("A", "twisted-agent")
     checks.append(("A: p99 no worse than Agent+pool (ratio)", a / b if a and b else None, 1, "<="))
     out = [
-        "## lbproxy against its targets (issue #6; G: issue #15)",
+        "## lbproxy against its targets (issue #6; G: issue #15; #17: performance round 2)",
         "",
         "| target | this run | met |",
         "| --- | --- | --- |",
