@@ -22,6 +22,7 @@ intermediary further on keeps them out of its tables too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from hpack.table import HeaderTable
@@ -59,6 +60,38 @@ def _integer(value: int, prefix: int, flags: int) -> bytes:
     return bytes(out)
 
 
+def _field(name: bytes, value: bytes) -> bytes:
+    """
+    The representation of one field (see the module docstring).
+    """
+    index = _WHOLE.get((name, value))
+    if index is not None:
+        return _integer(index, 7, 0x80)
+    flags = 0x10 if name in _NEVER_INDEXED else 0x00
+    index = _NAME.get(name)
+    if index is not None:
+        head = _integer(index, 4, flags)
+    else:
+        head = bytes((flags,)) + _integer(len(name), 7, 0) + name
+    return head + _integer(len(value), 7, 0) + value
+
+
+_REPEATED_VALUE = 128
+"""
+Fields with values up to this long (and not credentials) are encoded once
+and kept (L{_repeated}): most of a backend's response fields repeat from
+one response to the next (C{server}, C{content-type}, C{etag},
+C{content-length}...).
+"""
+
+_repeated = functools.lru_cache(maxsize=1024)(_field)
+"""
+L{_field}, remembered for the last 1 024 short fields (at most about
+150 KiB). Being a function of the field alone, what it returns is the
+same whether or not it was remembered.
+"""
+
+
 class PlainEncoder:
     """
     An HPACK encoder without a dynamic table, in place of
@@ -94,20 +127,10 @@ class PlainEncoder:
             out += _TABLE_EMPTY
             self._announce = False
         for name, value in headers:
-            index = _WHOLE.get((name, value))
-            if index is not None:
-                out += _integer(index, 7, 0x80)
-                continue
-            flags = 0x10 if name in _NEVER_INDEXED else 0x00
-            index = _NAME.get(name)
-            if index is not None:
-                out += _integer(index, 4, flags)
+            if len(value) <= _REPEATED_VALUE and name not in _NEVER_INDEXED:
+                out += _repeated(name, value)
             else:
-                out.append(flags)
-                out += _integer(len(name), 7, 0)
-                out += name
-            out += _integer(len(value), 7, 0)
-            out += value
+                out += _field(name, value)
         return bytes(out)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hpack import Decoder, NeverIndexedHeaderTuple
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.http2.hpackplain import PlainEncoder
+from lbproxy.http2.hpackplain import _REPEATED_VALUE, PlainEncoder, _repeated
 
 RESPONSE = [
     (b":status", b"200"),
@@ -91,3 +91,20 @@ class PlainEncoderTests(SynchronousTestCase):
             [isinstance(field, NeverIndexedHeaderTuple) for field in decoded],
             [True, True, False],
         )
+
+    def test_whatIsKept(self) -> None:
+        """
+        Short fields are encoded once and kept, and read the same from what
+        was kept; credentials and long values are never kept (no secret
+        lingers in memory, and what is kept stays small).
+        """
+        _repeated.cache_clear()
+        short = [(b"server", b"nginx/1.22.1"), (b"content-type", b"text/html")]
+        first = PlainEncoder().encode(short)
+        self.assertEqual(_repeated.cache_info().currsize, 2)
+        self.assertEqual(PlainEncoder().encode(short), first)
+        self.assertEqual(_repeated.cache_info().hits, 2)
+        PlainEncoder().encode(
+            [(b"set-cookie", b"session=secret"), (b"x-long", b"v" * (_REPEATED_VALUE + 1))]
+        )
+        self.assertEqual(_repeated.cache_info().currsize, 2)
