@@ -17,7 +17,7 @@ from typing import Protocol as TypingProtocol
 import attrs
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import TimeoutError
 from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -55,17 +55,6 @@ class UpstreamClient(TypingProtocol):
     """
     What the proxy needs from the upstream side (see L{lbproxy.upstream.pool}).
     """
-
-    def request(
-        self,
-        backend: Backend,
-        method: bytes,
-        target: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        body: StreamedBody | None,
-        interim: Callable[[int, bytes, HeaderLines], None] | None = None,
-        upgrade: bool = False,
-    ) -> Deferred[BackendResponse]: ...
 
     def sendInto(
         self,

@@ -700,8 +700,6 @@ def preferLeanReactor() -> None:
     C{--reactor}, or already running (tests, a program embedding lbproxy),
     is left alone, and so is a platform without epoll.
     """
-    if "twisted.internet.reactor" in sys.modules:
-        return
     try:
         from lbproxy._twisted.reactor import installPreferred
     except (ImportError, AttributeError):  # (no select.epoll here)

@@ -274,7 +274,8 @@ class Upstream:
         upgrade: bool = False,
     ) -> Deferred[BackendResponse]:
         """
-        Send one request to C{backend}.
+        Send one request to C{backend} (L{sendInto}, answered through a
+        L{Deferred}; cancelling it cancels the request).
 
         @param target: The origin-form request target (path and query),
             relayed unchanged.
@@ -288,18 +289,11 @@ class Upstream:
         @return: Fires with the response when its head has arrived, or
             fails with the connection or protocol error.
         """
-        if backend.scheme in H2_SCHEMES:
-            if upgrade:
-                return fail(UpgradeNotRelayed())
-            return self._h2.request(  # type: ignore[return-value]
-                backend, method, target, headers, body, interim
-            )
-        outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
-        idle = self._idle.get(backend.url)
-        connection = idle.take() if idle is not None else None
-        if connection is not None:
-            return self._send(connection, outgoing, reused=True)
-        return self._sendOnNew(outgoing)
+        reply: Reply
+        d: Deferred[BackendResponse] = Deferred(lambda _: reply.cancel())
+        reply = Reply(d.callback, d.errback)
+        self.sendInto(reply, backend, method, target, headers, body, interim, upgrade)
+        return d
 
     def sendInto(
         self,
@@ -313,59 +307,54 @@ class Upstream:
         upgrade: bool = False,
     ) -> None:
         """
-        L{request}, answered to C{reply} instead of a L{Deferred}: on a
-        kept-alive HTTP/1.1 connection the connection calls it directly
-        (the proxy's hot path); otherwise it follows L{request}'s
-        L{Deferred}.
+        L{request}, answered to C{reply} instead of a L{Deferred} (the
+        proxy's way): on a kept-alive HTTP/1.1 connection the connection
+        calls it directly; a new connection and an HTTP/2 backend answer
+        through a L{Deferred} that it follows.
         """
         idle = self._idle.get(backend.url)
         connection = idle.take() if idle is not None else None
         if connection is None:
             # (An HTTP/2 backend's pool has no idle HTTP/1.1 connections.)
-            reply.follow(self.request(backend, method, target, headers, body, interim, upgrade))
+            outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
+            reply.follow(self._sendOnNew(outgoing))
             return
         reply.cancelWith(connection.abort)
+        pending: Reply | _ResendIfStale = reply
         if method in IDEMPOTENT_METHODS:
             outgoing = _Outgoing(backend, method, target, headers, body, interim, upgrade)
-            connection.requestInto(
-                _ResendIfStale(self, outgoing, reply),
-                method,
-                target,
-                headers,
-                body,
-                interim,
-                upgrade,
-            )
-        else:
-            connection.requestInto(reply, method, target, headers, body, interim, upgrade)
+            pending = _ResendIfStale(self, outgoing, reply)
+        connection.requestInto(pending, method, target, headers, body, interim, upgrade)
 
     def _sendOnNew(self, outgoing: _Outgoing) -> Deferred[BackendResponse]:
+        """
+        Send C{outgoing} on a new connection: an HTTP/2 backend's, or a new
+        HTTP/1.1 one.
+        """
+        backend = outgoing.backend
+        if backend.scheme in H2_SCHEMES:
+            if outgoing.upgrade:
+                return fail(UpgradeNotRelayed())
+            return self._h2.request(  # type: ignore[return-value]
+                backend,
+                outgoing.method,
+                outgoing.target,
+                outgoing.headers,
+                outgoing.body,
+                outgoing.interim,
+            )
+
         def send(connection: BackendConnection) -> Deferred[BackendResponse]:
-            return self._send(connection, outgoing, reused=False)
+            return connection.request(
+                outgoing.method,
+                outgoing.target,
+                outgoing.headers,
+                outgoing.body,
+                outgoing.interim,
+                outgoing.upgrade,
+            )
 
-        return self._connect(outgoing.backend).addCallback(send)
-
-    def _send(
-        self, connection: BackendConnection, outgoing: _Outgoing, reused: bool
-    ) -> Deferred[BackendResponse]:
-        d = connection.request(
-            outgoing.method,
-            outgoing.target,
-            outgoing.headers,
-            outgoing.body,
-            outgoing.interim,
-            outgoing.upgrade,
-        )
-        if not reused or outgoing.method not in IDEMPOTENT_METHODS:
-            return d
-        return d.addErrback(self._staleRetry, outgoing)
-
-    def _staleRetry(self, failure: Failure, outgoing: _Outgoing) -> Deferred[BackendResponse]:
-        # The backend closed a kept-alive connection just as we reused it:
-        # nothing was processed, so send the request once more on a new one
-        # (with its body, if that can be sent again).
-        resent = self.resendIfStale(failure, outgoing)
-        return fail(failure) if resent is None else resent
+        return self._connect(backend).addCallback(send)
 
     def resendIfStale(
         self, failure: Failure, outgoing: _Outgoing
